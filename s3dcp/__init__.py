@@ -1,0 +1,60 @@
+"""s3dcp: save and load PyTorch Distributed Checkpoints straight to S3.
+
+::
+
+    import torch.distributed.checkpoint as dcp
+    from s3dcp import S3StorageWriter, S3StorageReader
+
+    dcp.save(state_dict, storage_writer=S3StorageWriter("us-east-1", "s3://bucket/run/step_100"))
+    dcp.load(state_dict, storage_reader=S3StorageReader("us-east-1", "s3://bucket/run/step_100"))
+"""
+
+from .config import S3ClientConfig
+from .errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    CheckpointExistsError,
+    CheckpointNotFoundError,
+    ChecksumMismatchError,
+    CredentialsError,
+    EndpointError,
+    ObjectNotFoundError,
+    S3DCPError,
+    S3RequestError,
+    UnsafeCheckpointError,
+    WrongRegionError,
+    find_s3dcp_error,
+)
+from .prefix import (
+    BinaryPrefixStrategy,
+    HexPrefixStrategy,
+    RoundRobinPrefixStrategy,
+    S3PrefixStrategyBase,
+)
+from .reader import S3StorageReader
+from .writer import S3StorageWriter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "S3StorageWriter",
+    "S3StorageReader",
+    "S3ClientConfig",
+    "S3PrefixStrategyBase",
+    "RoundRobinPrefixStrategy",
+    "BinaryPrefixStrategy",
+    "HexPrefixStrategy",
+    "S3DCPError",
+    "CheckpointNotFoundError",
+    "CheckpointExistsError",
+    "ChecksumMismatchError",
+    "UnsafeCheckpointError",
+    "S3RequestError",
+    "BucketNotFoundError",
+    "ObjectNotFoundError",
+    "AccessDeniedError",
+    "CredentialsError",
+    "WrongRegionError",
+    "EndpointError",
+    "find_s3dcp_error",
+]

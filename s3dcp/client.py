@@ -1,0 +1,290 @@
+"""boto3 clients (lazy, once per process and settings) and error translation.
+
+:class:`S3Client` is the one door to S3 for the rest of the package: every
+request goes through :meth:`S3Client.call`, which retries by the
+:class:`~s3dcp.retry.RetryPolicy` and turns failures into s3dcp errors.
+It pickles as its settings alone; the botocore client is created on first use
+in each process, so writers survive ``pickle`` and ``fork``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import botocore.config
+import botocore.exceptions
+import botocore.session
+import tenacity
+
+from .config import ClientSettings
+from .errors import (
+    AccessDeniedError,
+    BucketNotFoundError,
+    CredentialsError,
+    EndpointError,
+    ObjectNotFoundError,
+    S3DCPError,
+    S3RequestError,
+    WrongRegionError,
+)
+from .retry import FailureKind, RetryPolicy, classify, error_code
+
+__all__ = ["S3Client", "translate_error"]
+
+log = logging.getLogger("s3dcp")
+
+T = TypeVar("T")
+
+ACCESS_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AllAccessDisabled",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "AccountProblem",
+        "InvalidSecurity",
+    }
+)
+WRONG_REGION_CODES = frozenset(
+    {"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"}
+)
+_CREDENTIAL_TYPES: tuple[type[BaseException], ...] = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.CredentialRetrievalError,
+    botocore.exceptions.ProfileNotFound,
+)
+
+
+class _ClientCache:
+    """One botocore client per (process, settings); thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._clients: dict[tuple[int, ClientSettings], Any] = {}
+
+    def get(self, settings: ClientSettings) -> Any:
+        key = (os.getpid(), settings)
+        client = self._clients.get(key)
+        if client is None:
+            with self._lock:
+                client = self._clients.get(key)
+                if client is None:
+                    client = _create_client(settings)
+                    self._clients[key] = client
+        return client
+
+
+_CACHE = _ClientCache()
+
+
+def _create_client(settings: ClientSettings) -> Any:
+    session = botocore.session.Session()
+    if settings.config_file:
+        session.set_config_variable("config_file", settings.config_file)
+    if settings.credentials_file:
+        session.set_config_variable("credentials_file", settings.credentials_file)
+    if settings.profile and settings.access_key_id is None:
+        session.set_config_variable("profile", settings.profile)
+    config = settings.config
+    client_config = botocore.config.Config(
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        max_pool_connections=max(10, 2 * config.max_concurrency),
+        s3={"addressing_style": "path"} if config.force_path_style else None,
+        tcp_keepalive=True,
+    )
+    return session.create_client(
+        "s3",
+        region_name=settings.region,
+        endpoint_url=settings.endpoint_url,
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        aws_session_token=settings.session_token,
+        config=client_config,
+    )
+
+
+class S3Client:
+    """Retrying, error-translating access to one S3 endpoint.
+
+    Args:
+        settings: the resolved settings (see :func:`s3dcp.config.resolve_settings`).
+        sleep: how to wait between attempts; tests pass a fake.
+    """
+
+    def __init__(self, settings: ClientSettings, sleep: Callable[[float], None] = time.sleep):
+        self.settings = settings
+        self.policy = RetryPolicy.from_config(settings.config)
+        self._sleep = sleep
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"settings": self.settings}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["settings"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"S3Client(endpoint={self.settings.describe_endpoint()!r})"
+
+    @property
+    def raw(self) -> Any:
+        """The botocore S3 client for this process (created on first use)."""
+        try:
+            return _CACHE.get(self.settings)
+        except _CREDENTIAL_TYPES as err:
+            raise translate_error(err, "create client", None, None, self.settings) from err
+
+    def call(self, operation: str, bucket: str, key: str | None = None, **params: Any) -> Any:
+        """Run one S3 API call (``"put_object"``, ...) with retries.
+
+        ``Bucket`` and ``Key`` are passed for you. Raises an
+        :class:`~s3dcp.errors.S3DCPError` subclass on failure.
+        """
+        request = dict(params, Bucket=bucket)
+        if key is not None:
+            request["Key"] = key
+
+        def attempt() -> Any:
+            return getattr(self.raw, operation)(**request)
+
+        return self.run(attempt, operation, bucket, key)
+
+    def run(self, attempt: Callable[[], T], operation: str, bucket: str, key: str | None) -> T:
+        """Run ``attempt`` (which may make several raw calls) with retries."""
+
+        def on_retry(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            log.debug(
+                "retrying %s s3://%s/%s after attempt %d: %s",
+                operation,
+                bucket,
+                key or "",
+                state.attempt_number,
+                _describe_failure(error),
+            )
+
+        attempts = 0
+
+        def counted() -> T:
+            nonlocal attempts
+            attempts += 1
+            return attempt()
+
+        try:
+            return self.policy.call(counted, sleep=self._sleep, on_retry=on_retry)
+        except S3DCPError:
+            raise
+        except Exception as err:
+            raise translate_error(err, operation, bucket, key, self.settings, attempts) from err
+
+
+def _describe_failure(error: BaseException | None) -> str:
+    if error is None:
+        return "no error"
+    code, status = error_code(error)
+    if code or status:
+        return f"{code} (HTTP {status})"
+    return type(error).__name__
+
+
+def translate_error(
+    error: BaseException,
+    operation: str,
+    bucket: str | None,
+    key: str | None,
+    settings: ClientSettings,
+    attempts: int = 1,
+) -> S3DCPError:
+    """Turn a botocore/urllib3 failure into an s3dcp error with a useful message.
+
+    The message names the object and endpoint and says what to check. It
+    never includes credentials, and only includes the server's own message
+    text for errors that are not about authentication.
+    """
+    where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}" if bucket else "S3"
+    endpoint = settings.describe_endpoint()
+    context = {"bucket": bucket, "key": key}
+    if isinstance(error, _CREDENTIAL_TYPES):
+        return CredentialsError(
+            f"no usable AWS credentials for {operation} on {where} ({type(error).__name__}): "
+            "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a profile with "
+            "AWS_PROFILE or S3ClientConfig(profile=...), or run where an instance role "
+            "is available",
+            **context,
+        )
+    kind = classify(error)
+    if kind is FailureKind.UNREACHABLE or (
+        kind is FailureKind.CONNECTION and not isinstance(error, botocore.exceptions.ClientError)
+    ):
+        return EndpointError(
+            f"{operation} on {where} failed: could not talk to {endpoint} "
+            f"({type(error).__name__}, {attempts} attempt{'s' if attempts > 1 else ''}). "
+            "Check endpoint_url / AWS_ENDPOINT_URL and that "
+            "the server is up and reachable",
+            **context,
+        )
+    code, status = error_code(error)
+    if not isinstance(error, botocore.exceptions.ClientError):
+        return S3RequestError(
+            f"{operation} on {where} failed at {endpoint}: {type(error).__name__}",
+            **context,
+        )
+    response: dict[str, Any] = error.response
+    error_info = response.get("Error", {})
+    headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
+    code_text = code or str(status)
+    if code == "NoSuchBucket":
+        return BucketNotFoundError(
+            f"bucket {bucket!r} does not exist at {endpoint}: check the bucket name, "
+            "the endpoint and the region, or create the bucket first",
+            code=code_text,
+            **context,
+        )
+    bucket_region = error_info.get("Region") or headers.get("x-amz-bucket-region")
+    if code in WRONG_REGION_CODES or status == 301 or (
+        bucket_region and settings.region and bucket_region != settings.region
+    ):
+        hint = (
+            f"it is in {bucket_region!r}; pass region={bucket_region!r}"
+            if bucket_region
+            else "pass the bucket's region"
+        )
+        return WrongRegionError(
+            f"{operation} on {where} was refused because the bucket is in another region "
+            f"than {settings.region or 'the default'!r}: {hint}",
+            code=code_text,
+            **context,
+        )
+    if code in ACCESS_DENIED_CODES or status == 403:
+        reason = {
+            "InvalidAccessKeyId": "the access key id is not known to this endpoint",
+            "SignatureDoesNotMatch": "the secret access key is wrong",
+            "ExpiredToken": "the session token has expired",
+        }.get(code or "", "access was denied")
+        return AccessDeniedError(
+            f"{operation} on {where} refused by {endpoint} ({code_text}): {reason}. "
+            "Check the credentials and that they allow this request on this bucket",
+            code=code_text,
+            **context,
+        )
+    if code == "NoSuchKey" or (status == 404 and code in (None, "404", "NotFound")):
+        return ObjectNotFoundError(
+            f"{operation} on {where}: no such object at {endpoint}", code="NoSuchKey", **context
+        )
+    server_message = error_info.get("Message") or ""
+    detail = f"{code_text} (HTTP {status})"
+    if server_message:
+        detail += f": {server_message}"
+    if attempts > 1:
+        detail += f" (after {attempts} attempts)"
+    return S3RequestError(f"{operation} on {where} failed at {endpoint}: {detail}", code=code_text, **context)

@@ -1,0 +1,142 @@
+"""Ranged reads: plan which byte ranges to fetch, then fetch them exactly.
+
+:func:`coalesce` is pure arithmetic: it merges the ranges a load needs into
+fewer requests when the gaps between them are small. :func:`read_range`
+fetches one range into a preallocated buffer; when a body breaks off, the
+next attempt asks only for the bytes still missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .client import S3Client
+from .errors import S3RequestError
+from .retry import TruncatedBodyError
+
+__all__ = ["ByteRange", "Fetch", "coalesce", "read_range", "read_object"]
+
+_READ_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True, order=True)
+class ByteRange:
+    """Bytes ``[start, end)`` of one object."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start <= self.end:
+            raise ValueError(f"bad byte range [{self.start}, {self.end})")
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One GET request covering ``span`` and serving the ranges in ``members``.
+
+    ``members`` are indices into the list given to :func:`coalesce`.
+    """
+
+    span: ByteRange
+    members: tuple[int, ...]
+
+
+def coalesce(ranges: Sequence[ByteRange], max_gap: int, max_span: int) -> list[Fetch]:
+    """Merge ranges of one object into as few fetches as is worth it.
+
+    Two ranges share a fetch when the gap between them is at most
+    ``max_gap`` bytes and the merged span stays within ``max_span`` bytes
+    (a single range longer than ``max_span`` gets a fetch of its own).
+    Empty ranges need no bytes and get no fetch.
+    """
+    if max_gap < 0 or max_span < 1:
+        raise ValueError("max_gap must be >= 0 and max_span >= 1")
+    order = sorted((r.start, r.end, i) for i, r in enumerate(ranges) if r.length > 0)
+    fetches: list[Fetch] = []
+    start = end = -1
+    members: list[int] = []
+    for r_start, r_end, index in order:
+        if members and r_start - end <= max_gap and max(end, r_end) - start <= max_span:
+            end = max(end, r_end)
+            members.append(index)
+            continue
+        if members:
+            fetches.append(Fetch(ByteRange(start, end), tuple(members)))
+        start, end, members = r_start, r_end, [index]
+    if members:
+        fetches.append(Fetch(ByteRange(start, end), tuple(members)))
+    return fetches
+
+
+def read_range(client: S3Client, bucket: str, key: str, span: ByteRange) -> bytearray:
+    """Fetch ``span`` of ``s3://bucket/key``; retry broken bodies for the rest only."""
+    buffer = bytearray(span.length)
+    if span.length == 0:
+        return buffer
+    view = memoryview(buffer)
+    filled = 0
+
+    def attempt() -> None:
+        nonlocal filled
+        first = span.start + filled
+        response = client.raw.get_object(
+            Bucket=bucket, Key=key, Range=f"bytes={first}-{span.end - 1}"
+        )
+        body: Any = response["Body"]
+        _check_served_range(response, bucket, key, first, span.end)
+        try:
+            while filled < span.length:
+                chunk = body.read(min(_READ_CHUNK, span.length - filled))
+                if not chunk:
+                    raise TruncatedBodyError(
+                        f"body of s3://{bucket}/{key} ended {span.length - filled} bytes early"
+                    )
+                view[filled : filled + len(chunk)] = chunk
+                filled += len(chunk)
+        finally:
+            body.close()
+
+    client.run(attempt, "get_object", bucket, key)
+    return buffer
+
+
+def _check_served_range(response: dict[str, Any], bucket: str, key: str, first: int, end: int) -> None:
+    """Refuse a response that is not the range asked for (some stores ignore Range)."""
+    served = response.get("ContentRange")
+    expected = f"bytes {first}-{end - 1}/"
+    if served is not None and str(served).startswith(expected):
+        return
+    if served is None and first == 0 and response.get("ContentLength") == end:
+        return  # whole object returned, and the whole object is what we asked for
+    response["Body"].close()
+    raise S3RequestError(
+        f"s3://{bucket}/{key}: asked for bytes {first}-{end - 1} but the store answered "
+        f"{served or 'with no Content-Range'}; it may not support ranged GETs",
+        bucket=bucket,
+        key=key,
+    )
+
+
+def read_object(client: S3Client, bucket: str, key: str) -> bytes:
+    """Fetch a whole (small) object, e.g. ``.metadata``, checking its length."""
+
+    def attempt() -> bytes:
+        response = client.raw.get_object(Bucket=bucket, Key=key)
+        body: Any = response["Body"]
+        try:
+            data: bytes = body.read()
+        finally:
+            body.close()
+        expected = response.get("ContentLength")
+        if expected is not None and len(data) != expected:
+            raise TruncatedBodyError(f"body of s3://{bucket}/{key} ended early")
+        return data
+
+    return client.run(attempt, "get_object", bucket, key)

@@ -1,0 +1,165 @@
+"""Errors that s3dcp raises on purpose.
+
+Every error below derives from :class:`S3DCPError`, so ``except S3DCPError``
+catches all of them. Where a built-in exception means the same thing it is a
+second base, so ``except FileNotFoundError`` works too::
+
+    S3DCPError (Exception)
+    ├── CheckpointNotFoundError   (+ FileNotFoundError)  no .metadata at the path
+    ├── CheckpointExistsError     (+ FileExistsError)    save over a complete checkpoint
+    ├── ChecksumMismatchError                            stored bytes differ from what was saved
+    ├── UnsafeCheckpointError                            metadata that would run code or escape
+    └── S3RequestError                                   an S3 request failed for good
+        ├── BucketNotFoundError   (+ FileNotFoundError)
+        ├── ObjectNotFoundError   (+ FileNotFoundError)    no such key
+        ├── AccessDeniedError     (+ PermissionError)    403, bad keys, bad signature
+        ├── CredentialsError                             no credentials could be found
+        ├── WrongRegionError                             bucket lives in another region
+        └── EndpointError         (+ ConnectionError)    the endpoint cannot be reached
+
+Messages name the bucket and key involved and say what to check; they never
+contain credentials. The original botocore error, when there is one, is kept
+as ``__cause__``.
+
+When DCP runs a save or load it wraps errors in its own
+``CheckpointException``; :func:`find_s3dcp_error` digs ours back out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "S3DCPError",
+    "CheckpointNotFoundError",
+    "CheckpointExistsError",
+    "ChecksumMismatchError",
+    "UnsafeCheckpointError",
+    "S3RequestError",
+    "BucketNotFoundError",
+    "ObjectNotFoundError",
+    "AccessDeniedError",
+    "CredentialsError",
+    "WrongRegionError",
+    "EndpointError",
+    "find_s3dcp_error",
+]
+
+
+class S3DCPError(Exception):
+    """Base of every error s3dcp raises on purpose.
+
+    Attributes:
+        bucket: the bucket involved, if any.
+        key: the object key involved, if any.
+    """
+
+    def __init__(self, message: str, *, bucket: str | None = None, key: str | None = None) -> None:
+        super().__init__(message)
+        self.bucket = bucket
+        self.key = key
+
+
+class CheckpointNotFoundError(S3DCPError, FileNotFoundError):
+    """The path holds no complete checkpoint (its ``.metadata`` is missing)."""
+
+
+class CheckpointExistsError(S3DCPError, FileExistsError):
+    """A complete checkpoint already exists and ``overwrite`` was not set."""
+
+
+class ChecksumMismatchError(S3DCPError):
+    """An item's bytes in S3 do not match the digest recorded when it was saved.
+
+    Attributes:
+        item: the state-dict key (fully qualified name) of the item.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        bucket: str | None = None,
+        key: str | None = None,
+        item: str | None = None,
+    ) -> None:
+        super().__init__(message, bucket=bucket, key=key)
+        self.item = item
+
+
+class UnsafeCheckpointError(S3DCPError):
+    """Checkpoint metadata that would run code or point outside the checkpoint."""
+
+
+class S3RequestError(S3DCPError):
+    """An S3 request failed and will not succeed by retrying.
+
+    Attributes:
+        code: the S3 error code (``"NoSuchKey"``, ``"AccessDenied"``, ...) or
+            the HTTP status as text, or ``None`` for client-side failures.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        bucket: str | None = None,
+        key: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, bucket=bucket, key=key)
+        self.code = code
+
+
+class BucketNotFoundError(S3RequestError, FileNotFoundError):
+    """The bucket does not exist (or not at this endpoint)."""
+
+
+class ObjectNotFoundError(S3RequestError, FileNotFoundError):
+    """The object does not exist (a HEAD cannot tell a missing bucket apart)."""
+
+
+class AccessDeniedError(S3RequestError, PermissionError):
+    """The credentials were refused or lack permission for this request."""
+
+
+class CredentialsError(S3RequestError):
+    """No usable credentials were found in the standard AWS chain."""
+
+
+class WrongRegionError(S3RequestError):
+    """The bucket lives in another region than the client was set up for."""
+
+
+class EndpointError(S3RequestError, ConnectionError):
+    """The S3 endpoint could not be reached."""
+
+
+def find_s3dcp_error(error: BaseException) -> S3DCPError | None:
+    """Return the s3dcp error behind ``error``, or ``None``.
+
+    DCP re-raises failures as ``CheckpointException`` whose ``failures``
+    maps each failed rank to ``(exception, traceback)``. This looks there,
+    then along ``__cause__``/``__context__``, and returns the first
+    :class:`S3DCPError` found (lowest rank first).
+    """
+    seen: set[int] = set()
+    todo: list[BaseException] = [error]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, S3DCPError):
+            return current
+        failures: Any = getattr(current, "failures", None)
+        if isinstance(failures, dict):
+            for rank in sorted(failures):
+                wrapped = failures[rank]
+                inner = wrapped[0] if isinstance(wrapped, tuple) else wrapped
+                if isinstance(inner, BaseException):
+                    todo.append(inner)
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                todo.append(linked)
+    return None

@@ -1,0 +1,238 @@
+"""``S3StorageReader``: DCP's ``StorageReader`` for S3.
+
+DCP calls, in this order (torch 2.13, ``dcp.load``):
+
+0. all ranks: ``reset(checkpoint_id)`` when a checkpoint id is passed;
+1. all ranks: ``read_metadata()``: fetches ``.metadata``;
+2. all ranks: ``set_up_storage_reader(metadata, is_coordinator, ...)``:
+   checks every recorded object path stays inside the checkpoint, and
+   raises any error kept from step 1 (see below);
+3. all ranks: ``prepare_local_plan(plan)``; 4. coordinator: ``prepare_global_plan``;
+5. all ranks: ``read_data(plan, planner)``: ranged, coalesced, parallel GETs
+   of just the bytes the plan needs.
+
+torch 2.13 replaces any ``Exception`` from ``read_metadata`` with a bare
+``AssertionError``. So when DCP's load step is the caller, a failure there
+is kept and raised from ``set_up_storage_reader``, which DCP passes on with
+its type and message intact. Direct callers get the error at once.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import torch
+from torch.distributed._shard._utils import narrow_tensor_by_index
+from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
+from torch.distributed.checkpoint.storage import StorageReader
+from torch.futures import Future
+
+from ._torch_compat import METADATA_NAME, called_from_dcp_load
+from .client import S3Client
+from .config import S3ClientConfig, resolve_settings
+from .download import ByteRange, Fetch, coalesce, read_object, read_range
+from .errors import CheckpointNotFoundError, ObjectNotFoundError, S3DCPError, UnsafeCheckpointError
+from .metadata import check_relative_key, load_metadata
+from .uri import S3Uri, is_s3_uri, parse_s3_uri
+
+__all__ = ["S3StorageReader"]
+
+log = logging.getLogger("s3dcp")
+
+
+class S3StorageReader(StorageReader):
+    """Load DCP checkpoints straight from ``s3://bucket/prefix``.
+
+    Args:
+        region: AWS region of the bucket, or ``None`` for the standard chain.
+        path: ``s3://bucket/prefix`` of the checkpoint.
+        s3client_config: endpoint, credentials profile, retries, concurrency
+            and read coalescing; defaults suit AWS.
+        verify: check each item's recorded digest on load. Default ``True``.
+    """
+
+    def __init__(
+        self,
+        region: str | None,
+        path: str | os.PathLike[str],
+        s3client_config: S3ClientConfig | None = None,
+        *,
+        verify: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(verify, bool):
+            raise TypeError(f"verify must be a bool, got {verify!r}")
+        self.region = region
+        self.s3client_config = s3client_config
+        self.verify = verify
+        self.uri: S3Uri = parse_s3_uri(path)
+        self._client = S3Client(resolve_settings(region, s3client_config))
+        self.load_id = str(uuid.uuid4())
+        self.storage_data: dict[MetadataIndex, Any] = {}
+        self._kept_error: S3DCPError | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"S3StorageReader(path={str(self.uri)!r}, endpoint="
+            f"{self._client.settings.describe_endpoint()!r}, verify={self.verify})"
+        )
+
+    @property
+    def checkpoint_id(self) -> str:
+        """The ``s3://`` URI this reader loads from."""
+        return str(self.uri)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        return is_s3_uri(checkpoint_id)
+
+    def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
+        if checkpoint_id:
+            self.uri = parse_s3_uri(checkpoint_id)
+        self._client = S3Client(resolve_settings(self.region, self.s3client_config))
+        self.load_id = str(uuid.uuid4())
+        self.storage_data = {}
+        self._kept_error = None
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        self._kept_error = None
+        try:
+            metadata = self._fetch_metadata()
+        except S3DCPError as error:
+            if not called_from_dcp_load():
+                raise
+            self._kept_error = error
+            return Metadata(state_dict_metadata={})
+        if metadata.storage_meta is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+    def set_up_storage_reader(
+        self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any
+    ) -> None:
+        if self._kept_error is not None:
+            error, self._kept_error = self._kept_error, None
+            raise error
+        where = str(self.uri.child(METADATA_NAME))
+        storage_data = metadata.storage_data
+        if not isinstance(storage_data, dict):
+            raise UnsafeCheckpointError(f"{where} has no per-item storage records")
+        for index, info in storage_data.items():
+            check_relative_key(getattr(info, "relative_path", None), where)
+            offset, length = getattr(info, "offset", None), getattr(info, "length", None)
+            if not isinstance(offset, int) or not isinstance(length, int) or offset < 0 or length < 0:
+                raise UnsafeCheckpointError(f"{where} records a bad byte range for {index.fqn!r}")
+            if getattr(info, "transform_descriptors", None):
+                raise UnsafeCheckpointError(
+                    f"{where} uses DCP stream transforms for {index.fqn!r}, which s3dcp "
+                    "does not read"
+                )
+        self.storage_data = storage_data
+
+    def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        return plan
+
+    def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
+        return plans
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        config = self._client.settings.config
+        by_object: dict[str, list[ReadItem]] = defaultdict(list)
+        for item in plan.items:
+            by_object[self.storage_data[item.storage_index].relative_path].append(item)
+        jobs: list[tuple[str, Fetch, list[ReadItem]]] = []
+        for relative, items in by_object.items():
+            ranges = [self._range_of(item) for item in items]
+            for fetch in coalesce(ranges, config.coalesce_gap, config.max_read_size):
+                jobs.append((relative, fetch, [items[i] for i in fetch.members]))
+
+        planner_lock = threading.Lock()
+        started = time.monotonic()
+        fetched = 0
+
+        def run(job: tuple[str, Fetch, list[ReadItem]]) -> None:
+            nonlocal fetched
+            relative, fetch, items = job
+            key = self.uri.key(relative)
+            try:
+                data = read_range(self._client, self.uri.bucket, key, fetch.span)
+            except ObjectNotFoundError as err:
+                raise CheckpointNotFoundError(
+                    f"{self.uri} is damaged: its metadata lists {relative!r} but that object "
+                    "is missing",
+                    bucket=self.uri.bucket,
+                    key=key,
+                ) from err
+            view = memoryview(data)
+            with planner_lock:
+                fetched += len(data)
+            for item in items:
+                item_range = self._range_of(item)
+                start = item_range.start - fetch.span.start
+                self._deliver(item, view[start : start + item_range.length], planner, planner_lock)
+
+        workers = max(1, min(config.max_concurrency, len(jobs)))
+        with ThreadPoolExecutor(workers, thread_name_prefix="s3dcp-read") as pool:
+            for _ in pool.map(run, jobs):
+                pass
+        log.info(
+            "read %d items, %d bytes in %d requests from %s in %.2fs",
+            len(plan.items),
+            fetched,
+            len(jobs),
+            self.uri,
+            time.monotonic() - started,
+        )
+        future: Future[None] = Future()
+        future.set_result(None)
+        return future
+
+    # -- helpers -------------------------------------------------------------------
+    def _fetch_metadata(self) -> Metadata:
+        key = self.uri.key(METADATA_NAME)
+        try:
+            data = read_object(self._client, self.uri.bucket, key)
+        except ObjectNotFoundError as err:
+            raise CheckpointNotFoundError(
+                f"no complete checkpoint at {self.uri}: {METADATA_NAME} is missing (the path "
+                "is wrong, or the save never finished). A checkpoint is complete only once "
+                f"its {METADATA_NAME} exists",
+                bucket=self.uri.bucket,
+                key=key,
+            ) from err
+        return load_metadata(data, f"s3://{self.uri.bucket}/{key}")
+
+    def _range_of(self, item: ReadItem) -> ByteRange:
+        info = self.storage_data[item.storage_index]
+        return ByteRange(info.offset, info.offset + info.length)
+
+    @staticmethod
+    def _deliver(
+        item: ReadItem, data: memoryview, planner: LoadPlanner, planner_lock: threading.Lock
+    ) -> None:
+        if item.type == LoadItemType.BYTE_IO:
+            with planner_lock:
+                planner.load_bytes(item, io.BytesIO(data))
+            return
+        tensor = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        tensor = narrow_tensor_by_index(tensor, item.storage_offsets, item.lengths)
+        with planner_lock:
+            target = planner.resolve_tensor(item).detach()
+        if target.size() != tensor.size():
+            raise UnsafeCheckpointError(
+                f"item {item.storage_index.fqn!r} has shape {tuple(tensor.size())} in the "
+                f"checkpoint but {tuple(target.size())} in the plan"
+            )
+        target.copy_(tensor)
+        with planner_lock:
+            planner.commit_tensor(item, target)

@@ -1,0 +1,170 @@
+"""Which S3 failures are worth retrying, and how long to keep trying.
+
+Classification looks at exception types and S3 error codes only, never at
+message text. botocore's own retries are switched off (one attempt per
+botocore call) so attempts never multiply: this module is the only place
+that retries.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import botocore.exceptions
+import tenacity
+import urllib3.exceptions
+
+from .config import S3ClientConfig
+
+__all__ = ["FailureKind", "classify", "RetryPolicy"]
+
+T = TypeVar("T")
+
+
+class FailureKind(enum.Enum):
+    """What a failed request means for the next attempt."""
+
+    THROTTLED = "throttled"  # the store asks us to slow down
+    TRANSIENT = "transient"  # a server-side hiccup
+    CONNECTION = "connection"  # reset, timeout, broken body mid-stream
+    UNREACHABLE = "unreachable"  # could not connect at all
+    PERMANENT = "permanent"  # retrying cannot help
+
+
+THROTTLING_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestLimitExceeded",
+        "TooManyRequests",
+        "TooManyRequestsException",
+        "BandwidthLimitExceeded",
+        "ProvisionedThroughputExceededException",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {"InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeoutException"}
+)
+THROTTLING_STATUSES = frozenset({429, 503})
+TRANSIENT_STATUSES = frozenset({500, 502, 504})
+
+_UNREACHABLE_TYPES: tuple[type[BaseException], ...] = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ProxyConnectionError,
+)
+_CONNECTION_TYPES: tuple[type[BaseException], ...] = (
+    botocore.exceptions.ConnectionError,  # includes ConnectionClosedError, ReadTimeoutError
+    botocore.exceptions.IncompleteReadError,
+    botocore.exceptions.ResponseStreamingError,
+    urllib3.exceptions.HTTPError,  # ProtocolError, ReadTimeoutError on body reads
+    ConnectionError,  # the builtin: reset, aborted, broken pipe
+    TimeoutError,
+)
+
+
+class TruncatedBodyError(Exception):
+    """A response body ended before Content-Length bytes arrived."""
+
+
+def error_code(error: BaseException) -> tuple[str | None, int | None]:
+    """Return (S3 error code, HTTP status) of a botocore ``ClientError``."""
+    if not isinstance(error, botocore.exceptions.ClientError):
+        return None, None
+    response = error.response
+    code = response.get("Error", {}).get("Code")
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return (str(code) if code else None), status
+
+
+def classify(error: BaseException) -> FailureKind:
+    """Sort a failed request into a :class:`FailureKind`."""
+    if isinstance(error, botocore.exceptions.ClientError):
+        code, status = error_code(error)
+        if code in THROTTLING_CODES or status in THROTTLING_STATUSES:
+            return FailureKind.THROTTLED
+        if code in TRANSIENT_CODES or status in TRANSIENT_STATUSES:
+            return FailureKind.TRANSIENT
+        return FailureKind.PERMANENT
+    if isinstance(error, _UNREACHABLE_TYPES):
+        return FailureKind.UNREACHABLE
+    if isinstance(error, (TruncatedBodyError, *_CONNECTION_TYPES)):
+        return FailureKind.CONNECTION
+    return FailureKind.PERMANENT
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Full-jitter exponential backoff with attempt and time budgets.
+
+    Full jitter (each wait drawn uniformly from zero to the exponential
+    bound) keeps thousands of ranks that were throttled together from
+    retrying together.
+    """
+
+    max_attempts: int = 10
+    connect_attempts: int = 3
+    initial_backoff: float = 0.1
+    max_backoff: float = 20.0
+    deadline: float = 300.0
+
+    @classmethod
+    def from_config(cls, config: S3ClientConfig) -> RetryPolicy:
+        return cls(
+            max_attempts=config.max_attempts,
+            connect_attempts=config.connect_attempts,
+            initial_backoff=config.retry_initial_backoff,
+            max_backoff=config.retry_max_backoff,
+            deadline=config.retry_deadline,
+        )
+
+    def attempts_for(self, kind: FailureKind) -> int:
+        """How many attempts in all a failure of this kind may use."""
+        if kind is FailureKind.PERMANENT:
+            return 1
+        if kind is FailureKind.UNREACHABLE:
+            return min(self.connect_attempts, self.max_attempts)
+        return self.max_attempts
+
+    def retrying(
+        self,
+        sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[tenacity.RetryCallState], None] | None = None,
+    ) -> tenacity.Retrying:
+        """Build the ``tenacity.Retrying`` that runs one request."""
+
+        def should_stop(state: tenacity.RetryCallState) -> bool:
+            outcome = state.outcome
+            error = outcome.exception() if outcome is not None else None
+            if error is None:
+                return True
+            if state.attempt_number >= self.attempts_for(classify(error)):
+                return True
+            return state.seconds_since_start >= self.deadline
+
+        return tenacity.Retrying(
+            sleep=sleep,
+            stop=should_stop,
+            wait=tenacity.wait_random_exponential(
+                multiplier=self.initial_backoff, max=self.max_backoff
+            ),
+            retry=tenacity.retry_if_exception(lambda e: classify(e) is not FailureKind.PERMANENT),
+            before_sleep=on_retry,
+            reraise=True,
+        )
+
+    def call(
+        self,
+        func: Callable[[], T],
+        sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[tenacity.RetryCallState], None] | None = None,
+    ) -> T:
+        """Run ``func`` under this policy; re-raise its last error when done."""
+        return self.retrying(sleep, on_retry)(func)

@@ -1,0 +1,110 @@
+"""Lay a rank's write items out in shard files, in FileSystemWriter's format.
+
+A shard file is the concatenation of its items: a ``BYTE_IO`` item as its
+raw bytes, a tensor as one ``torch.save`` archive. Each item's offset and
+length go into the metadata, so any item can be read alone with a ranged GET.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+from torch.distributed.checkpoint.planner import SavePlanner, WriteItem, WriteItemType
+from torch.distributed.checkpoint.storage import WriteResult
+
+from ._torch_compat import StorageInfo
+
+__all__ = ["item_nbytes", "split_items", "write_items"]
+
+
+class _BinaryStream(Protocol):
+    def write(self, data: Any, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+
+def item_nbytes(item: WriteItem) -> int:
+    """Bytes of tensor data an item holds (0 for ``BYTE_IO`` items, size unknown)."""
+    if item.tensor_data is None:
+        return 0
+    numel = 1
+    for dim in item.tensor_data.size:
+        numel *= dim
+    dtype = item.tensor_data.properties.dtype
+    return numel * torch.empty((), dtype=dtype).element_size()
+
+
+def split_items(items: Sequence[WriteItem], bins: int) -> list[list[WriteItem]]:
+    """Split items into ``bins`` files of similar size (largest first, greedy).
+
+    Byte items are dealt round-robin; empty bins are dropped, so fewer items
+    than bins gives fewer files.
+    """
+    if bins < 1:
+        raise ValueError("bins must be >= 1")
+    if bins == 1:
+        return [list(items)] if items else []
+    buckets: list[list[WriteItem]] = [[] for _ in range(bins)]
+    sizes = [0] * bins
+    byte_items = [wi for wi in items if wi.type == WriteItemType.BYTE_IO]
+    tensor_items = sorted(
+        (wi for wi in items if wi.type != WriteItemType.BYTE_IO), key=item_nbytes, reverse=True
+    )
+    for i, item in enumerate(byte_items):
+        buckets[i % bins].append(item)
+    for item in tensor_items:
+        smallest = min(range(bins), key=sizes.__getitem__)
+        buckets[smallest].append(item)
+        sizes[smallest] += item_nbytes(item)
+    return [bucket for bucket in buckets if bucket]
+
+
+def _as_saveable(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor whose storage holds exactly its own bytes.
+
+    ``torch.save`` writes a view's whole storage; cloning a view first
+    keeps a slice of a big tensor from writing the big tensor.
+    """
+    tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        tensor = tensor.cpu()
+    if tensor.untyped_storage().nbytes() != tensor.nbytes:
+        tensor = tensor.clone()
+    return tensor
+
+
+def write_items(
+    stream: _BinaryStream,
+    items: Sequence[WriteItem],
+    planner: SavePlanner,
+    relative_path: str,
+) -> list[WriteResult]:
+    """Serialize ``items`` one after another into ``stream``.
+
+    Items are resolved one at a time (``resolve_data`` may allocate, e.g. a
+    device-to-host copy), so at most one item's staging copy is alive.
+    """
+    results = []
+    for item in items:
+        offset = stream.tell()
+        data = planner.resolve_data(item)
+        if item.type == WriteItemType.BYTE_IO:
+            if not isinstance(data, io.BytesIO):
+                raise TypeError(f"BYTE_IO item {item.index.fqn!r} resolved to {type(data).__name__}")
+            stream.write(data.getbuffer())
+        else:
+            if not isinstance(data, torch.Tensor):
+                raise TypeError(f"tensor item {item.index.fqn!r} resolved to {type(data).__name__}")
+            torch.save(_as_saveable(data), stream)  # type: ignore[arg-type]
+        length = stream.tell() - offset
+        results.append(
+            WriteResult(
+                index=item.index,
+                size_in_bytes=length,
+                storage_data=StorageInfo(relative_path, offset, length),
+            )
+        )
+    return results

@@ -1,0 +1,241 @@
+"""Stream bytes into one S3 object: one PUT when small, multipart when large.
+
+:class:`ObjectUpload` is a write-only file object, so ``torch.save`` can
+serialize straight into S3 without the whole shard in memory. Bytes are cut
+into parts as they arrive; each full part is sent on the shared
+:class:`TransferPool` while serialization goes on, with a bounded number of
+parts in flight. A multipart upload always ends in complete or abort: the
+abort is armed the moment the upload id exists.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from .client import S3Client
+from .config import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from .errors import S3DCPError
+
+__all__ = ["TransferPool", "ObjectUpload", "choose_part_size", "put_object"]
+
+T = TypeVar("T")
+
+
+def choose_part_size(expected_size: int, preferred: int) -> int:
+    """Part size for an object of about ``expected_size`` bytes.
+
+    Uses ``preferred`` unless the object would then need more than S3's
+    10,000 parts; then the smallest whole-MiB size that fits, so the upload
+    never fails at part 10,001.
+    """
+    if expected_size < 0:
+        raise ValueError("expected_size must be >= 0")
+    if not MIN_PART_SIZE <= preferred <= MAX_PART_SIZE:
+        raise ValueError("preferred part size must be within S3's 5 MiB..5 GiB")
+    needed = math.ceil(expected_size / MAX_PARTS)
+    if needed <= preferred:
+        return preferred
+    mib = 1024 * 1024
+    size = math.ceil(needed / mib) * mib
+    if size > MAX_PART_SIZE:
+        raise ValueError(f"an object of {expected_size} bytes exceeds S3's 5 TiB limit")
+    return size
+
+
+class TransferPool:
+    """Threads that send requests, with at most ``limit`` requests queued or running.
+
+    ``submit`` blocks while the limit is reached, which is what bounds the
+    memory held by parts waiting to be sent.
+    """
+
+    def __init__(self, limit: int, name: str = "s3dcp-io") -> None:
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+        self._executor = ThreadPoolExecutor(max_workers=limit, thread_name_prefix=name)
+
+    def submit(self, func: Callable[[], T]) -> Future[T]:
+        self._slots.acquire()
+        try:
+            future = self._executor.submit(func)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return future
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def put_object(client: S3Client, bucket: str, key: str, body: bytes | bytearray, **params: Any) -> str:
+    """Store ``body`` under ``key`` in one request; return the ETag."""
+    response = client.call("put_object", bucket, key, Body=body, **params)
+    return str(response.get("ETag", ""))
+
+
+class ObjectUpload:
+    """A write-only binary stream that becomes the S3 object ``key`` on :meth:`commit`.
+
+    Use it as a context manager: leaving the block normally commits, leaving
+    it by an exception aborts (no parts are left behind). ``tell()`` is the
+    number of bytes written so far, which is the offset of the next byte in
+    the finished object.
+    """
+
+    def __init__(
+        self,
+        client: S3Client,
+        pool: TransferPool,
+        bucket: str,
+        key: str,
+        part_size: int,
+        put_params: dict[str, Any] | None = None,
+    ) -> None:
+        self._client = client
+        self._pool = pool
+        self.bucket = bucket
+        self.key = key
+        self.part_size = part_size
+        self._params = dict(put_params or {})
+        self._buffer = bytearray()
+        self._written = 0
+        self._upload_id: str | None = None
+        self._parts: list[Future[dict[str, Any]]] = []
+        self._closed = False
+        self.etag: str | None = None
+
+    # -- the file-object protocol torch.save needs --------------------------------
+    def writable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def seekable(self) -> bool:
+        return False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def tell(self) -> int:
+        return self._written
+
+    def flush(self) -> None:
+        """Nothing to do: parts are sent when full, the rest on commit."""
+
+    def write(self, data: Any) -> int:
+        if self._closed:
+            raise ValueError(f"write to a finished upload of s3://{self.bucket}/{self.key}")
+        view = memoryview(data).cast("B")
+        size = view.nbytes
+        start = 0
+        while start < size:
+            room = self.part_size - len(self._buffer)
+            take = min(room, size - start)
+            self._buffer += view[start : start + take]
+            start += take
+            if len(self._buffer) >= self.part_size:
+                self._send_part()
+        self._written += size
+        return size
+
+    # -- finishing ---------------------------------------------------------------
+    def commit(self) -> str:
+        """Make the object visible; return its ETag."""
+        if self._closed:
+            raise ValueError("upload already finished")
+        self._closed = True
+        if self._upload_id is None:
+            body, self._buffer = self._buffer, bytearray()
+            self.etag = put_object(self._client, self.bucket, self.key, body, **self._params)
+            return self.etag
+        if self._buffer or not self._parts:
+            self._send_part()
+        parts = [future.result() for future in self._parts]
+        response = self._client.call(
+            "complete_multipart_upload",
+            self.bucket,
+            self.key,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": parts},
+        )
+        self._upload_id = None
+        self.etag = str(response.get("ETag", ""))
+        return self.etag
+
+    def abort(self) -> None:
+        """Drop everything written; abort the multipart upload if one was started."""
+        self._closed = True
+        self._buffer = bytearray()
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is None:
+            return
+        for future in self._parts:
+            future.cancel()
+        for future in self._parts:
+            if not future.cancelled():
+                future.exception()  # wait: a part still in flight would re-create parts
+        self._client.call("abort_multipart_upload", self.bucket, self.key, UploadId=upload_id)
+
+    def __enter__(self) -> ObjectUpload:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        if exc is None:
+            try:
+                self.commit()
+            except BaseException:
+                self._abort_quietly_after(None)
+                raise
+        else:
+            self._abort_quietly_after(exc)
+
+    def _abort_quietly_after(self, original: BaseException | None) -> None:
+        """Abort after a failure; an abort failure is attached, not lost."""
+        try:
+            self.abort()
+        except S3DCPError as abort_error:
+            if original is not None:
+                original.add_note(f"also failed to abort the upload: {abort_error}")
+            else:
+                raise
+
+    def _raise_if_a_part_failed(self) -> None:
+        for future in self._parts:
+            if future.done() and not future.cancelled():
+                error = future.exception()
+                if error is not None:
+                    raise error
+
+    def _send_part(self) -> None:
+        self._raise_if_a_part_failed()
+        if self._upload_id is None:
+            response = self._client.call(
+                "create_multipart_upload", self.bucket, self.key, **self._params
+            )
+            self._upload_id = str(response["UploadId"])
+        number = len(self._parts) + 1
+        if number > MAX_PARTS:
+            raise S3DCPError(
+                f"s3://{self.bucket}/{self.key} needs more than {MAX_PARTS} parts of "
+                f"{self.part_size} bytes; raise part_size",
+                bucket=self.bucket,
+                key=self.key,
+            )
+        body, self._buffer = self._buffer, bytearray()
+        upload_id = self._upload_id
+        client, bucket, key = self._client, self.bucket, self.key
+
+        def send() -> dict[str, Any]:
+            response = client.call(
+                "upload_part", bucket, key, UploadId=upload_id, PartNumber=number, Body=body
+            )
+            return {"PartNumber": number, "ETag": response["ETag"]}
+
+        self._parts.append(self._pool.submit(send))

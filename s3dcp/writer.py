@@ -1,0 +1,226 @@
+"""``S3StorageWriter``: DCP's ``StorageWriter`` for S3.
+
+DCP calls, in this order (torch 2.13, ``dcp.save``/``dcp.async_save``):
+
+0. all ranks: ``reset(checkpoint_id)`` when a checkpoint id is passed;
+1. all ranks: ``set_up_storage_writer(is_coordinator, rank=..., use_collectives=...)``;
+2. all ranks: ``prepare_local_plan(plan)``: the coordinator checks that no
+   complete checkpoint is in the way;
+3. coordinator: ``prepare_global_plan(plans)``: gives each rank its key stem
+   (prefix strategy) and, when overwriting, removes the old ``.metadata`` so
+   a crash mid-save cannot leave old metadata over new shards;
+4. all ranks: ``write_data(plan, planner)``: streams shard objects to S3;
+5. coordinator: ``finish(metadata, results)``: writes ``.metadata`` last,
+   the commit record.
+
+This module only adapts DCP to the pieces below it (``shard``, ``upload``,
+``client``); it holds no S3 mechanics of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
+from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
+from torch.futures import Future
+
+from ._torch_compat import DCP_VERSION, METADATA_NAME, SHARD_SUFFIX
+from .client import S3Client
+from .config import S3ClientConfig, resolve_settings, validate_part_size
+from .errors import CheckpointExistsError, ObjectNotFoundError
+from .metadata import check_relative_key, dump_metadata
+from .prefix import DefaultPrefixStrategy, S3PrefixStrategyBase
+from .shard import item_nbytes, split_items, write_items
+from .upload import ObjectUpload, TransferPool, choose_part_size, put_object
+from .uri import S3Uri, is_s3_uri, parse_s3_uri
+
+__all__ = ["S3StorageWriter"]
+
+log = logging.getLogger("s3dcp")
+
+
+@dataclass(frozen=True)
+class _RankPrefix:
+    """Per-rank storage data of a save plan: the key stem of its shard files."""
+
+    stem: str
+
+
+class S3StorageWriter(StorageWriter):
+    """Save DCP checkpoints straight to ``s3://bucket/prefix``.
+
+    Args:
+        region: AWS region of the bucket, or ``None`` for ``AWS_REGION`` /
+            ``AWS_DEFAULT_REGION`` / the profile's region.
+        path: ``s3://bucket/prefix`` of the checkpoint; ``.metadata`` lands at
+            ``prefix/.metadata``.
+        s3client_config: endpoint, credentials profile, retries, part size and
+            concurrency; defaults suit AWS.
+        prefix_strategy: where each rank's shard objects go (see
+            :mod:`s3dcp.prefix`); default ``prefix/__{rank}_{i}.distcp``.
+        thread_count: shard objects per rank, written in parallel and
+            balanced by size. Default 1.
+        part_size: multipart part size in bytes; overrides the config's.
+        overwrite: allow saving over a complete checkpoint. Default ``False``:
+            raise :class:`~s3dcp.errors.CheckpointExistsError` instead.
+    """
+
+    def __init__(
+        self,
+        region: str | None,
+        path: str | os.PathLike[str],
+        s3client_config: S3ClientConfig | None = None,
+        prefix_strategy: S3PrefixStrategyBase | None = None,
+        *,
+        thread_count: int = 1,
+        part_size: int | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(thread_count, int) or isinstance(thread_count, bool) or thread_count < 1:
+            raise ValueError(f"thread_count must be an int >= 1, got {thread_count!r}")
+        if part_size is not None:
+            validate_part_size(part_size)
+        if prefix_strategy is not None and not isinstance(prefix_strategy, S3PrefixStrategyBase):
+            raise TypeError(
+                "prefix_strategy must be an S3PrefixStrategyBase (e.g. HexPrefixStrategy()), "
+                f"not {type(prefix_strategy).__name__}"
+            )
+        if not isinstance(overwrite, bool):
+            raise TypeError(f"overwrite must be a bool, got {overwrite!r}")
+        self.region = region
+        self.s3client_config = s3client_config
+        self.prefix_strategy = prefix_strategy or DefaultPrefixStrategy()
+        self.thread_count = thread_count
+        self.overwrite = overwrite
+        self.uri: S3Uri = parse_s3_uri(path)
+        self._client = S3Client(resolve_settings(region, s3client_config))
+        self.part_size = part_size or self._client.settings.config.part_size
+        self.save_id = str(uuid.uuid4())
+        self.is_coordinator = False
+        self.rank: int | None = None
+        self._existing_checkpoint = False
+
+    def __repr__(self) -> str:
+        return (
+            f"S3StorageWriter(path={str(self.uri)!r}, endpoint="
+            f"{self._client.settings.describe_endpoint()!r}, thread_count={self.thread_count}, "
+            f"part_size={self.part_size}, overwrite={self.overwrite})"
+        )
+
+    @property
+    def checkpoint_id(self) -> str:
+        """The ``s3://`` URI this writer saves to."""
+        return str(self.uri)
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        return is_s3_uri(checkpoint_id)
+
+    def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
+        if checkpoint_id:
+            self.uri = parse_s3_uri(checkpoint_id)
+        self._client = S3Client(resolve_settings(self.region, self.s3client_config))
+        self.save_id = str(uuid.uuid4())
+        self._existing_checkpoint = False
+
+    def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        self.is_coordinator = is_coordinator
+        self.rank = kwargs.get("rank")
+        if not kwargs.get("use_collectives", True):
+            raise ValueError(
+                "S3StorageWriter needs DCP's collective mode (use_collectives=True) "
+                "so that one coordinator commits .metadata"
+            )
+
+    def storage_meta(self) -> StorageMeta | None:
+        return StorageMeta(checkpoint_id=self.checkpoint_id, save_id=self.save_id)
+
+    def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
+        if self.is_coordinator:
+            self._existing_checkpoint = self._metadata_exists()
+            if self._existing_checkpoint and not self.overwrite:
+                raise CheckpointExistsError(
+                    f"{self.uri} already holds a complete checkpoint; save to a new path "
+                    "or pass overwrite=True to replace it",
+                    bucket=self.uri.bucket,
+                    key=self.uri.key(METADATA_NAME),
+                )
+        return plan
+
+    def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
+        strategy = self.prefix_strategy.for_world_size(len(plans))
+        stems = [check_relative_key(strategy(rank), f"prefix strategy {strategy!r}") for rank in range(len(plans))]
+        if len(set(stems)) != len(stems):
+            raise ValueError(f"prefix strategy {strategy!r} gave two ranks the same key stem")
+        if self._existing_checkpoint:
+            # Un-commit before any shard is replaced, so no crash can leave the old
+            # .metadata describing a mix of old and new shard objects.
+            self._client.call("delete_object", self.uri.bucket, self.uri.key(METADATA_NAME))
+        return [dataclasses.replace(plan, storage_data=_RankPrefix(stem)) for plan, stem in zip(plans, stems)]
+
+    def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        stem = plan.storage_data.stem
+        buckets = split_items(plan.items, self.thread_count)
+        started = time.monotonic()
+        pool = TransferPool(self._client.settings.config.max_concurrency)
+
+        def write_file(index: int) -> list[WriteResult]:
+            relative = f"{stem}{index}{SHARD_SUFFIX}"
+            items = buckets[index]
+            expected = sum(item_nbytes(item) for item in items)
+            part_size = choose_part_size(expected, self.part_size)
+            with ObjectUpload(
+                self._client, pool, self.uri.bucket, self.uri.key(relative), part_size
+            ) as upload:
+                return write_items(upload, items, planner, relative)
+
+        results: list[WriteResult] = []
+        try:
+            if len(buckets) <= 1:
+                for index in range(len(buckets)):
+                    results.extend(write_file(index))
+            else:
+                with ThreadPoolExecutor(len(buckets), thread_name_prefix="s3dcp-shard") as shards:
+                    for shard_results in shards.map(write_file, range(len(buckets))):
+                        results.extend(shard_results)
+        finally:
+            pool.shutdown()
+        total = sum(r.size_in_bytes for r in results)
+        elapsed = time.monotonic() - started
+        log.info(
+            "rank %s wrote %d items, %d bytes in %d objects to %s in %.2fs",
+            self.rank,
+            len(results),
+            total,
+            len(buckets),
+            self.uri,
+            elapsed,
+        )
+        future: Future[list[WriteResult]] = Future()
+        future.set_result(results)
+        return future
+
+    def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        metadata.version = DCP_VERSION
+        metadata.storage_data = {wr.index: wr.storage_data for rank in results for wr in rank}
+        metadata.storage_meta = self.storage_meta()
+        put_object(
+            self._client, self.uri.bucket, self.uri.key(METADATA_NAME), dump_metadata(metadata)
+        )
+
+    def _metadata_exists(self) -> bool:
+        try:
+            self._client.call("head_object", self.uri.bucket, self.uri.key(METADATA_NAME))
+        except ObjectNotFoundError:
+            return False
+        return True

@@ -1,0 +1,104 @@
+"""Run moto's S3 server as a child process on 127.0.0.1 and a free port.
+
+Used by the test fixtures and by ``make demo`` when no S3 endpoint is
+configured. The child binds port 0, so there is no race for a port; it prints
+the port it got on one line, and the parent waits for that line (no sleeps).
+Run ``python -m tests.servers.moto_server`` to start one by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from types import TracebackType
+
+_CHILD = """
+import sys, threading
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print("PORT", server.get_host_and_port()[1], flush=True)
+sys.stdin.read()  # parent closes stdin (or dies): stop
+server.stop()
+"""
+
+ACCESS_KEY = "s3dcp-test-access-key"
+SECRET_KEY = "s3dcp-test-secret-key"
+
+
+class MotoServer:
+    """A moto S3 server in a child process; a context manager.
+
+    Attributes:
+        endpoint_url: ``http://127.0.0.1:PORT`` once started.
+    """
+
+    def __init__(self) -> None:
+        self.endpoint_url = ""
+        self._process: subprocess.Popen[str] | None = None
+
+    def start(self) -> MotoServer:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _CHILD],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        assert self._process.stdout is not None
+        line = self._read_line_or_fail(self._process.stdout)
+        self.endpoint_url = f"http://127.0.0.1:{int(line.split()[1])}"
+        return self
+
+    def _read_line_or_fail(self, stream: object, timeout: float = 60.0) -> str:
+        result: list[str] = []
+        reader = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)  # type: ignore[attr-defined]
+        reader.start()
+        reader.join(timeout)
+        if not result or not result[0].startswith("PORT "):
+            self.stop()
+            raise RuntimeError("moto server did not start (is moto[server] installed?)")
+        return result[0]
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.stdin:
+            process.stdin.close()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout:
+            process.stdout.close()
+
+    def reset(self) -> None:
+        """Drop every bucket and object (moto's reset API)."""
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.endpoint_url}/moto-api/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            response.read()
+
+    def __enter__(self) -> MotoServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    with MotoServer() as server:
+        print(server.endpoint_url, flush=True)
+        try:
+            sys.stdin.read()
+        except KeyboardInterrupt:
+            pass
