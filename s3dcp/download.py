@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .client import S3Client
-from .errors import S3RequestError
-from .retry import TruncatedBodyError
+import botocore.exceptions
 
-__all__ = ["ByteRange", "Fetch", "coalesce", "read_range", "read_object"]
+from .client import S3Client
+from .errors import ObjectNotFoundError, S3RequestError
+from .retry import TruncatedBodyError, error_code
+
+__all__ = ["ByteRange", "Fetch", "coalesce", "read_range", "read_object", "object_exists"]
 
 _READ_CHUNK = 1024 * 1024
 
@@ -140,3 +142,26 @@ def read_object(client: S3Client, bucket: str, key: str) -> bytes:
         return data
 
     return client.run(attempt, "get_object", bucket, key)
+
+
+def object_exists(client: S3Client, bucket: str, key: str) -> bool:
+    """Whether ``key`` exists, by a one-byte GET.
+
+    A GET (unlike HEAD) carries S3's error code, so a missing bucket or a
+    wrong secret is reported as such instead of as a bare 404/403.
+    """
+
+    def attempt() -> bool:
+        try:
+            response = client.raw.get_object(Bucket=bucket, Key=key, Range="bytes=0-0")
+        except botocore.exceptions.ClientError as err:
+            if error_code(err)[0] == "InvalidRange":  # exists, but is empty
+                return True
+            raise
+        response["Body"].close()
+        return True
+
+    try:
+        return client.run(attempt, "get_object", bucket, key)
+    except ObjectNotFoundError:
+        return False

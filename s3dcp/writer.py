@@ -36,7 +36,8 @@ from torch.futures import Future
 from ._torch_compat import DCP_VERSION, METADATA_NAME, SHARD_SUFFIX
 from .client import S3Client
 from .config import S3ClientConfig, resolve_settings, validate_part_size
-from .errors import CheckpointExistsError, ObjectNotFoundError
+from .download import object_exists
+from .errors import CheckpointExistsError
 from .metadata import check_relative_key, dump_metadata
 from .prefix import DefaultPrefixStrategy, S3PrefixStrategyBase
 from .shard import item_nbytes, split_items, write_items
@@ -219,8 +220,4 @@ class S3StorageWriter(StorageWriter):
         )
 
     def _metadata_exists(self) -> bool:
-        try:
-            self._client.call("head_object", self.uri.bucket, self.uri.key(METADATA_NAME))
-        except ObjectNotFoundError:
-            return False
-        return True
+        return object_exists(self._client, self.uri.bucket, self.uri.key(METADATA_NAME))

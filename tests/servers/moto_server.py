@@ -35,12 +35,19 @@ class MotoServer:
         endpoint_url: ``http://127.0.0.1:PORT`` once started.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, unauthenticated_requests: int | None = None) -> None:
+        """Args:
+        unauthenticated_requests: if set, moto checks signatures and IAM
+            permissions after this many requests (the first ones set up a user).
+        """
         self.endpoint_url = ""
+        self._unauthenticated = unauthenticated_requests
         self._process: subprocess.Popen[str] | None = None
 
     def start(self) -> MotoServer:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self._unauthenticated is not None:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(self._unauthenticated)
         self._process = subprocess.Popen(
             [sys.executable, "-c", _CHILD],
             stdin=subprocess.PIPE,

@@ -1,0 +1,51 @@
+"""Small helpers shared by tests: state dicts and exact comparisons."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from s3dcp import S3DCPError, find_s3dcp_error
+
+
+def assert_same(expected: Any, actual: Any, path: str = "") -> None:
+    """Bit-exact comparison of nested state dicts (dtype, shape and bytes)."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor), path
+        assert actual.dtype == expected.dtype, path
+        assert actual.shape == expected.shape, path
+        a = expected.contiguous().view(torch.uint8) if expected.numel() and expected.dim() else expected
+        b = actual.contiguous().view(torch.uint8) if actual.numel() and actual.dim() else actual
+        assert torch.equal(a, b), path
+    elif isinstance(expected, dict):
+        assert isinstance(actual, dict) and set(actual) == set(expected), path
+        for key in expected:
+            assert_same(expected[key], actual[key], f"{path}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert type(actual) is type(expected) and len(actual) == len(expected), path
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            assert_same(e, a, f"{path}[{i}]")
+    else:
+        assert actual == expected and type(actual) is type(expected), path
+
+
+def blank_like(state: Any) -> Any:
+    """Same structure, tensors of the same shape/dtype filled with a sentinel."""
+    if isinstance(state, torch.Tensor):
+        blank = torch.empty_like(state.contiguous())
+        if blank.dtype == torch.bool:
+            blank.fill_(False)
+        elif blank.numel():
+            blank.fill_(7)
+        return blank
+    if isinstance(state, dict):
+        return {k: blank_like(v) for k, v in state.items()}
+    return None if not isinstance(state, (list, tuple)) else type(state)(blank_like(v) for v in state)
+
+
+def s3dcp_error(raised: BaseException) -> S3DCPError:
+    """The s3dcp error behind what DCP raised; fails the test if there is none."""
+    found = find_s3dcp_error(raised)
+    assert found is not None, f"no s3dcp error inside {raised!r}"
+    return found
