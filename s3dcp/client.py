@@ -239,7 +239,7 @@ def translate_error(
             f"{operation} on {where} failed at {endpoint}: {type(error).__name__}",
             **context,
         )
-    response: dict[str, Any] = error.response
+    response: dict[str, Any] = dict(error.response)
     error_info = response.get("Error", {})
     headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
     code_text = code or str(status)

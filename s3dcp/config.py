@@ -22,6 +22,7 @@ GIB = 1024**3
 MIN_PART_SIZE = 5 * MIB
 MAX_PART_SIZE = 5 * GIB
 MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * 1024**4
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -61,7 +61,8 @@ _UNREACHABLE_TYPES: tuple[type[BaseException], ...] = (
     botocore.exceptions.ProxyConnectionError,
 )
 _CONNECTION_TYPES: tuple[type[BaseException], ...] = (
-    botocore.exceptions.ConnectionError,  # includes ConnectionClosedError, ReadTimeoutError
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.HTTPClientError,  # ConnectionClosedError, ReadTimeoutError, streaming errors
     botocore.exceptions.IncompleteReadError,
     botocore.exceptions.ResponseStreamingError,
     urllib3.exceptions.HTTPError,  # ProtocolError, ReadTimeoutError on body reads
@@ -147,7 +148,7 @@ class RetryPolicy:
                 return True
             if state.attempt_number >= self.attempts_for(classify(error)):
                 return True
-            return state.seconds_since_start >= self.deadline
+            return (state.seconds_since_start or 0.0) >= self.deadline
 
         return tenacity.Retrying(
             sleep=sleep,

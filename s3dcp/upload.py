@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from .client import S3Client
-from .config import MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from .config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from .errors import S3DCPError
 
 __all__ = ["TransferPool", "ObjectUpload", "choose_part_size", "put_object"]
@@ -34,6 +34,8 @@ def choose_part_size(expected_size: int, preferred: int) -> int:
     """
     if expected_size < 0:
         raise ValueError("expected_size must be >= 0")
+    if expected_size > MAX_OBJECT_SIZE:
+        raise ValueError(f"an object of {expected_size} bytes exceeds S3's 5 TiB limit")
     if not MIN_PART_SIZE <= preferred <= MAX_PART_SIZE:
         raise ValueError("preferred part size must be within S3's 5 MiB..5 GiB")
     needed = math.ceil(expected_size / MAX_PARTS)
@@ -41,9 +43,7 @@ def choose_part_size(expected_size: int, preferred: int) -> int:
         return preferred
     mib = 1024 * 1024
     size = math.ceil(needed / mib) * mib
-    if size > MAX_PART_SIZE:
-        raise ValueError(f"an object of {expected_size} bytes exceeds S3's 5 TiB limit")
-    return size
+    return min(size, MAX_PART_SIZE)
 
 
 class TransferPool:

@@ -1,0 +1,83 @@
+"""Pure arithmetic: part sizing, range coalescing, splitting items into files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributed.checkpoint.planner_helpers import _create_write_item_for_tensor
+from torch.distributed.checkpoint.planner import WriteItemType
+
+from s3dcp.config import GIB, MIB
+from s3dcp.download import ByteRange, coalesce
+from s3dcp.shard import item_nbytes, split_items
+from s3dcp.upload import choose_part_size
+
+
+def test_part_size_keeps_preferred_when_it_fits() -> None:
+    assert choose_part_size(0, 8 * MIB) == 8 * MIB
+    assert choose_part_size(10_000 * 8 * MIB, 8 * MIB) == 8 * MIB
+
+
+def test_part_size_grows_to_stay_within_10000_parts() -> None:
+    size = choose_part_size(10_000 * 8 * MIB + 1, 8 * MIB)
+    assert size == 9 * MIB
+    assert choose_part_size(1024 * GIB, 8 * MIB) * 10_000 >= 1024 * GIB
+
+
+def test_part_size_limits() -> None:
+    with pytest.raises(ValueError):
+        choose_part_size(6 * 1024 * GIB, 8 * MIB)
+    with pytest.raises(ValueError):
+        choose_part_size(1, 1 * MIB)
+    with pytest.raises(ValueError):
+        choose_part_size(-1, 8 * MIB)
+
+
+def R(a: int, b: int) -> ByteRange:
+    return ByteRange(a, b)
+
+
+def test_coalesce_merges_close_ranges_only() -> None:
+    fetches = coalesce([R(0, 10), R(12, 20), R(100, 110)], max_gap=5, max_span=1000)
+    assert [(f.span.start, f.span.end, f.members) for f in fetches] == [(0, 20, (0, 1)), (100, 110, (2,))]
+
+
+def test_coalesce_sorts_and_keeps_member_indices() -> None:
+    fetches = coalesce([R(50, 60), R(0, 10), R(10, 20)], max_gap=0, max_span=1000)
+    assert [(f.span.start, f.span.end, f.members) for f in fetches] == [(0, 20, (1, 2)), (50, 60, (0,))]
+
+
+def test_coalesce_respects_max_span_and_overlaps() -> None:
+    fetches = coalesce([R(0, 40), R(40, 80), R(80, 120)], max_gap=10, max_span=100)
+    assert [f.span for f in fetches] == [R(0, 80), R(80, 120)]
+    big = coalesce([R(0, 500)], max_gap=10, max_span=100)
+    assert big[0].span == R(0, 500)
+    overlap = coalesce([R(0, 30), R(10, 20)], max_gap=0, max_span=100)
+    assert overlap[0].span == R(0, 30) and overlap[0].members == (0, 1)
+
+
+def test_coalesce_skips_empty_ranges() -> None:
+    assert coalesce([R(5, 5)], max_gap=0, max_span=10) == []
+    with pytest.raises(ValueError):
+        ByteRange(5, 4)
+
+
+def _item(name: str, numel: int, dtype: torch.dtype = torch.float32):  # type: ignore[no-untyped-def]
+    return _create_write_item_for_tensor(name, torch.empty(numel, dtype=dtype))
+
+
+def test_item_nbytes() -> None:
+    assert item_nbytes(_item("a", 10, torch.bfloat16)) == 20
+
+
+def test_split_items_balances_by_size_and_drops_empty_bins() -> None:
+    items = [_item(f"t{i}", n) for i, n in enumerate([100, 90, 40, 30, 20, 10])]
+    bins = split_items(items, 2)
+    sizes = [sum(item_nbytes(i) for i in b) for b in bins]
+    assert sorted(sizes) == [560, 600]  # greedy, largest first: 100+30+20 vs 90+40+10
+    assert len(split_items(items[:1], 4)) == 1
+    assert split_items([], 3) == []
+    assert split_items(items, 1) == [items]
+    with pytest.raises(ValueError):
+        split_items(items, 0)
+    assert all(i.type != WriteItemType.BYTE_IO for b in bins for i in b)

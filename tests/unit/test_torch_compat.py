@@ -1,0 +1,29 @@
+"""The private torch names s3dcp uses still have the shape it expects."""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import torch.distributed.checkpoint.state_dict_loader as loader_module
+
+from s3dcp._torch_compat import DCP_VERSION, StorageInfo, called_from_dcp_load
+
+
+def test_storage_info_fields_and_pickle() -> None:
+    names = [f.name for f in dataclasses.fields(StorageInfo)]
+    assert names[:3] == ["relative_path", "offset", "length"]
+    info = StorageInfo("__0_0.distcp", 10, 20)
+    assert pickle.loads(pickle.dumps(info)) == info
+    assert isinstance(DCP_VERSION, str)
+
+
+def test_dcp_load_step_is_where_we_expect_it() -> None:
+    """``called_from_dcp_load`` looks for a ``local_step`` in torch's loader."""
+    source = open(loader_module.__file__).read()
+    assert "def local_step" in source and "storage_reader.read_metadata()" in source
+
+    def read_metadata() -> bool:
+        return called_from_dcp_load()
+
+    assert read_metadata() is False
