@@ -1,0 +1,46 @@
+"""Where the examples save: your S3, or a throw-away local server.
+
+With ``--uri s3://bucket/prefix`` (or ``S3DCP_EXAMPLE_URI``) the examples use
+that bucket with the standard AWS settings (credentials chain, AWS_REGION,
+AWS_ENDPOINT_URL for MinIO/Ceph/...). Without one, they start moto's S3
+server on 127.0.0.1, point the AWS variables at it and create a bucket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextlib.contextmanager
+def s3_target(uri: str | None) -> Iterator[str]:
+    """Yield the ``s3://`` prefix to use, starting a local server if none is given."""
+    uri = uri or os.environ.get("S3DCP_EXAMPLE_URI")
+    if uri:
+        print(f"using {uri} (endpoint: {os.environ.get('AWS_ENDPOINT_URL_S3') or os.environ.get('AWS_ENDPOINT_URL') or 'AWS'})")
+        yield uri.rstrip("/")
+        return
+    sys.path.insert(0, str(REPO))
+    import boto3
+
+    from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer
+
+    with MotoServer() as server:
+        os.environ.update(
+            AWS_ENDPOINT_URL=server.endpoint_url,
+            AWS_ACCESS_KEY_ID=ACCESS_KEY,
+            AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+            AWS_REGION="us-east-1",
+        )
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            os.environ.pop(name, None)
+        bucket = "s3dcp-demo"
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        print(f"no S3 configured: started a local S3 server (moto) at {server.endpoint_url}")
+        yield f"s3://{bucket}/run-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,249 @@
+"""s3dcp demo: train, checkpoint to S3, crash mid-save, resume, verify bit for bit.
+
+    make demo                                  # local S3 server on 127.0.0.1
+    python examples/dcp/demo.py --uri s3://my-bucket/s3dcp-demo   # your S3
+
+1. A training process checkpoints model + AdamW state to S3 every few steps.
+2. It is killed with SIGKILL in the middle of a save.
+3. The half-written checkpoint has no ``.metadata``, so it does not count.
+4. We resume from the newest complete checkpoint, check it is bit-identical
+   to what the trainer had in memory when it saved, and train to the end.
+5. The final weights equal those of a run that never crashed, and the final
+   checkpoint loads back bit-identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import boto3
+import torch
+import torch.distributed.checkpoint as dcp
+from _s3_target import s3_target
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
+from s3dcp.uri import parse_s3_uri
+
+warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+
+WIDTH = 1024
+LAYERS = 4
+BATCH = 64
+
+
+def make_model() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    layers: list[torch.nn.Module] = []
+    for _ in range(LAYERS):
+        layers += [torch.nn.Linear(WIDTH, WIDTH), torch.nn.GELU()]
+    model = torch.nn.Sequential(*layers[:-1])
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int) -> float:
+    """One step on data that depends only on the step number (so resumes replay exactly)."""
+    g = torch.Generator().manual_seed(1000 + step)
+    x = torch.randn(BATCH, WIDTH, generator=g)
+    y = torch.randn(BATCH, WIDTH, generator=g)
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def checkpoint_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int) -> dict[str, Any]:
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    return {"model": model_sd, "optim": optim_sd, "step": step}
+
+
+def state_bytes(state: Any) -> int:
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if isinstance(state, dict):
+        return sum(state_bytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_bytes(v) for v in state)
+    return 0
+
+
+def assert_identical(expected: Any, actual: Any, where: str = "") -> int:
+    """Bit-exact comparison; returns the number of tensors compared."""
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(actual, torch.Tensor) and expected.dtype == actual.dtype, where
+        assert torch.equal(expected.view(-1).view(torch.uint8), actual.contiguous().view(-1).view(torch.uint8)), where
+        return 1
+    if isinstance(expected, dict):
+        assert set(expected) == set(actual), where
+        return sum(assert_identical(expected[k], actual[k], f"{where}.{k}") for k in expected)
+    if isinstance(expected, (list, tuple)):
+        return sum(assert_identical(e, a, f"{where}[{i}]") for i, (e, a) in enumerate(zip(expected, actual)))
+    assert expected == actual, where
+    return 0
+
+
+def mbps(nbytes: int, seconds: float) -> str:
+    return f"{nbytes / 1e6:.1f} MB in {seconds:.2f}s = {nbytes / 1e6 / max(seconds, 1e-9):.0f} MB/s"
+
+
+def writer(uri: str) -> S3StorageWriter:
+    # 8 MiB parts so that a save is several requests long and can be cut in the middle
+    return S3StorageWriter(None, uri, S3ClientConfig(part_size=8 * 1024 * 1024), thread_count=2)
+
+
+def save(state: dict[str, Any], uri: str) -> float:
+    started = time.perf_counter()
+    dcp.save(state, storage_writer=writer(uri))
+    return time.perf_counter() - started
+
+
+# -- the training process that gets killed -------------------------------------------
+def run_trainer(base: str, steps: int, every: int, truth: Path, crash_at: int) -> None:
+    model, optimizer = make_model()
+    for step in range(1, steps + 1):
+        train_step(model, optimizer, step)
+        if step % every == 0:
+            state = checkpoint_state(model, optimizer, step)
+            torch.save(state, truth / f"step_{step}.pt")  # ground truth, kept locally
+            if step == crash_at:
+                crash_during_save(state, f"{base}/step_{step}")
+            seconds = save(state, f"{base}/step_{step}")
+            print(f"SAVED step_{step} {state_bytes(state)} {seconds:.3f}", flush=True)
+
+
+def crash_during_save(state: dict[str, Any], uri: str) -> None:
+    """Start the save, wait until S3 holds some of its parts, then SIGKILL ourselves."""
+    threading.Thread(target=save, args=(state, uri), daemon=True).start()
+    target = parse_s3_uri(uri)
+    s3 = boto3.client("s3")
+    while True:  # watch the real upload; it takes several requests, so this sees it
+        uploads = s3.list_multipart_uploads(Bucket=target.bucket, Prefix=target.prefix + "/").get("Uploads", [])
+        parts = [
+            s3.list_parts(Bucket=target.bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts", [])
+            for u in uploads
+        ]
+        if any(parts):
+            print(f"CRASH {target.prefix.rsplit('/', 1)[-1]} {sum(map(len, parts))}", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- the driver ------------------------------------------------------------------------
+def list_steps(base: str) -> dict[int, tuple[bool, int]]:
+    """step -> (complete, objects): complete means its .metadata exists."""
+    uri = parse_s3_uri(base)
+    s3 = boto3.client("s3")
+    found: dict[int, tuple[bool, int]] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=uri.prefix + "/"):
+        for obj in page.get("Contents", []):
+            match = re.match(r"step_(\d+)/(.*)$", uri.relative(obj["Key"]))
+            if match:
+                step = int(match.group(1))
+                complete, count = found.get(step, (False, 0))
+                found[step] = (complete or match.group(2) == ".metadata", count + 1)
+    return found
+
+
+def drive(base: str, steps: int, every: int, crash_at: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        truth = Path(tmp)
+        print(f"\n[1] training {LAYERS}x{WIDTH}x{WIDTH} MLP + AdamW, checkpoint every {every} steps to {base}")
+        child = subprocess.Popen(
+            [sys.executable, __file__, "train", "--base", base, "--steps", str(steps), "--every", str(every),
+             "--truth", tmp, "--crash-at", str(crash_at)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdout is not None
+        for line in child.stdout:
+            word, name, *rest = line.split()
+            if word == "SAVED":
+                print(f"    saved {name}: {mbps(int(rest[0]), float(rest[1]))}")
+            if word == "CRASH":
+                print(f"[2] the trainer killed itself (SIGKILL) while saving {name}, {rest[0]} part(s) uploaded")
+        child.wait()
+        if child.returncode != -signal.SIGKILL:
+            raise SystemExit(f"trainer ended with {child.returncode} before the crash")
+
+        found = list_steps(base)
+        print("[3] checkpoints in S3 now:")
+        for step in sorted(found):
+            complete, count = found[step]
+            print(f"    step_{step:<4} {'complete' if complete else 'INCOMPLETE (no .metadata)':28} {count} objects")
+        if crash_at not in found:
+            print(f"    step_{crash_at:<4} {'INCOMPLETE (no .metadata)':28} 0 objects")
+        target = parse_s3_uri(base)
+        uploads = boto3.client("s3").list_multipart_uploads(Bucket=target.bucket, Prefix=target.prefix + "/")
+        print(f"    {len(uploads.get('Uploads', []))} multipart upload(s) left open by the killed save")
+        latest = max(step for step, (complete, _) in found.items() if complete)
+        latest_uri = f"{base}/step_{latest}"
+
+        print(f"[4] resuming from the newest complete checkpoint: {latest_uri}")
+        model, optimizer = make_model()
+        state = checkpoint_state(model, optimizer, 0)
+        started = time.perf_counter()
+        dcp.load(state, storage_reader=S3StorageReader(None, latest_uri))
+        load_seconds = time.perf_counter() - started
+        set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        expected = torch.load(truth / f"step_{latest}.pt", weights_only=True)
+        compared = assert_identical(expected, checkpoint_state(model, optimizer, state["step"]))
+        print(f"    loaded {mbps(state_bytes(state), load_seconds)}")
+        print(f"    {compared} tensors bit-identical to what the trainer held at step {state['step']}")
+
+    for step in range(state["step"] + 1, steps + 1):
+        train_step(model, optimizer, step)
+    final_uri = f"{base}/step_{steps}"
+    final = checkpoint_state(model, optimizer, steps)
+    seconds = save(final, final_uri)
+    print(f"    trained to step {steps} and saved {final_uri}: {mbps(state_bytes(final), seconds)}")
+
+    print("[5] checking the result")
+    reference_model, reference_optim = make_model()
+    for step in range(1, steps + 1):
+        train_step(reference_model, reference_optim, step)
+    compared = assert_identical(checkpoint_state(reference_model, reference_optim, steps), final)
+    print(f"    resumed run == uninterrupted run: {compared} tensors bit-identical")
+    fresh_model, fresh_optim = make_model()
+    loaded = checkpoint_state(fresh_model, fresh_optim, 0)
+    dcp.load(loaded, storage_reader=S3StorageReader(None, final_uri))
+    compared = assert_identical(final, loaded)
+    print(f"    final checkpoint loads back: {compared} tensors bit-identical")
+    print("demo OK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+    train = sub.add_parser("train", help="(internal) the training process the demo kills")
+    train.add_argument("--base", required=True)
+    train.add_argument("--steps", type=int, required=True)
+    train.add_argument("--every", type=int, required=True)
+    train.add_argument("--truth", type=Path, required=True)
+    train.add_argument("--crash-at", type=int, required=True)
+    parser.add_argument("--uri", help="s3://bucket/prefix to use (default: a local S3 server)")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--every", type=int, default=3)
+    parser.add_argument("--crash-at", type=int, default=9, help="kill the trainer while saving this step")
+    args = parser.parse_args()
+    if args.command == "train":
+        run_trainer(args.base, args.steps, args.every, args.truth, args.crash_at)
+        return
+    if args.crash_at % args.every or not args.every <= args.crash_at < args.steps:
+        parser.error("--crash-at must be a checkpoint step after the first and before --steps")
+    with s3_target(args.uri) as base:
+        drive(base, args.steps, args.every, args.crash_at)
+
+
+if __name__ == "__main__":
+    main()
