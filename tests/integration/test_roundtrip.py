@@ -184,3 +184,31 @@ def test_aws_profile_variable_selects_credentials(
     loaded = blank_like(state)
     dcp.load(loaded, storage_reader=S3StorageReader(None, path))
     assert_same(state, loaded)
+
+
+def _save_in_child(writer: S3StorageWriter, queue: Any) -> None:
+    try:
+        dcp.save({"w": torch.arange(16.0), "pid": 1}, storage_writer=writer)
+        queue.put("ok")
+    except BaseException as err:  # report anything to the parent, which fails the test
+        queue.put(repr(err))
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_writer_works_in_a_child_process(s3_env: Any, bucket: str, method: str) -> None:
+    """The client is per process: a forked child must not reuse the parent's connections."""
+    import multiprocessing
+
+    path = f"s3://{bucket}/child-{method}"
+    writer = S3StorageWriter(REGION, path)
+    dcp.save({"warm": torch.ones(1)}, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/warm"))
+    context = multiprocessing.get_context(method)
+    queue = context.Queue()
+    child = context.Process(target=_save_in_child, args=(writer, queue))
+    child.start()
+    result = queue.get(timeout=120)
+    child.join(timeout=60)
+    assert result == "ok"
+    loaded = {"w": torch.zeros(16), "pid": 0}
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, path))
+    assert torch.equal(loaded["w"], torch.arange(16.0)) and loaded["pid"] == 1
