@@ -29,7 +29,6 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import torch
 from torch.distributed._shard._utils import narrow_tensor_by_index
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
@@ -42,6 +41,7 @@ from .config import S3ClientConfig, resolve_settings
 from .download import ByteRange, Fetch, coalesce, read_object, read_range
 from .errors import CheckpointNotFoundError, ObjectNotFoundError, S3DCPError, UnsafeCheckpointError
 from .metadata import check_relative_key, load_metadata
+from .shard import load_tensor
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
 
 __all__ = ["S3StorageReader"]
@@ -224,8 +224,7 @@ class S3StorageReader(StorageReader):
             with planner_lock:
                 planner.load_bytes(item, io.BytesIO(data))
             return
-        tensor = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        tensor = narrow_tensor_by_index(tensor, item.storage_offsets, item.lengths)
+        tensor = narrow_tensor_by_index(load_tensor(data), item.storage_offsets, item.lengths)
         with planner_lock:
             target = planner.resolve_tensor(item).detach()
         if target.size() != tensor.size():

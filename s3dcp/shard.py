@@ -1,4 +1,4 @@
-"""Lay a rank's write items out in shard files, in FileSystemWriter's format.
+"""The shard-file format of DCP's FileSystemWriter: writing items, reading them back.
 
 A shard file is the concatenation of its items: a ``BYTE_IO`` item as its
 raw bytes, a tensor as one ``torch.save`` archive. Each item's offset and
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 import torch
 from torch.distributed.checkpoint.planner import SavePlanner, WriteItem, WriteItemType
@@ -17,7 +17,7 @@ from torch.distributed.checkpoint.storage import WriteResult
 
 from ._torch_compat import StorageInfo
 
-__all__ = ["item_nbytes", "split_items", "write_items"]
+__all__ = ["item_nbytes", "split_items", "write_items", "MemoryReader", "load_tensor"]
 
 
 class _BinaryStream(Protocol):
@@ -108,3 +108,58 @@ def write_items(
             )
         )
     return results
+
+
+class MemoryReader(io.RawIOBase):
+    """A seekable read-only file over a buffer, without copying it.
+
+    ``torch.load`` fills tensor storages through ``readinto``, so reading
+    from this copies each byte once; ``io.BytesIO(view)`` would copy the
+    whole buffer first.
+    """
+
+    def __init__(self, buffer: Any) -> None:
+        super().__init__()
+        self._view = memoryview(buffer).cast("B")
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        count = max(0, min(len(target), len(self._view) - self._position))
+        target[:count] = self._view[self._position : self._position + count]
+        self._position += count
+        return count
+
+    def read(self, size: int | None = -1) -> bytes:
+        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._position + size)
+        data = bytes(self._view[self._position : end])
+        self._position = max(self._position, end)
+        return data
+
+
+def load_tensor(data: Any) -> torch.Tensor:
+    """Deserialize one tensor item (a ``torch.save`` archive) from a buffer.
+
+    ``weights_only=True``: the archive can describe tensors and plain values
+    only, never run code.
+    """
+    tensor = torch.load(cast(IO[bytes], MemoryReader(data)), map_location="cpu", weights_only=True)
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"expected a tensor, found {type(tensor).__name__}")
+    return tensor

@@ -15,6 +15,7 @@ import boto3
 import botocore.config
 import pytest
 
+from tests.servers.fault_proxy import FaultProxy
 from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer
 
 REGION = "us-east-1"
@@ -99,3 +100,17 @@ def list_keys(s3: Any, bucket: str, prefix: str = "") -> dict[str, int]:
         for obj in page.get("Contents", []):
             keys[obj["Key"]] = obj["Size"]
     return keys
+
+
+@pytest.fixture
+def proxy(s3_server: MotoServer) -> Iterator[FaultProxy]:
+    """A fault-injecting, request-counting proxy in front of the S3 server."""
+    with FaultProxy(s3_server.endpoint_url) as running:
+        yield running
+
+
+@pytest.fixture
+def proxied_env(s3_env: pytest.MonkeyPatch, proxy: FaultProxy) -> pytest.MonkeyPatch:
+    """Like ``s3_env``, but every request goes through ``proxy``."""
+    s3_env.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
+    return s3_env

@@ -1,0 +1,309 @@
+"""An HTTP proxy between boto3 and a local S3 server that counts and breaks things.
+
+boto3 is pointed at the proxy as its S3 endpoint; the proxy forwards each
+request, unchanged (Host header included, so signatures still verify), to
+the real server and relays the answer. Rules make it misbehave the way S3
+and networks do:
+
+* ``slowdown`` / ``internal_error`` / ``service_unavailable``: answer 503 or
+  500 with S3's XML error body, without forwarding;
+* ``reset``: read the request, then drop the connection with a TCP RST;
+* ``truncate``: forward, then send the headers and only part of the body,
+  then RST (a body that breaks off mid-stream);
+* ``delay``: wait before forwarding.
+
+A rule fires by method, key pattern, probability (seeded, so runs repeat)
+and a count limit. Every request is recorded with its method, key, range,
+status and bytes, so tests can assert on what really went over the wire.
+"""
+
+from __future__ import annotations
+
+import http.client
+import random
+import re
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+ACTIONS = ("slowdown", "internal_error", "service_unavailable", "reset", "truncate", "delay")
+
+_ERRORS = {
+    "slowdown": (503, "SlowDown", "Please reduce your request rate."),
+    "service_unavailable": (503, "ServiceUnavailable", "Service is unable to handle request."),
+    "internal_error": (500, "InternalError", "We encountered an internal error. Please try again."),
+}
+
+
+@dataclass
+class Rule:
+    """When and how to misbehave.
+
+    Attributes:
+        action: one of ``ACTIONS``.
+        method: only requests with this HTTP method (``None``: any).
+        key_pattern: only requests whose ``bucket/key`` path matches this regex.
+        probability: chance that a matching request is hit.
+        count: hit at most this many requests (``None``: no limit).
+        delay: seconds, for ``delay``.
+        keep_fraction: share of the body sent before the cut, for ``truncate``.
+        query_contains: only requests whose query string contains this text.
+    """
+
+    action: str
+    method: str | None = None
+    key_pattern: str | None = None
+    probability: float = 1.0
+    count: int | None = None
+    delay: float = 0.0
+    keep_fraction: float = 0.5
+    query_contains: str | None = None
+    hits: int = field(default=0, init=False)
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"unknown action {self.action!r}; one of {ACTIONS}")
+
+    def matches(self, method: str, path: str, query: str) -> bool:
+        if self.method and self.method != method:
+            return False
+        if self.key_pattern and not re.search(self.key_pattern, path):
+            return False
+        if self.query_contains and self.query_contains not in query:
+            return False
+        return self.count is None or self.hits < self.count
+
+
+@dataclass
+class Record:
+    """One request as the proxy saw it."""
+
+    method: str
+    path: str
+    query: str
+    range: str | None
+    status: int
+    request_bytes: int
+    response_bytes: int
+    action: str | None
+
+
+class FaultProxy:
+    """A loopback reverse proxy in front of ``upstream``; a context manager."""
+
+    def __init__(self, upstream: str, seed: int = 1234) -> None:
+        parts = urlsplit(upstream)
+        self.upstream_host = parts.hostname or "127.0.0.1"
+        self.upstream_port = parts.port or 80
+        self.rules: list[Rule] = []
+        self.records: list[Record] = []
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.endpoint_url = ""
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    # -- control -------------------------------------------------------------------
+    def add_rule(self, action: str, **options: Any) -> Rule:
+        rule = Rule(action, **options)
+        with self._lock:
+            self.rules.append(rule)
+        return rule
+
+    def clear(self) -> None:
+        """Drop all rules and records."""
+        with self._lock:
+            self.rules.clear()
+            self.records.clear()
+            self.max_in_flight = self.in_flight
+
+    def _enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def requests(self, method: str | None = None, path_pattern: str | None = None) -> list[Record]:
+        with self._lock:
+            records = list(self.records)
+        return [
+            r
+            for r in records
+            if (method is None or r.method == method)
+            and (path_pattern is None or re.search(path_pattern, r.path))
+        ]
+
+    def _pick_rule(self, method: str, path: str, query: str) -> Rule | None:
+        with self._lock:
+            for rule in self.rules:
+                if rule.matches(method, path, query) and self._random.random() < rule.probability:
+                    rule.hits += 1
+                    return rule
+        return None
+
+    def _record(self, record: Record) -> None:
+        with self._lock:
+            self.records.append(record)
+
+    # -- life cycle ----------------------------------------------------------------
+    def start(self) -> FaultProxy:
+        handler = _make_handler(self)
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _error_body(code: str, message: str, path: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{message}</Message><Resource>{path}</Resource>"
+        "<RequestId>FAULTPROXY</RequestId></Error>"
+    ).encode()
+
+
+def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
+    local = threading.local()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _read_body(self) -> bytes:
+            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                chunks = []
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        return b"".join(chunks)
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+            length = int(self.headers.get("Content-Length") or 0)
+            return self.rfile.read(length) if length else b""
+
+        def _reset(self) -> None:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+
+        def _upstream(self) -> http.client.HTTPConnection:
+            connection = getattr(local, "connection", None)
+            if connection is None:
+                connection = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=120)
+                local.connection = connection
+            return connection
+
+        def _forward(self, body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+            headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection")}
+            if body or self.command in ("PUT", "POST"):
+                headers["Content-Length"] = str(len(body))
+            for attempt in range(2):  # a kept-alive upstream connection may have closed
+                connection = self._upstream()
+                try:
+                    connection.request(self.command, self.path, body=body, headers=headers)
+                    response = connection.getresponse()
+                    data = response.read()
+                    return response.status, response.getheaders(), data
+                except (http.client.HTTPException, ConnectionError):
+                    connection.close()
+                    local.connection = None
+                    if attempt:
+                        raise
+            raise AssertionError("unreachable")
+
+        def _handle(self) -> None:
+            proxy._enter()
+            try:
+                self._handle_counted()
+            finally:
+                proxy._leave()
+
+        def _handle_counted(self) -> None:
+            body = self._read_body()
+            split = urlsplit(self.path)
+            path = unquote(split.path)
+            rule = proxy._pick_rule(self.command, path, split.query)
+            action = rule.action if rule else None
+            record = Record(
+                self.command, path, split.query, self.headers.get("Range"), 0, len(body), 0, action
+            )
+            if rule is not None and rule.action == "reset":
+                record.status = -1
+                proxy._record(record)
+                self._reset()
+                return
+            if rule is not None and rule.action in _ERRORS:
+                status, code, message = _ERRORS[rule.action]
+                payload = _error_body(code, message, path)
+                record.status, record.response_bytes = status, len(payload)
+                proxy._record(record)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
+                return
+            if rule is not None and rule.action == "delay":
+                time.sleep(rule.delay)  # the fault itself: a slow network, not test synchronization
+            status, headers, data = self._forward(body)
+            record.status = status
+            self.send_response(status)
+            for name, value in headers:
+                if name.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
+                    self.send_header(name, value)
+            length = next((v for k, v in headers if k.lower() == "content-length"), None)
+            if self.command == "HEAD":
+                self.send_header("Content-Length", length or "0")
+                self.end_headers()
+                proxy._record(record)
+                return
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if rule is not None and rule.action == "truncate" and data:
+                kept = data[: int(len(data) * rule.keep_fraction)]
+                self.wfile.write(kept)
+                self.wfile.flush()
+                record.response_bytes = len(kept)
+                proxy._record(record)
+                self._reset()
+                return
+            self.wfile.write(data)
+            record.response_bytes = len(data)
+            proxy._record(record)
+
+        do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+    return Handler
