@@ -51,7 +51,7 @@ class S3ClientConfig:
         connect_timeout: seconds to open a connection. Default 5.
         read_timeout: seconds to wait for response bytes. Default 60.
         part_size: bytes per multipart-upload part; objects smaller than this
-            go in one PUT. Default 32 MiB.
+            go in one PUT. Default 16 MiB.
         max_concurrency: S3 requests in flight per writer or reader, which
             also bounds upload memory to about ``max_concurrency * part_size``.
             Default 8.
@@ -71,7 +71,7 @@ class S3ClientConfig:
     retry_deadline: float = 300.0
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
-    part_size: int = 32 * MIB
+    part_size: int = 16 * MIB
     max_concurrency: int = 8
     coalesce_gap: int = 256 * 1024
     max_read_size: int = 64 * MIB

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import botocore.exceptions
+import torch
 
 from .client import S3Client
 from .errors import ObjectNotFoundError, S3RequestError
@@ -77,12 +78,17 @@ def coalesce(ranges: Sequence[ByteRange], max_gap: int, max_span: int) -> list[F
     return fetches
 
 
-def read_range(client: S3Client, bucket: str, key: str, span: ByteRange) -> bytearray:
+def allocate(size: int) -> memoryview:
+    """A writable buffer of ``size`` bytes, not zero-filled (it is about to be overwritten)."""
+    array: Any = torch.empty(size, dtype=torch.uint8).numpy()
+    return memoryview(array).cast("B")
+
+
+def read_range(client: S3Client, bucket: str, key: str, span: ByteRange) -> memoryview:
     """Fetch ``span`` of ``s3://bucket/key``; retry broken bodies for the rest only."""
-    buffer = bytearray(span.length)
+    view = allocate(span.length)
     if span.length == 0:
-        return buffer
-    view = memoryview(buffer)
+        return view
     filled = 0
 
     def attempt() -> None:
@@ -106,7 +112,7 @@ def read_range(client: S3Client, bucket: str, key: str, span: ByteRange) -> byte
             body.close()
 
     client.run(attempt, "get_object", bucket, key)
-    return buffer
+    return view
 
 
 def _check_served_range(response: dict[str, Any], bucket: str, key: str, first: int, end: int) -> None:

@@ -173,13 +173,12 @@ class S3StorageReader(StorageReader):
                     bucket=self.uri.bucket,
                     key=key,
                 ) from err
-            view = memoryview(data)
             with planner_lock:
                 fetched += len(data)
             for item in items:
                 item_range = self._range_of(item)
                 start = item_range.start - fetch.span.start
-                self._deliver(item, view[start : start + item_range.length], planner, planner_lock)
+                self._deliver(item, data[start : start + item_range.length], planner, planner_lock)
 
         workers = max(1, min(config.max_concurrency, len(jobs)))
         with ThreadPoolExecutor(workers, thread_name_prefix="s3dcp-read") as pool:

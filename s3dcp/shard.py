@@ -16,6 +16,7 @@ from torch.distributed.checkpoint.planner import SavePlanner, WriteItem, WriteIt
 from torch.distributed.checkpoint.storage import WriteResult
 
 from ._torch_compat import StorageInfo
+from .archive import tensor_view
 
 __all__ = ["item_nbytes", "split_items", "write_items", "MemoryReader", "load_tensor"]
 
@@ -153,12 +154,17 @@ class MemoryReader(io.RawIOBase):
         return data
 
 
-def load_tensor(data: Any) -> torch.Tensor:
+def load_tensor(data: memoryview) -> torch.Tensor:
     """Deserialize one tensor item (a ``torch.save`` archive) from a buffer.
 
-    ``weights_only=True``: the archive can describe tensors and plain values
-    only, never run code.
+    Plain archives are read as a view on ``data`` (no copy; see
+    :mod:`s3dcp.archive`); anything else goes through
+    ``torch.load(weights_only=True)``, which can describe tensors and plain
+    values only, never run code.
     """
+    view = tensor_view(data)
+    if view is not None:
+        return view
     tensor = torch.load(cast(IO[bytes], MemoryReader(data)), map_location="cpu", weights_only=True)
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"expected a tensor, found {type(tensor).__name__}")

@@ -22,6 +22,8 @@ from .errors import S3DCPError
 
 __all__ = ["TransferPool", "ObjectUpload", "choose_part_size", "put_object"]
 
+_MIN_BUFFER = 64 * 1024
+
 T = TypeVar("T")
 
 
@@ -57,6 +59,25 @@ class TransferPool:
         self.limit = limit
         self._slots = threading.BoundedSemaphore(limit)
         self._executor = ThreadPoolExecutor(max_workers=limit, thread_name_prefix=name)
+        self._free_buffers: list[bytearray] = []
+        self._buffer_lock = threading.Lock()
+
+    def take_buffer(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes, reused when one was given back.
+
+        Reuse saves zero-filling and page-faulting fresh memory for every part.
+        """
+        with self._buffer_lock:
+            for index, buffer in enumerate(self._free_buffers):
+                if len(buffer) == size:
+                    return self._free_buffers.pop(index)
+        return bytearray(size)
+
+    def give_back_buffer(self, buffer: bytearray) -> None:
+        """Keep a sent part's buffer for the next part (at most ``limit`` are kept)."""
+        with self._buffer_lock:
+            if len(self._free_buffers) < self.limit:
+                self._free_buffers.append(buffer)
 
     def submit(self, func: Callable[[], T]) -> Future[T]:
         self._slots.acquire()
@@ -70,6 +91,8 @@ class TransferPool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+        with self._buffer_lock:
+            self._free_buffers.clear()
 
 
 def put_object(client: S3Client, bucket: str, key: str, body: bytes | bytearray, **params: Any) -> str:
@@ -95,6 +118,7 @@ class ObjectUpload:
         key: str,
         part_size: int,
         put_params: dict[str, Any] | None = None,
+        size_hint: int = 0,
     ) -> None:
         self._client = client
         self._pool = pool
@@ -102,7 +126,9 @@ class ObjectUpload:
         self.key = key
         self.part_size = part_size
         self._params = dict(put_params or {})
-        self._buffer = bytearray()
+        first_capacity = min(part_size, max(_MIN_BUFFER, size_hint))
+        self._buffer = pool.take_buffer(first_capacity) if first_capacity == part_size else bytearray(first_capacity)
+        self._filled = 0
         self._written = 0
         self._upload_id: str | None = None
         self._parts: list[Future[dict[str, Any]]] = []
@@ -136,14 +162,39 @@ class ObjectUpload:
         size = view.nbytes
         start = 0
         while start < size:
-            room = self.part_size - len(self._buffer)
-            take = min(room, size - start)
-            self._buffer += view[start : start + take]
+            if self._filled == len(self._buffer):
+                if len(self._buffer) < self.part_size:
+                    self._grow(size - start)
+                else:
+                    self._send_part()
+            take = min(len(self._buffer) - self._filled, size - start)
+            # through a memoryview: bytearray slice assignment is several times slower
+            with memoryview(self._buffer) as target:
+                target[self._filled : self._filled + take] = view[start : start + take]
+            self._filled += take
             start += take
-            if len(self._buffer) >= self.part_size:
-                self._send_part()
         self._written += size
         return size
+
+    def _grow(self, wanted: int) -> None:
+        """Enlarge a buffer that started small (small objects stay cheap)."""
+        capacity = min(self.part_size, max(2 * len(self._buffer), self._filled + wanted))
+        if capacity == self.part_size:
+            larger = self._pool.take_buffer(capacity)
+        else:
+            larger = bytearray(capacity)
+        with memoryview(larger) as target, memoryview(self._buffer) as source:
+            target[: self._filled] = source[: self._filled]
+        self._buffer = larger
+
+    def _take_buffer(self, next_capacity: int) -> bytearray:
+        """Hand the filled bytes over for sending; start a buffer of ``next_capacity``."""
+        body = self._buffer
+        if self._filled < len(body):
+            del body[self._filled :]
+        self._buffer = self._pool.take_buffer(next_capacity) if next_capacity else bytearray()
+        self._filled = 0
+        return body
 
     # -- finishing ---------------------------------------------------------------
     def commit(self) -> str:
@@ -152,10 +203,10 @@ class ObjectUpload:
             raise ValueError("upload already finished")
         self._closed = True
         if self._upload_id is None:
-            body, self._buffer = self._buffer, bytearray()
+            body = self._take_buffer(0)
             self.etag = put_object(self._client, self.bucket, self.key, body, **self._params)
             return self.etag
-        if self._buffer or not self._parts:
+        if self._filled or not self._parts:
             self._send_part()
         parts = [future.result() for future in self._parts]
         response = self._client.call(
@@ -172,7 +223,7 @@ class ObjectUpload:
     def abort(self) -> None:
         """Drop everything written; abort the multipart upload if one was started."""
         self._closed = True
-        self._buffer = bytearray()
+        self._buffer, self._filled = bytearray(), 0
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is None:
             return
@@ -228,14 +279,18 @@ class ObjectUpload:
                 bucket=self.bucket,
                 key=self.key,
             )
-        body, self._buffer = self._buffer, bytearray()
         upload_id = self._upload_id
+        body = self._take_buffer(0 if self._closed else self.part_size)
         client, bucket, key = self._client, self.bucket, self.key
+
+        pool, full_part = self._pool, len(body) == self.part_size
 
         def send() -> dict[str, Any]:
             response = client.call(
                 "upload_part", bucket, key, UploadId=upload_id, PartNumber=number, Body=body
             )
+            if full_part:
+                pool.give_back_buffer(body)
             return {"PartNumber": number, "ETag": response["ETag"]}
 
-        self._parts.append(self._pool.submit(send))
+        self._parts.append(pool.submit(send))

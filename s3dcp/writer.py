@@ -179,9 +179,15 @@ class S3StorageWriter(StorageWriter):
             relative = f"{stem}{index}{SHARD_SUFFIX}"
             items = buckets[index]
             expected = sum(item_nbytes(item) for item in items)
-            part_size = choose_part_size(expected, self.part_size)
+            # torch.save adds about a kilobyte of framing per tensor
+            part_size = choose_part_size(expected + 4096 * len(items), self.part_size)
             with ObjectUpload(
-                self._client, pool, self.uri.bucket, self.uri.key(relative), part_size
+                self._client,
+                pool,
+                self.uri.bucket,
+                self.uri.key(relative),
+                part_size,
+                size_hint=expected + 4096 * len(items),
             ) as upload:
                 return write_items(upload, items, planner, relative)
 

@@ -11,7 +11,7 @@ from s3dcp.config import MIB, redact_url, resolve_settings
 
 def test_defaults_are_valid_and_frozen() -> None:
     config = S3ClientConfig()
-    assert config.part_size == 32 * MIB
+    assert config.part_size == 16 * MIB
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.part_size = 1  # type: ignore[misc]
     with pytest.raises(TypeError):

@@ -1,0 +1,221 @@
+"""Read a one-tensor ``torch.save`` archive as a view on its own bytes.
+
+DCP stores each tensor item as a ``torch.save`` zip archive whose storage
+record is kept uncompressed. Instead of ``torch.load`` (which allocates a new
+storage and copies into it), :func:`tensor_view` finds that record in the
+fetched bytes and returns a tensor that *is* those bytes, so a load copies
+each byte once: from the download buffer into the destination tensor.
+
+The pickle inside the archive is read by a tiny unpickler that knows only
+``_rebuild_tensor_v2``, ``OrderedDict`` and the legacy storage classes, and
+builds nothing but a description; nothing from the archive is executed.
+Anything it does not recognise returns ``None`` and the caller falls back
+to ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import struct
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["tensor_view"]
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32,
+    "DoubleStorage": torch.float64,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64,
+    "ComplexDoubleStorage": torch.complex128,
+}
+
+_EOCD = b"PK\x05\x06"
+_ZIP64_LOCATOR = b"PK\x06\x07"
+_ZIP64_EOCD = b"PK\x06\x06"
+_CENTRAL = b"PK\x01\x02"
+_LOCAL = b"PK\x03\x04"
+
+
+class _Unsupported(Exception):
+    """The archive is not the simple kind this reader handles."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    data_offset: int
+    size: int
+
+
+@dataclass(frozen=True)
+class _StorageRef:
+    key: str
+    dtype: torch.dtype
+    numel: int
+
+
+@dataclass(frozen=True)
+class _TensorSpec:
+    storage: _StorageRef
+    offset: int
+    size: tuple[int, ...]
+    stride: tuple[int, ...]
+
+
+def tensor_view(buffer: memoryview) -> torch.Tensor | None:
+    """The tensor stored in ``buffer`` (one ``torch.save`` archive), sharing its memory.
+
+    Returns ``None`` when the archive is not a plain single-tensor archive
+    (the caller then uses ``torch.load``).
+    """
+    try:
+        entries = _read_directory(buffer)
+        prefix = _archive_prefix(entries)
+        byteorder = entries.get(f"{prefix}/byteorder")
+        if byteorder is not None and bytes(_payload(buffer, byteorder)) != b"little":
+            raise _Unsupported("big-endian archive")
+        spec = _read_spec(bytes(_payload(buffer, entries[f"{prefix}/data.pkl"])))
+        record = entries.get(f"{prefix}/data/{spec.storage.key}")
+        itemsize = torch.empty((), dtype=spec.storage.dtype).element_size()
+        if record is None or record.size != spec.storage.numel * itemsize:
+            raise _Unsupported("storage record missing or of the wrong size")
+        _check_bounds(spec)
+        if spec.storage.numel == 0:
+            return torch.empty(spec.size, dtype=spec.storage.dtype)
+        storage = torch.frombuffer(
+            buffer, dtype=spec.storage.dtype, count=spec.storage.numel, offset=record.data_offset
+        )
+        return storage.as_strided(spec.size, spec.stride, spec.offset)
+    except (_Unsupported, KeyError, struct.error, pickle.UnpicklingError, ValueError, TypeError, EOFError):
+        return None
+
+
+def _payload(buffer: memoryview, entry: _Entry) -> memoryview:
+    return buffer[entry.data_offset : entry.data_offset + entry.size]
+
+
+def _archive_prefix(entries: dict[str, _Entry]) -> str:
+    for name in entries:
+        if name.endswith("/data.pkl") and name.count("/") == 1:
+            return name[: -len("/data.pkl")]
+    raise _Unsupported("no data.pkl")
+
+
+def _read_directory(buffer: memoryview) -> dict[str, _Entry]:
+    """Name -> location of each stored (uncompressed) entry of a zip archive."""
+    tail_start = max(0, len(buffer) - (1 << 16) - 22)
+    tail = bytes(buffer[tail_start:])
+    at = tail.rfind(_EOCD)
+    if at < 0:
+        raise _Unsupported("no end of central directory")
+    eocd = tail_start + at
+    count, dir_size, dir_offset = struct.unpack_from("<HII", buffer, eocd + 10)
+    if count == 0xFFFF or dir_offset == 0xFFFFFFFF or dir_size == 0xFFFFFFFF:
+        locator = eocd - 20
+        if bytes(buffer[locator : locator + 4]) != _ZIP64_LOCATOR:
+            raise _Unsupported("zip64 locator missing")
+        (zip64_eocd,) = struct.unpack_from("<Q", buffer, locator + 8)
+        if bytes(buffer[zip64_eocd : zip64_eocd + 4]) != _ZIP64_EOCD:
+            raise _Unsupported("zip64 end record missing")
+        count, dir_size, dir_offset = struct.unpack_from("<QQQ", buffer, zip64_eocd + 32)
+    entries: dict[str, _Entry] = {}
+    position = dir_offset
+    for _ in range(count):
+        if bytes(buffer[position : position + 4]) != _CENTRAL:
+            raise _Unsupported("bad central directory entry")
+        method, = struct.unpack_from("<H", buffer, position + 10)
+        compressed, uncompressed, name_len, extra_len, comment_len = struct.unpack_from(
+            "<IIHHH", buffer, position + 20
+        )
+        (local_offset,) = struct.unpack_from("<I", buffer, position + 42)
+        name = bytes(buffer[position + 46 : position + 46 + name_len]).decode("utf-8")
+        extra = bytes(buffer[position + 46 + name_len : position + 46 + name_len + extra_len])
+        uncompressed, compressed, local_offset = _apply_zip64(extra, uncompressed, compressed, local_offset)
+        if method != 0 or compressed != uncompressed:
+            raise _Unsupported("compressed entry")
+        entries[name] = _Entry(_local_data_offset(buffer, local_offset), uncompressed)
+        position += 46 + name_len + extra_len + comment_len
+    return entries
+
+
+def _apply_zip64(extra: bytes, uncompressed: int, compressed: int, offset: int) -> tuple[int, int, int]:
+    position = 0
+    while position + 4 <= len(extra):
+        header_id, size = struct.unpack_from("<HH", extra, position)
+        if header_id == 0x0001:
+            values = list(struct.unpack_from(f"<{size // 8}Q", extra, position + 4))
+            if uncompressed == 0xFFFFFFFF:
+                uncompressed = values.pop(0)
+            if compressed == 0xFFFFFFFF:
+                compressed = values.pop(0)
+            if offset == 0xFFFFFFFF:
+                offset = values.pop(0)
+        position += 4 + size
+    return uncompressed, compressed, offset
+
+
+def _local_data_offset(buffer: memoryview, local_offset: int) -> int:
+    if bytes(buffer[local_offset : local_offset + 4]) != _LOCAL:
+        raise _Unsupported("bad local header")
+    name_len, extra_len = struct.unpack_from("<HH", buffer, local_offset + 26)
+    return int(local_offset + 30 + name_len + extra_len)
+
+
+def _rebuild_tensor_v2(
+    storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any, hooks: Any, *rest: Any
+) -> _TensorSpec:
+    if not isinstance(storage, _StorageRef) or hooks:
+        raise _Unsupported("unexpected tensor arguments")
+    return _TensorSpec(storage, int(offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
+
+
+class _SpecUnpickler(pickle.Unpickler):
+    """Knows just enough to describe one dense tensor; refuses everything else."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return _rebuild_tensor_v2
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        raise _Unsupported(f"{module}.{name}")
+
+    def persistent_load(self, pid: Any) -> _StorageRef:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise _Unsupported("unexpected persistent id")
+        _, dtype, key, _location, numel = pid
+        if not isinstance(dtype, torch.dtype) or not isinstance(key, str) or not isinstance(numel, int):
+            raise _Unsupported("unexpected storage description")
+        return _StorageRef(key, dtype, numel)
+
+
+def _read_spec(data: bytes) -> _TensorSpec:
+    spec = _SpecUnpickler(io.BytesIO(data)).load()
+    if not isinstance(spec, _TensorSpec):
+        raise _Unsupported("archive does not hold exactly one tensor")
+    return spec
+
+
+def _check_bounds(spec: _TensorSpec) -> None:
+    """Refuse a size/stride/offset that would reach outside the storage."""
+    if len(spec.size) != len(spec.stride) or spec.offset < 0:
+        raise _Unsupported("inconsistent shape")
+    if any(s < 0 for s in spec.size) or any(st < 0 for st in spec.stride):
+        raise _Unsupported("negative size or stride")
+    if 0 in spec.size:
+        return
+    last = spec.offset + sum((s - 1) * st for s, st in zip(spec.size, spec.stride))
+    if last >= spec.storage.numel:
+        raise _Unsupported("view reaches outside its storage")
