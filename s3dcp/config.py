@@ -58,7 +58,9 @@ class S3ClientConfig:
         coalesce_gap: when a load needs two byte ranges of one object at most
             this many bytes apart, fetch them in one GET. Default 256 KiB.
         max_read_size: largest span one coalesced GET may cover (a single item
-            larger than this is still fetched whole). Default 64 MiB.
+            larger than this is still fetched whole). Default 16 MiB. Download
+            buffers alive at once are bounded by ``max_concurrency * max_read_size``
+            (or the largest item, if bigger).
     """
 
     endpoint_url: str | None = None
@@ -74,7 +76,7 @@ class S3ClientConfig:
     part_size: int = 16 * MIB
     max_concurrency: int = 8
     coalesce_gap: int = 256 * 1024
-    max_read_size: int = 64 * MIB
+    max_read_size: int = 16 * MIB
 
     def __post_init__(self) -> None:
         if self.endpoint_url is not None:

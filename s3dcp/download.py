@@ -8,6 +8,7 @@ next attempt asks only for the bytes still missing.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from .client import S3Client
 from .errors import ObjectNotFoundError, S3RequestError
 from .retry import TruncatedBodyError, error_code
 
-__all__ = ["ByteRange", "Fetch", "coalesce", "read_range", "read_object", "object_exists"]
+__all__ = ["ByteRange", "Fetch", "ByteBudget", "coalesce", "read_range", "read_object", "object_exists"]
 
 _READ_CHUNK = 1024 * 1024
 
@@ -76,6 +77,30 @@ def coalesce(ranges: Sequence[ByteRange], max_gap: int, max_span: int) -> list[F
     if members:
         fetches.append(Fetch(ByteRange(start, end), tuple(members)))
     return fetches
+
+
+class ByteBudget:
+    """Bounds the bytes of download buffers alive at once.
+
+    ``acquire(n)`` waits while taking ``n`` would exceed the budget, except
+    that a request is always let through when nothing else is held, so an
+    item larger than the whole budget still loads (alone).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._held = 0
+        self._changed = threading.Condition()
+
+    def acquire(self, size: int) -> None:
+        with self._changed:
+            self._changed.wait_for(lambda: self._held == 0 or self._held + size <= self.limit)
+            self._held += size
+
+    def release(self, size: int) -> None:
+        with self._changed:
+            self._held -= size
+            self._changed.notify_all()
 
 
 def allocate(size: int) -> memoryview:

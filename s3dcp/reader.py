@@ -38,7 +38,7 @@ from torch.futures import Future
 from ._torch_compat import METADATA_NAME, called_from_dcp_load
 from .client import S3Client
 from .config import S3ClientConfig, resolve_settings
-from .download import ByteRange, Fetch, coalesce, read_object, read_range
+from .download import ByteBudget, ByteRange, Fetch, coalesce, read_object, read_range
 from .errors import CheckpointNotFoundError, ObjectNotFoundError, S3DCPError, UnsafeCheckpointError
 from .metadata import check_relative_key, load_metadata
 from .shard import load_tensor
@@ -160,25 +160,32 @@ class S3StorageReader(StorageReader):
         started = time.monotonic()
         fetched = 0
 
+        budget = ByteBudget(config.max_concurrency * config.max_read_size)
+
         def run(job: tuple[str, Fetch, list[ReadItem]]) -> None:
             nonlocal fetched
             relative, fetch, items = job
             key = self.uri.key(relative)
+            budget.acquire(fetch.span.length)
             try:
-                data = read_range(self._client, self.uri.bucket, key, fetch.span)
-            except ObjectNotFoundError as err:
-                raise CheckpointNotFoundError(
-                    f"{self.uri} is damaged: its metadata lists {relative!r} but that object "
-                    "is missing",
-                    bucket=self.uri.bucket,
-                    key=key,
-                ) from err
-            with planner_lock:
-                fetched += len(data)
-            for item in items:
-                item_range = self._range_of(item)
-                start = item_range.start - fetch.span.start
-                self._deliver(item, data[start : start + item_range.length], planner, planner_lock)
+                try:
+                    data = read_range(self._client, self.uri.bucket, key, fetch.span)
+                except ObjectNotFoundError as err:
+                    raise CheckpointNotFoundError(
+                        f"{self.uri} is damaged: its metadata lists {relative!r} but that object "
+                        "is missing",
+                        bucket=self.uri.bucket,
+                        key=key,
+                    ) from err
+                with planner_lock:
+                    fetched += len(data)
+                for item in items:
+                    item_range = self._range_of(item)
+                    start = item_range.start - fetch.span.start
+                    self._deliver(item, data[start : start + item_range.length], planner, planner_lock)
+                del data
+            finally:
+                budget.release(fetch.span.length)
 
         workers = max(1, min(config.max_concurrency, len(jobs)))
         with ThreadPoolExecutor(workers, thread_name_prefix="s3dcp-read") as pool:

@@ -1,37 +1,58 @@
-"""Child process for the memory test: save N MiB, print peak-RSS growth as JSON.
+"""Child process for the memory tests: save and load N MiB, print peak-RSS growth as JSON.
 
-Peak RSS (ru_maxrss) is read before and after the save; the state dict is
-allocated and touched first, so the growth is what the save itself added.
+The peak-RSS mark is reset (Linux ``/proc/self/clear_refs``) right before
+each operation and read right after it; tensors are allocated and touched
+first, so the growth is what the save or load itself added.
 """
 
 from __future__ import annotations
 
 import json
-import resource
+from collections.abc import Callable
 import sys
 import warnings
 
 import torch
 import torch.distributed.checkpoint as dcp
 
-from s3dcp import S3ClientConfig, S3StorageWriter
+from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
 
 warnings.filterwarnings("ignore")
 
 
-def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status(field: str) -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def growth_of(operation: Callable[[], None]) -> float:
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")  # peak RSS := current RSS
+    base = _status("VmRSS")
+    operation()
+    return round(_status("VmHWM") - base, 1)
 
 
 def main() -> None:
     path, mib = sys.argv[1], int(sys.argv[2])
-    config = S3ClientConfig(part_size=8 * 1024 * 1024, max_concurrency=4)
+    config = S3ClientConfig(part_size=8 * 1024 * 1024, max_concurrency=4, max_read_size=8 * 1024 * 1024)
     tensors = 8
     state = {f"t{i}": torch.randn(mib * 1024 * 1024 // 4 // tensors) for i in range(tensors)}
     dcp.save({"warm": torch.ones(1)}, storage_writer=S3StorageWriter(None, path + "-warm", config))
-    before = peak_mib()
-    dcp.save(state, storage_writer=S3StorageWriter(None, path, config))
-    print(json.dumps({"state_mib": mib, "save_growth_mib": round(peak_mib() - before, 1)}))
+    save_growth = growth_of(lambda: dcp.save(state, storage_writer=S3StorageWriter(None, path, config)))
+    for tensor in state.values():
+        tensor.zero_()
+    load_growth = growth_of(lambda: dcp.load(state, storage_reader=S3StorageReader(None, path, config)))
+    report = {
+        "state_mib": mib,
+        "largest_item_mib": mib / tensors,
+        "save_growth_mib": save_growth,
+        "load_growth_mib": load_growth,
+        "nonzero_after_load": all(bool(t.count_nonzero()) for t in state.values()),
+    }
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -135,8 +135,8 @@ def test_no_transfer_threads_are_left_running(s3_env: Any, bucket: str) -> None:
     assert [t.name for t in threading.enumerate() if t.name.startswith("s3dcp")] == []
 
 
-def test_peak_memory_of_a_save_stays_far_below_the_state_dict(s3_env: Any, bucket: str) -> None:
-    """A child process saves 256 MiB; its peak RSS may grow by far less than that."""
+def test_peak_memory_of_save_and_load_stays_bounded(s3_env: Any, bucket: str) -> None:
+    """A child process saves and loads 256 MiB; its peak RSS grows by far less than that."""
     import os
 
     state_mib = 256
@@ -154,3 +154,6 @@ def test_peak_memory_of_a_save_stays_far_below_the_state_dict(s3_env: Any, bucke
     # parts in flight x part size (4 x 8 MiB) + the part being filled + interpreter noise
     assert report["save_growth_mib"] < 96, report
     assert report["save_growth_mib"] < state_mib / 2
+    # download buffers: budget (4 x 8 MiB) or the largest item (32 MiB), + noise
+    assert report["load_growth_mib"] < 32 + report["largest_item_mib"] + 32, report
+    assert report["nonzero_after_load"]

@@ -81,3 +81,31 @@ def test_split_items_balances_by_size_and_drops_empty_bins() -> None:
     with pytest.raises(ValueError):
         split_items(items, 0)
     assert all(i.type != WriteItemType.BYTE_IO for b in bins for i in b)
+
+
+def test_byte_budget_lets_big_requests_through_alone() -> None:
+    import threading
+
+    from s3dcp.download import ByteBudget
+
+    budget = ByteBudget(100)
+    budget.acquire(60)
+    budget.acquire(40)  # exactly full
+    blocked = threading.Event()
+    admitted = threading.Event()
+
+    def big() -> None:
+        blocked.set()
+        budget.acquire(500)  # larger than the budget: waits for everything else
+        admitted.set()
+
+    thread = threading.Thread(target=big)
+    thread.start()
+    blocked.wait()
+    assert not admitted.is_set()
+    budget.release(60)
+    assert not admitted.is_set()  # 40 + 500 > 100, and something is still held
+    budget.release(40)
+    thread.join(timeout=10)
+    assert admitted.is_set()
+    budget.release(500)
