@@ -204,7 +204,7 @@ def translate_error(
     key: str | None,
     settings: ClientSettings,
     attempts: int = 1,
-) -> S3DCPError:
+) -> S3RequestError:
     """Turn a botocore/urllib3 failure into an s3dcp error with a useful message.
 
     The message names the object and endpoint and says what to check. It
@@ -213,7 +213,7 @@ def translate_error(
     """
     where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}" if bucket else "S3"
     endpoint = settings.describe_endpoint()
-    context = {"bucket": bucket, "key": key}
+    context: dict[str, Any] = {"bucket": bucket, "key": key, "attempts": attempts}
     if isinstance(error, _CREDENTIAL_TYPES):
         return CredentialsError(
             f"no usable AWS credentials for {operation} on {where} ({type(error).__name__}): "
@@ -287,4 +287,10 @@ def translate_error(
         detail += f": {server_message}"
     if attempts > 1:
         detail += f" (after {attempts} attempts)"
+    if kind is FailureKind.THROTTLED:
+        detail += (
+            ". The store kept throttling: spread shard objects over key prefixes "
+            "(prefix_strategy=HexPrefixStrategy()), lower max_concurrency, or raise "
+            "max_attempts / retry_deadline"
+        )
     return S3RequestError(f"{operation} on {where} failed at {endpoint}: {detail}", code=code_text, **context)

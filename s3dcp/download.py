@@ -22,7 +22,8 @@ from .retry import TruncatedBodyError, error_code
 
 __all__ = ["ByteRange", "Fetch", "ByteBudget", "coalesce", "read_range", "read_object", "object_exists"]
 
-_READ_CHUNK = 1024 * 1024
+# A body that breaks off loses the chunk being read; the retry asks for the rest.
+_READ_CHUNK = 256 * 1024
 
 
 @dataclass(frozen=True, order=True)

@@ -97,6 +97,7 @@ class S3RequestError(S3DCPError):
     Attributes:
         code: the S3 error code (``"NoSuchKey"``, ``"AccessDenied"``, ...) or
             the HTTP status as text, or ``None`` for client-side failures.
+        attempts: how many times the request was sent before giving up.
     """
 
     def __init__(
@@ -106,9 +107,11 @@ class S3RequestError(S3DCPError):
         bucket: str | None = None,
         key: str | None = None,
         code: str | None = None,
+        attempts: int = 1,
     ) -> None:
         super().__init__(message, bucket=bucket, key=key)
         self.code = code
+        self.attempts = attempts
 
 
 class BucketNotFoundError(S3RequestError, FileNotFoundError):

@@ -50,7 +50,13 @@ THROTTLING_CODES = frozenset(
     }
 )
 TRANSIENT_CODES = frozenset(
-    {"InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeoutException"}
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "ConditionalRequestConflict",  # 409: a concurrent conditional write; S3 says retry
+    }
 )
 THROTTLING_STATUSES = frozenset({429, 503})
 TRANSIENT_STATUSES = frozenset({500, 502, 504})

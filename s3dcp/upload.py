@@ -10,21 +10,39 @@ abort is armed the moment the upload id exists.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+import botocore.exceptions
+
 from .client import S3Client
 from .config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from .errors import S3DCPError
+from .retry import error_code
 
-__all__ = ["TransferPool", "ObjectUpload", "choose_part_size", "put_object"]
+__all__ = ["TransferPool", "ObjectUpload", "choose_part_size", "multipart_etag", "put_object"]
 
 _MIN_BUFFER = 64 * 1024
 
 T = TypeVar("T")
+
+
+def multipart_etag(parts: list[dict[str, Any]]) -> str | None:
+    """The ETag S3 gives an object completed from ``parts`` (MD5 of the part MD5s).
+
+    ``None`` when a part ETag is not a plain MD5 (e.g. SSE-KMS), so it cannot be predicted.
+    """
+    try:
+        digests = b"".join(bytes.fromhex(str(part["ETag"]).strip('"')) for part in parts)
+    except ValueError:
+        return None
+    if len(digests) != 16 * len(parts):
+        return None
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"
 
 
 def choose_part_size(expected_size: int, preferred: int) -> int:
@@ -209,16 +227,42 @@ class ObjectUpload:
         if self._filled or not self._parts:
             self._send_part()
         parts = [future.result() for future in self._parts]
-        response = self._client.call(
-            "complete_multipart_upload",
-            self.bucket,
-            self.key,
-            UploadId=self._upload_id,
-            MultipartUpload={"Parts": parts},
-        )
+        self.etag = self._complete(self._upload_id, parts)
         self._upload_id = None
-        self.etag = str(response.get("ETag", ""))
         return self.etag
+
+    def _complete(self, upload_id: str, parts: list[dict[str, Any]]) -> str:
+        """CompleteMultipartUpload, safe to retry.
+
+        If an attempt completed the upload but its answer was lost, the
+        retry finds no such upload. That is success only when the object now
+        stored has the ETag these exact parts give; anything else is raised.
+        """
+        sent = 0
+
+        def attempt() -> str:
+            nonlocal sent
+            sent += 1
+            try:
+                response = self._client.raw.complete_multipart_upload(
+                    Bucket=self.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+            except botocore.exceptions.ClientError as err:
+                if sent > 1 and error_code(err)[0] == "NoSuchUpload":
+                    landed = self._stored_etag()
+                    if landed is not None and landed == multipart_etag(parts):
+                        return landed
+                raise
+            return str(response.get("ETag", ""))
+
+        return self._client.run(attempt, "complete_multipart_upload", self.bucket, self.key)
+
+    def _stored_etag(self) -> str | None:
+        try:
+            head = self._client.raw.head_object(Bucket=self.bucket, Key=self.key)
+        except botocore.exceptions.ClientError:
+            return None
+        return str(head.get("ETag", "")).strip('"')
 
     def abort(self) -> None:
         """Drop everything written; abort the multipart upload if one was started."""

@@ -11,7 +11,7 @@ DCP calls, in this order (torch 2.13, ``dcp.save``/``dcp.async_save``):
    a crash mid-save cannot leave old metadata over new shards;
 4. all ranks: ``write_data(plan, planner)``: streams shard objects to S3;
 5. coordinator: ``finish(metadata, results)``: writes ``.metadata`` last,
-   the commit record.
+   the commit record; create-only unless overwriting (see ``commit``).
 
 This module only adapts DCP to the pieces below it (``shard``, ``upload``,
 ``client``); it holds no S3 mechanics of its own.
@@ -35,13 +35,14 @@ from torch.futures import Future
 
 from ._torch_compat import DCP_VERSION, METADATA_NAME, SHARD_SUFFIX
 from .client import S3Client
+from .commit import commit_metadata
 from .config import S3ClientConfig, resolve_settings, validate_part_size
 from .download import object_exists
 from .errors import CheckpointExistsError
 from .metadata import check_relative_key, dump_metadata
 from .prefix import DefaultPrefixStrategy, S3PrefixStrategyBase
 from .shard import item_nbytes, split_items, write_items
-from .upload import ObjectUpload, TransferPool, choose_part_size, put_object
+from .upload import ObjectUpload, TransferPool, choose_part_size
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
 
 __all__ = ["S3StorageWriter"]
@@ -221,8 +222,12 @@ class S3StorageWriter(StorageWriter):
         metadata.version = DCP_VERSION
         metadata.storage_data = {wr.index: wr.storage_data for rank in results for wr in rank}
         metadata.storage_meta = self.storage_meta()
-        put_object(
-            self._client, self.uri.bucket, self.uri.key(METADATA_NAME), dump_metadata(metadata)
+        commit_metadata(
+            self._client,
+            self.uri.bucket,
+            self.uri.key(METADATA_NAME),
+            dump_metadata(metadata),
+            exclusive=not self.overwrite,
         )
 
     def _metadata_exists(self) -> bool:

@@ -157,3 +157,19 @@ def test_peak_memory_of_save_and_load_stays_bounded(s3_env: Any, bucket: str) ->
     # download buffers: budget (4 x 8 MiB) or the largest item (32 MiB), + noise
     assert report["load_growth_mib"] < 32 + report["largest_item_mib"] + 32, report
     assert report["nonzero_after_load"]
+
+
+def test_a_failed_multipart_upload_is_aborted(
+    proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    """Part 2 keeps failing: the save fails, no .metadata, and no parts stay behind."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    config = S3ClientConfig(part_size=5 * MIB, max_attempts=2, retry_initial_backoff=0.01)
+    proxy.add_rule("internal_error", method="PUT", query_contains="partNumber=2", key_pattern=r"distcp$")
+    state = {"a": torch.randn(12 * MIB // 4)}
+    with pytest.raises(CheckpointException):
+        dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/aborted", config))
+    assert proxy.requests("DELETE", r"aborted/__0_0\.distcp$"), "no AbortMultipartUpload was sent"
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert "aborted/.metadata" not in {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}

@@ -5,16 +5,26 @@ request, unchanged (Host header included, so signatures still verify), to
 the real server and relays the answer. Rules make it misbehave the way S3
 and networks do:
 
-* ``slowdown`` / ``internal_error`` / ``service_unavailable``: answer 503 or
-  500 with S3's XML error body, without forwarding;
+* ``slowdown`` / ``internal_error`` / ``service_unavailable`` /
+  ``access_denied`` / ``no_such_upload`` / ``not_implemented``: answer 503,
+  500, 403, 404 or 501 with S3's XML error body, without forwarding;
 * ``reset``: read the request, then drop the connection with a TCP RST;
+* ``lose_answer``: forward (the server acts on it), then RST instead of
+  relaying the answer, as when a connection dies on the way back;
 * ``truncate``: forward, then send the headers and only part of the body,
-  then RST (a body that breaks off mid-stream);
-* ``delay``: wait before forwarding.
+  then close the connection (a body that ends before its Content-Length);
+* ``delay``: wait before forwarding;
+* ``hold``: stop the request until the test calls ``rule.release()``; the
+  rule's ``hit`` event is set when one is held, so a test can act while a
+  save is provably mid-way (no sleeps);
+* ``throttle``: a token bucket per key partition (the first
+  ``partition_chars`` characters of the key after ``partition_root``), as S3
+  limits request rates per prefix; requests over the rate get 503 SlowDown.
 
-A rule fires by method, key pattern, probability (seeded, so runs repeat)
-and a count limit. Every request is recorded with its method, key, range,
-status and bytes, so tests can assert on what really went over the wire.
+A rule fires by method, key pattern, query text, header, probability
+(seeded, so runs repeat) and a count limit. Every request is recorded with
+its method, key, range, status and bytes, so tests can assert on what
+really went over the wire.
 """
 
 from __future__ import annotations
@@ -33,13 +43,20 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-ACTIONS = ("slowdown", "internal_error", "service_unavailable", "reset", "truncate", "delay")
-
 _ERRORS = {
     "slowdown": (503, "SlowDown", "Please reduce your request rate."),
     "service_unavailable": (503, "ServiceUnavailable", "Service is unable to handle request."),
     "internal_error": (500, "InternalError", "We encountered an internal error. Please try again."),
+    "access_denied": (403, "AccessDenied", "Access Denied"),
+    "no_such_upload": (404, "NoSuchUpload", "The specified upload does not exist."),
+    "not_implemented": (
+        501,
+        "NotImplemented",
+        "A header you provided implies functionality that is not implemented.",
+    ),
 }
+ACTIONS = (*_ERRORS, "reset", "lose_answer", "truncate", "delay", "hold", "throttle")
+HOLD_LIMIT = 120.0  # a held request is let go after this long even if the test forgot it
 
 
 @dataclass
@@ -55,6 +72,13 @@ class Rule:
         delay: seconds, for ``delay``.
         keep_fraction: share of the body sent before the cut, for ``truncate``.
         query_contains: only requests whose query string contains this text.
+        header: only requests that carry this header (any value).
+        rate / burst: for ``throttle``, requests per second and bucket size
+            of each partition.
+        partition_root: for ``throttle``, the path (``/bucket/prefix/``)
+            that partitions are counted below; requests elsewhere pass.
+        partition_chars: for ``throttle``, how many key characters after
+            ``partition_root`` name a partition.
     """
 
     action: str
@@ -65,20 +89,54 @@ class Rule:
     delay: float = 0.0
     keep_fraction: float = 0.5
     query_contains: str | None = None
+    header: str | None = None
+    rate: float = 0.0
+    burst: float = 1.0
+    partition_root: str = "/"
+    partition_chars: int = 1
     hits: int = field(default=0, init=False)
+    hit: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    released: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _buckets: dict[str, tuple[float, float]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
             raise ValueError(f"unknown action {self.action!r}; one of {ACTIONS}")
+        if self.action == "throttle" and (self.rate <= 0 or self.burst < 1 or self.partition_chars < 0):
+            raise ValueError("throttle needs rate > 0, burst >= 1 and partition_chars >= 0")
 
-    def matches(self, method: str, path: str, query: str) -> bool:
+    def matches(self, method: str, path: str, query: str, headers: Any) -> bool:
         if self.method and self.method != method:
             return False
         if self.key_pattern and not re.search(self.key_pattern, path):
             return False
         if self.query_contains and self.query_contains not in query:
             return False
+        if self.header and self.header not in headers:
+            return False
+        if self.action == "throttle":
+            return path.startswith(self.partition_root) and not self._take_token(path)
         return self.count is None or self.hits < self.count
+
+    def partition(self, path: str) -> str:
+        """The partition a throttled request counts against."""
+        return path[len(self.partition_root) :][: self.partition_chars]
+
+    def _take_token(self, path: str) -> bool:
+        """Spend one token of the request's partition; False when it has none."""
+        now = time.monotonic()
+        name = self.partition(path)
+        tokens, last = self._buckets.get(name, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1:
+            self._buckets[name] = (tokens - 1, now)
+            return True
+        self._buckets[name] = (tokens, now)
+        return False
+
+    def release(self) -> None:
+        """Let every request this ``hold`` rule stopped (and will stop) go on."""
+        self.released.set()
 
 
 @dataclass
@@ -119,6 +177,18 @@ class FaultProxy:
             self.rules.append(rule)
         return rule
 
+    def add_fault_mix(self, rate: float, actions: tuple[str, ...], **options: Any) -> list[Rule]:
+        """Hit a share ``rate`` of matching requests, spread evenly over ``actions``.
+
+        Rules are tried in order, so each one's probability is raised to make
+        up for the requests the ones before it already took.
+        """
+        share = rate / len(actions)
+        return [
+            self.add_rule(action, probability=share / (1 - i * share), **options)
+            for i, action in enumerate(actions)
+        ]
+
     def clear(self) -> None:
         """Drop all rules and records."""
         with self._lock:
@@ -145,13 +215,21 @@ class FaultProxy:
             and (path_pattern is None or re.search(path_pattern, r.path))
         ]
 
-    def _pick_rule(self, method: str, path: str, query: str) -> Rule | None:
+    def _pick_rule(self, method: str, path: str, query: str, headers: Any) -> Rule | None:
         with self._lock:
             for rule in self.rules:
-                if rule.matches(method, path, query) and self._random.random() < rule.probability:
+                if rule.matches(method, path, query, headers) and self._random.random() < rule.probability:
                     rule.hits += 1
+                    rule.hit.set()
                     return rule
         return None
+
+    def statuses(self) -> dict[int, int]:
+        """How many requests got each status (-1: connection reset)."""
+        counts: dict[int, int] = {}
+        for record in self.requests():
+            counts[record.status] = counts.get(record.status, 0) + 1
+        return counts
 
     def _record(self, record: Record) -> None:
         with self._lock:
@@ -168,6 +246,9 @@ class FaultProxy:
         return self
 
     def stop(self) -> None:
+        with self._lock:
+            for rule in self.rules:
+                rule.release()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -218,6 +299,11 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
             self.close_connection = True
             self.connection.close()
 
+        def _close_early(self) -> None:
+            """FIN, not RST: the client still reads every byte sent, then end of stream."""
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_WR)
+
         def _upstream(self) -> http.client.HTTPConnection:
             connection = getattr(local, "connection", None)
             if connection is None:
@@ -254,7 +340,7 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
             body = self._read_body()
             split = urlsplit(self.path)
             path = unquote(split.path)
-            rule = proxy._pick_rule(self.command, path, split.query)
+            rule = proxy._pick_rule(self.command, path, split.query, self.headers)
             action = rule.action if rule else None
             record = Record(
                 self.command, path, split.query, self.headers.get("Range"), 0, len(body), 0, action
@@ -264,8 +350,8 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
                 proxy._record(record)
                 self._reset()
                 return
-            if rule is not None and rule.action in _ERRORS:
-                status, code, message = _ERRORS[rule.action]
+            if rule is not None and rule.action in (*_ERRORS, "throttle"):
+                status, code, message = _ERRORS["slowdown" if rule.action == "throttle" else rule.action]
                 payload = _error_body(code, message, path)
                 record.status, record.response_bytes = status, len(payload)
                 proxy._record(record)
@@ -278,8 +364,15 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
                 return
             if rule is not None and rule.action == "delay":
                 time.sleep(rule.delay)  # the fault itself: a slow network, not test synchronization
+            if rule is not None and rule.action == "hold":
+                rule.released.wait(HOLD_LIMIT)
             status, headers, data = self._forward(body)
             record.status = status
+            if rule is not None and rule.action == "lose_answer":
+                record.status = -1
+                proxy._record(record)
+                self._reset()
+                return
             self.send_response(status)
             for name, value in headers:
                 if name.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
@@ -298,7 +391,7 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
                 self.wfile.flush()
                 record.response_bytes = len(kept)
                 proxy._record(record)
-                self._reset()
+                self._close_early()
                 return
             self.wfile.write(data)
             record.response_bytes = len(data)

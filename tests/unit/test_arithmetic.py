@@ -10,7 +10,7 @@ from torch.distributed.checkpoint.planner import WriteItemType
 from s3dcp.config import GIB, MIB
 from s3dcp.download import ByteRange, coalesce
 from s3dcp.shard import item_nbytes, split_items
-from s3dcp.upload import choose_part_size
+from s3dcp.upload import choose_part_size, multipart_etag
 
 
 def test_part_size_keeps_preferred_when_it_fits() -> None:
@@ -31,6 +31,20 @@ def test_part_size_limits() -> None:
         choose_part_size(1, 1 * MIB)
     with pytest.raises(ValueError):
         choose_part_size(-1, 8 * MIB)
+
+
+def test_multipart_etag_is_md5_of_part_md5s() -> None:
+    import hashlib
+
+    parts_data = [b"a" * 10, b"b" * 3]
+    parts = [{"PartNumber": i + 1, "ETag": f'"{hashlib.md5(d).hexdigest()}"'} for i, d in enumerate(parts_data)]
+    joined = b"".join(hashlib.md5(d).digest() for d in parts_data)
+    assert multipart_etag(parts) == f"{hashlib.md5(joined).hexdigest()}-2"
+
+
+def test_multipart_etag_declines_etags_that_are_not_md5s() -> None:
+    assert multipart_etag([{"ETag": '"not-hex"'}]) is None
+    assert multipart_etag([{"ETag": '"abcd"'}]) is None  # hex, but not 16 bytes
 
 
 def R(a: int, b: int) -> ByteRange:

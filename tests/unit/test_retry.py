@@ -40,6 +40,8 @@ def client_error(code: str | None, status: int) -> botocore.exceptions.ClientErr
         (client_error("SignatureDoesNotMatch", 403), FailureKind.PERMANENT),
         (client_error("InvalidRequest", 400), FailureKind.PERMANENT),
         (client_error("PreconditionFailed", 412), FailureKind.PERMANENT),
+        (client_error("ConditionalRequestConflict", 409), FailureKind.TRANSIENT),
+        (client_error("NotImplemented", 501), FailureKind.PERMANENT),
         (botocore.exceptions.EndpointConnectionError(endpoint_url="http://x"), FailureKind.UNREACHABLE),
         (botocore.exceptions.ConnectTimeoutError(endpoint_url="http://x"), FailureKind.UNREACHABLE),
         (botocore.exceptions.ConnectionClosedError(endpoint_url="http://x"), FailureKind.CONNECTION),

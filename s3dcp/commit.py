@@ -1,0 +1,76 @@
+"""Writing ``.metadata``, the commit record: one PUT, last, never over a rival's.
+
+A checkpoint exists once its ``.metadata`` does. Without ``overwrite`` the
+PUT is create-only (``If-None-Match: *``), so of two jobs racing for one
+path at most one commits; the other gets :class:`CheckpointExistsError`.
+
+Two things make that less simple than it sounds:
+
+* A retried PUT whose first attempt did land (only the answer was lost)
+  meets its own object and gets 412. The stored bytes are then read back:
+  if they are ours, the commit succeeded.
+* Some S3-compatible stores do not implement conditional writes and answer
+  501 ``NotImplemented``; then the commit falls back to a plain PUT, with a
+  warning, and the existence check made before the save is the only guard.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .client import S3Client
+from .download import read_object
+from .errors import CheckpointExistsError, ObjectNotFoundError, S3RequestError
+from .upload import put_object
+
+__all__ = ["commit_metadata", "CONFLICT_CODES", "UNSUPPORTED_CODES"]
+
+log = logging.getLogger("s3dcp")
+
+CONFLICT_CODES = frozenset({"PreconditionFailed", "412"})
+UNSUPPORTED_CODES = frozenset({"NotImplemented", "501"})
+
+
+def commit_metadata(client: S3Client, bucket: str, key: str, body: bytes, *, exclusive: bool) -> None:
+    """Store ``body`` as the commit record ``s3://bucket/key``.
+
+    Args:
+        exclusive: refuse to replace an existing object (create-only PUT).
+
+    Raises:
+        CheckpointExistsError: ``exclusive`` and another save committed first.
+    """
+    if not exclusive:
+        put_object(client, bucket, key, body)
+        return
+    try:
+        put_object(client, bucket, key, body, IfNoneMatch="*")
+    except S3RequestError as err:
+        if err.code in UNSUPPORTED_CODES:
+            log.warning(
+                "s3://%s/%s: the store does not support create-only PUTs (%s); committing with "
+                "a plain PUT, so a concurrent save to the same path is not detected",
+                bucket,
+                key,
+                err.code,
+            )
+            put_object(client, bucket, key, body)
+            return
+        if err.code not in CONFLICT_CODES:
+            raise
+        if _stored_body_is(client, bucket, key, body):
+            return  # an earlier attempt of ours landed; only its answer was lost
+        raise CheckpointExistsError(
+            f"s3://{bucket}/{key} was committed by another save while this one was running; "
+            "this save's shard objects may have replaced some of that checkpoint's. Give each "
+            "job its own checkpoint path",
+            bucket=bucket,
+            key=key,
+        ) from err
+
+
+def _stored_body_is(client: S3Client, bucket: str, key: str, body: bytes) -> bool:
+    try:
+        return read_object(client, bucket, key) == body
+    except ObjectNotFoundError:
+        return False
