@@ -1,18 +1,85 @@
 """Read and write ``.metadata``, the commit record of a checkpoint.
 
 The bytes are what ``FileSystemWriter`` writes (a pickled DCP ``Metadata``),
-so either side can read the other's checkpoints.
+so either side can read the other's checkpoints. Reading never uses plain
+``pickle``: a checkpoint in a shared bucket may have been written by anyone,
+and unpickling runs whatever callables the data names. :class:`SafeUnpickler`
+admits only the classes DCP metadata is made of; anything else stops the
+load before it is called.
 """
 
 from __future__ import annotations
 
+import io
+import pathlib
 import pickle
+from collections import OrderedDict
+from typing import Any
 
+import torch
+from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.metadata import Metadata
 
+from ._torch_compat import StorageInfo
 from .errors import UnsafeCheckpointError
 
-__all__ = ["dump_metadata", "load_metadata", "check_relative_key"]
+__all__ = ["dump_metadata", "load_metadata", "check_relative_key", "SafeUnpickler"]
+
+_METADATA_CLASSES = (
+    "Metadata",
+    "MetadataIndex",
+    "StorageMeta",
+    "TensorStorageMetadata",
+    "BytesStorageMetadata",
+    "ChunkStorageMetadata",
+    "TensorProperties",
+    "_MEM_FORMAT_ENCODING",
+)
+
+
+def _layout_by_name(name: object) -> torch.layout:
+    """What pickled layouts call (``torch.serialization._get_layout``), without calling torch's."""
+    if isinstance(name, str) and name.startswith("torch."):
+        layout = getattr(torch, name[len("torch.") :], None)
+        if isinstance(layout, torch.layout):
+            return layout
+    raise UnsafeCheckpointError(f"names an unknown tensor layout {name!r}")
+
+
+_ALLOWED: dict[tuple[str, str], Any] = {
+    **{(dcp_metadata.__name__, name): getattr(dcp_metadata, name) for name in _METADATA_CLASSES},
+    (StorageInfo.__module__, StorageInfo.__qualname__): StorageInfo,
+    ("torch", "Size"): torch.Size,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch.serialization", "_get_layout"): _layout_by_name,
+    # FileSystemWriter records its checkpoint_id as a path object; building one touches nothing
+    **{("pathlib", cls.__name__): cls for cls in (pathlib.PosixPath, pathlib.PurePosixPath, pathlib.PureWindowsPath)},
+}
+_TORCH_CONSTANT_TYPES = (torch.dtype, torch.layout, torch.memory_format)
+
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles DCP metadata and nothing else.
+
+    Admitted: DCP's metadata dataclasses, ``_StorageInfo``, ``torch.Size``,
+    ``OrderedDict``, torch's dtype/layout/memory-format constants, pure
+    path objects and the builtin containers and scalars pickle encodes
+    without naming a class.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _ALLOWED.get((module, name))
+        if allowed is not None:
+            return allowed
+        if module == "torch" and isinstance(getattr(torch, name, None), _TORCH_CONSTANT_TYPES):
+            return getattr(torch, name)
+        raise UnsafeCheckpointError(
+            f"refers to {module}.{name}, which DCP metadata never contains; it was not loaded "
+            "and nothing in it was run"
+        )
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise UnsafeCheckpointError("holds a persistent reference, which DCP metadata never contains")
 
 
 def dump_metadata(metadata: Metadata) -> bytes:
@@ -21,9 +88,11 @@ def dump_metadata(metadata: Metadata) -> bytes:
 
 
 def load_metadata(data: bytes | bytearray, where: str) -> Metadata:
-    """Deserialize ``.metadata`` read from ``where`` (used in messages)."""
+    """Deserialize ``.metadata`` read from ``where`` (used in messages), safely."""
     try:
-        metadata = pickle.loads(data)
+        metadata = SafeUnpickler(io.BytesIO(data)).load()
+    except UnsafeCheckpointError as err:
+        raise UnsafeCheckpointError(f"{where} {err}; refusing to load this checkpoint") from None
     except Exception as err:
         raise UnsafeCheckpointError(
             f"{where} is not a readable DCP metadata file ({type(err).__name__}: {err})"

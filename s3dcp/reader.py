@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from torch.distributed._shard._utils import narrow_tensor_by_index
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader
@@ -41,7 +42,8 @@ from .config import S3ClientConfig, resolve_settings
 from .download import ByteBudget, ByteRange, Fetch, coalesce, read_object, read_range
 from .errors import CheckpointNotFoundError, ObjectNotFoundError, S3DCPError, UnsafeCheckpointError
 from .metadata import check_relative_key, load_metadata
-from .shard import load_tensor
+from .integrity import verify
+from .shard import check_plain_data, load_tensor
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
 
 __all__ = ["S3StorageReader"]
@@ -182,7 +184,16 @@ class S3StorageReader(StorageReader):
                 for item in items:
                     item_range = self._range_of(item)
                     start = item_range.start - fetch.span.start
-                    self._deliver(item, data[start : start + item_range.length], planner, planner_lock)
+                    item_data = data[start : start + item_range.length]
+                    if self.verify:
+                        verify(
+                            self.storage_data[item.storage_index],
+                            item_data,
+                            bucket=self.uri.bucket,
+                            key=key,
+                            item=item.storage_index.fqn,
+                        )
+                    self._deliver(item, item_data, planner, planner_lock)
                 del data
             finally:
                 budget.release(fetch.span.length)
@@ -227,6 +238,9 @@ class S3StorageReader(StorageReader):
         item: ReadItem, data: memoryview, planner: LoadPlanner, planner_lock: threading.Lock
     ) -> None:
         if item.type == LoadItemType.BYTE_IO:
+            if isinstance(planner, DefaultLoadPlanner):
+                # it unpickles with weights_only=False: check the bytes are plain data first
+                check_plain_data(data, item.storage_index.fqn)
             with planner_lock:
                 planner.load_bytes(item, io.BytesIO(data))
             return

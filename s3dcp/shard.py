@@ -8,6 +8,7 @@ length go into the metadata, so any item can be read alone with a ranged GET.
 from __future__ import annotations
 
 import io
+import pickle
 from collections.abc import Sequence
 from typing import IO, Any, Protocol, cast
 
@@ -17,8 +18,10 @@ from torch.distributed.checkpoint.storage import WriteResult
 
 from ._torch_compat import StorageInfo
 from .archive import tensor_view
+from .errors import UnsafeCheckpointError
+from .integrity import DigestingWriter, set_checksum
 
-__all__ = ["item_nbytes", "split_items", "write_items", "MemoryReader", "load_tensor"]
+__all__ = ["item_nbytes", "split_items", "write_items", "MemoryReader", "load_tensor", "check_plain_data"]
 
 
 class _BinaryStream(Protocol):
@@ -86,28 +89,27 @@ def write_items(
     """Serialize ``items`` one after another into ``stream``.
 
     Items are resolved one at a time (``resolve_data`` may allocate, e.g. a
-    device-to-host copy), so at most one item's staging copy is alive.
+    device-to-host copy), so at most one item's staging copy is alive. Each
+    item's checksum is computed from the bytes as they go into the stream.
     """
     results = []
+    writer = DigestingWriter(stream)
     for item in items:
-        offset = stream.tell()
+        offset = writer.tell()
+        writer.begin()
         data = planner.resolve_data(item)
         if item.type == WriteItemType.BYTE_IO:
             if not isinstance(data, io.BytesIO):
                 raise TypeError(f"BYTE_IO item {item.index.fqn!r} resolved to {type(data).__name__}")
-            stream.write(data.getbuffer())
+            writer.write(data.getbuffer())
         else:
             if not isinstance(data, torch.Tensor):
                 raise TypeError(f"tensor item {item.index.fqn!r} resolved to {type(data).__name__}")
-            torch.save(_as_saveable(data), stream)  # type: ignore[arg-type]
-        length = stream.tell() - offset
-        results.append(
-            WriteResult(
-                index=item.index,
-                size_in_bytes=length,
-                storage_data=StorageInfo(relative_path, offset, length),
-            )
-        )
+            torch.save(_as_saveable(data), writer)  # type: ignore[arg-type]
+        length = writer.tell() - offset
+        info = StorageInfo(relative_path, offset, length)
+        set_checksum(info, writer.end())
+        results.append(WriteResult(index=item.index, size_in_bytes=length, storage_data=info))
     return results
 
 
@@ -152,6 +154,32 @@ class MemoryReader(io.RawIOBase):
         data = bytes(self._view[self._position : end])
         self._position = max(self._position, end)
         return data
+
+
+def check_plain_data(data: memoryview, item: str) -> None:
+    """Raise :class:`UnsafeCheckpointError` unless a ``BYTE_IO`` item is plain data.
+
+    DCP's default planner unpickles these items with ``weights_only=False``,
+    which runs whatever the pickle names. Loading them first with
+    ``weights_only=True`` (which admits tensors, containers, scalars and the
+    classes registered with ``torch.serialization.add_safe_globals``) proves
+    the bytes name nothing else, so the planner's load can run no code.
+    """
+    try:
+        torch.load(cast(IO[bytes], MemoryReader(data)), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"item {item!r} is not plain data: loading it would run code it names "
+            f"({_why_refused(err)}). If you trust this checkpoint and the type is yours, allow it "
+            "with torch.serialization.add_safe_globals([...]) before loading"
+        ) from None
+
+
+def _why_refused(error: Exception) -> str:
+    """The line of torch's weights-only message that names what was refused."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or [type(error).__name__])[0]
 
 
 def load_tensor(data: memoryview) -> torch.Tensor:

@@ -10,6 +10,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import RoundRobinPrefixStrategy, S3StorageReader, S3StorageWriter
+from s3dcp.integrity import get_checksum
 from tests.conftest import REGION, list_keys
 from tests.helpers import assert_same, blank_like
 from tests.integration.test_roundtrip import mixed_state_dict
@@ -39,8 +40,11 @@ def test_s3dcp_checkpoint_loads_with_filesystem_reader(
     state = mixed_state_dict()
     dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/ckpt", thread_count=thread_count))
     download_tree(s3, bucket, "ckpt", tmp_path)
+    reader = dcp.FileSystemReader(tmp_path)
+    # the checksums s3dcp adds ride along in the metadata FileSystemReader reads
+    assert all(get_checksum(info) for info in reader.read_metadata().storage_data.values())
     loaded = blank_like(state)
-    dcp.load(loaded, storage_reader=dcp.FileSystemReader(tmp_path))
+    dcp.load(loaded, storage_reader=reader)
     assert_same(state, loaded)
 
 
