@@ -9,6 +9,8 @@ in each process, so writers survive ``pickle`` and ``fork``.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import os
 import threading
@@ -21,7 +23,7 @@ import botocore.exceptions
 import botocore.session
 import tenacity
 
-from .config import ClientSettings
+from .config import ClientSettings, S3ClientConfig
 from .errors import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -102,8 +104,10 @@ def _create_client(settings: ClientSettings) -> Any:
         max_pool_connections=max(10, 2 * config.max_concurrency),
         s3={"addressing_style": "path"} if config.force_path_style else None,
         tcp_keepalive=True,
+        # "when_required": botocore adds no checksum of its own; the hooks below add the chosen one
+        request_checksum_calculation="when_required",
     )
-    return session.create_client(
+    client = session.create_client(
         "s3",
         region_name=settings.region,
         endpoint_url=settings.endpoint_url,
@@ -112,6 +116,80 @@ def _create_client(settings: ClientSettings) -> Any:
         aws_session_token=settings.session_token,
         config=client_config,
     )
+    _install_request_defaults(client, config)
+    return client
+
+
+# Every S3 operation s3dcp sends; all of them accept ExpectedBucketOwner (not
+# every S3 operation does, e.g. CreateBucket and ListBuckets, hence the list).
+BUCKET_OPERATIONS = (
+    "PutObject",
+    "GetObject",
+    "HeadObject",
+    "DeleteObject",
+    "DeleteObjects",
+    "CreateMultipartUpload",
+    "UploadPart",
+    "CompleteMultipartUpload",
+    "AbortMultipartUpload",
+    "ListObjectsV2",
+    "ListMultipartUploads",
+    "ListParts",
+    "CopyObject",
+)
+# The operations that create objects, which take encryption and storage class.
+CREATE_OPERATIONS = ("PutObject", "CreateMultipartUpload", "CopyObject")
+# The operations that carry object bytes, which take an upload checksum.
+BODY_OPERATIONS = ("PutObject", "UploadPart")
+
+
+def _install_request_defaults(client: Any, config: S3ClientConfig) -> None:
+    """Add the configured server-side options to the params of every request.
+
+    Done with botocore events on the client, not at each call site, so that
+    every request gets them, including raw ``client.raw.get_object(...)``
+    calls elsewhere in the package, without each call site having to
+    remember. A value the caller passed explicitly is kept.
+    """
+    owner: dict[str, str | None] = {"ExpectedBucketOwner": config.expected_bucket_owner}
+    create: dict[str, str | None] = {
+        "ServerSideEncryption": config.server_side_encryption,
+        "SSEKMSKeyId": config.sse_kms_key_id,
+        "StorageClass": config.storage_class,
+    }
+    for operation in BUCKET_OPERATIONS:
+        wanted = {**owner, **create} if operation in CREATE_OPERATIONS else owner
+        defaults = {name: value for name, value in wanted.items() if value is not None}
+        if defaults:
+            client.meta.events.register(
+                f"before-parameter-build.s3.{operation}", _defaults_handler(defaults)
+            )
+    for operation in BODY_OPERATIONS:
+        if config.upload_checksum == "md5":
+            client.meta.events.register(f"before-parameter-build.s3.{operation}", _add_content_md5)
+        elif config.upload_checksum is not None:
+            algorithm = {"ChecksumAlgorithm": config.upload_checksum.upper()}
+            client.meta.events.register(
+                f"before-parameter-build.s3.{operation}", _defaults_handler(algorithm)
+            )
+
+
+def _add_content_md5(params: dict[str, Any], **kwargs: Any) -> None:
+    """Set ``ContentMD5`` from an in-memory body (s3dcp's bodies always are)."""
+    body = params.get("Body")
+    if isinstance(body, (bytes, bytearray, memoryview)) and "ContentMD5" not in params:
+        digest = hashlib.md5(body, usedforsecurity=False).digest()
+        params["ContentMD5"] = base64.b64encode(digest).decode("ascii")
+
+
+def _defaults_handler(defaults: dict[str, str]) -> Callable[..., None]:
+    """A ``before-parameter-build`` handler that fills in ``defaults``."""
+
+    def add_defaults(params: dict[str, Any], **kwargs: Any) -> None:
+        for name, value in defaults.items():
+            params.setdefault(name, value)
+
+    return add_defaults
 
 
 class S3Client:

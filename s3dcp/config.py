@@ -9,6 +9,7 @@ read then, not once per process, and the boto3 client cache is keyed on it.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit, urlunsplit
@@ -23,6 +24,15 @@ MIN_PART_SIZE = 5 * MIB
 MAX_PART_SIZE = 5 * GIB
 MAX_PARTS = 10_000
 MAX_OBJECT_SIZE = 5 * 1024**4
+
+UPLOAD_CHECKSUMS = ("crc32", "sha1", "sha256", "md5", None)
+SERVER_SIDE_ENCRYPTIONS = ("AES256", "aws:kms", "aws:kms:dsse")
+KMS_ENCRYPTIONS = ("aws:kms", "aws:kms:dsse")
+# Objects in these classes must be restored before a GET, so a checkpoint
+# written there could not be loaded.
+ARCHIVE_STORAGE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
+_STORAGE_CLASS = re.compile(r"[A-Z0-9_]+")
+_ACCOUNT_ID = re.compile(r"[0-9]{12}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +71,26 @@ class S3ClientConfig:
             larger than this is still fetched whole). Default 16 MiB. Download
             buffers alive at once are bounded by ``max_concurrency * max_read_size``
             (or the largest item, if bigger).
+        server_side_encryption: how S3 encrypts the objects s3dcp writes:
+            ``"AES256"`` (SSE-S3), ``"aws:kms"`` (SSE-KMS) or ``"aws:kms:dsse"``
+            (dual-layer SSE-KMS). Default ``None``: the bucket's default.
+        sse_kms_key_id: the KMS key (id, ARN or alias) for ``"aws:kms"`` or
+            ``"aws:kms:dsse"``. Default ``None``: the AWS-managed ``aws/s3`` key
+            (or the bucket's default key).
+        storage_class: storage class of the objects s3dcp writes, e.g.
+            ``"STANDARD_IA"``, ``"INTELLIGENT_TIERING"`` or a class your store
+            defines (uppercase letters, digits, ``_``). ``"GLACIER"`` and
+            ``"DEEP_ARCHIVE"`` are refused: their objects cannot be read without
+            a restore. Default ``None``: the bucket's default (usually STANDARD).
+        expected_bucket_owner: the 12-digit AWS account id that must own the
+            bucket; S3 refuses every request (403) if another account owns it.
+            Default ``None``: not checked.
+        upload_checksum: the checksum sent with every PUT and part so the store
+            can refuse bytes damaged on the way: ``"crc32"``, ``"sha1"`` or
+            ``"sha256"`` (``x-amz-checksum-*`` headers, which AWS checks), ``"md5"``
+            (``Content-MD5``, which older stores such as Ceph RGW 16 check instead),
+            or ``None`` for none. Default ``"crc32"``, boto3's own default.
+            Independent of the per-item digests verified on load.
     """
 
     endpoint_url: str | None = None
@@ -77,6 +107,11 @@ class S3ClientConfig:
     max_concurrency: int = 8
     coalesce_gap: int = 256 * 1024
     max_read_size: int = 16 * MIB
+    server_side_encryption: str | None = None
+    sse_kms_key_id: str | None = None
+    storage_class: str | None = None
+    expected_bucket_owner: str | None = None
+    upload_checksum: str | None = "crc32"
 
     def __post_init__(self) -> None:
         if self.endpoint_url is not None:
@@ -102,6 +137,50 @@ class S3ClientConfig:
             raise ValueError(f"coalesce_gap must be an int >= 0, got {self.coalesce_gap!r}")
         if not isinstance(self.max_read_size, int) or self.max_read_size < 1:
             raise ValueError(f"max_read_size must be an int >= 1, got {self.max_read_size!r}")
+        self._validate_server_side()
+        if self.upload_checksum not in UPLOAD_CHECKSUMS:
+            allowed = ", ".join(repr(v) for v in UPLOAD_CHECKSUMS)
+            raise ValueError(f"upload_checksum must be one of {allowed}, got {self.upload_checksum!r}")
+
+    def _validate_server_side(self) -> None:
+        sse = self.server_side_encryption
+        if sse is not None and sse not in SERVER_SIDE_ENCRYPTIONS:
+            allowed = ", ".join(repr(v) for v in SERVER_SIDE_ENCRYPTIONS)
+            raise ValueError(
+                f"server_side_encryption must be one of {allowed} or None, got {sse!r}"
+            )
+        if self.sse_kms_key_id is not None:
+            # Messages never echo the key id.
+            if sse not in KMS_ENCRYPTIONS:
+                raise ValueError(
+                    "sse_kms_key_id is only used with KMS encryption: set "
+                    'server_side_encryption="aws:kms" (or "aws:kms:dsse") as well, '
+                    "or drop sse_kms_key_id"
+                )
+            if not isinstance(self.sse_kms_key_id, str) or not self.sse_kms_key_id.strip():
+                raise ValueError(
+                    "sse_kms_key_id must be a non-empty KMS key id, ARN or alias, "
+                    "or None for the AWS-managed key"
+                )
+        storage_class = self.storage_class
+        if storage_class is not None:
+            if not isinstance(storage_class, str) or not _STORAGE_CLASS.fullmatch(storage_class):
+                raise ValueError(
+                    "storage_class must be a storage class name of uppercase letters, digits "
+                    f"and underscores such as 'STANDARD_IA', got {storage_class!r}"
+                )
+            if storage_class in ARCHIVE_STORAGE_CLASSES:
+                raise ValueError(
+                    f"storage_class {storage_class!r} is refused: objects in it cannot be read "
+                    "back without a restore, so the checkpoint could not be loaded. Use "
+                    "'GLACIER_IR' or 'STANDARD_IA' for cheaper storage that stays readable"
+                )
+        owner = self.expected_bucket_owner
+        if owner is not None and (not isinstance(owner, str) or not _ACCOUNT_ID.fullmatch(owner)):
+            raise ValueError(
+                "expected_bucket_owner must be the bucket owner's 12-digit AWS account id "
+                f"such as '123456789012', got {owner!r}"
+            )
 
 
 def validate_part_size(part_size: object) -> int:

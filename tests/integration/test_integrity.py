@@ -23,9 +23,12 @@ from s3dcp import (
 from s3dcp.integrity import get_checksum
 from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like, s3dcp_error
+from tests.servers.fault_proxy import FaultProxy
 from tests.servers.moto_server import SECRET_KEY
 
 pytestmark = pytest.mark.s3
+
+MIB = 1024 * 1024
 
 
 def stored_metadata(s3: Any, bucket: str, prefix: str) -> Any:
@@ -161,3 +164,28 @@ def test_the_secret_key_never_shows(s3_env: Any, bucket: str, caplog: pytest.Log
     texts.append(caplog.text)
     assert caplog.text  # debug logging really was on
     assert not [text for text in texts if SECRET_KEY in text]
+
+
+@pytest.mark.parametrize(
+    "upload_checksum, header, field",
+    [("crc32", "x-amz-checksum-crc32", "body_crc32"), ("md5", "content-md5", "body_md5")],
+)
+def test_every_put_and_part_carries_a_checksum_of_its_bytes(
+    proxied_env: Any, proxy: FaultProxy, bucket: str, upload_checksum: str, header: str, field: str
+) -> None:
+    """The store can refuse damaged uploads: the header matches the bytes the proxy received."""
+    config = S3ClientConfig(upload_checksum=upload_checksum, part_size=5 * MIB)
+    state = {"big": torch.randn(6 * MIB // 4), "small": torch.ones(10)}
+    dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/sent", config, thread_count=2))
+    uploads = [r for r in proxy.requests("PUT") if r.request_bytes]
+    assert len(uploads) >= 4  # two parts, one small shard, .metadata
+    assert all(r.headers.get(header) == getattr(r, field) for r in uploads), [
+        (r.path, r.headers.get(header)) for r in uploads
+    ]
+
+
+def test_upload_checksums_can_be_turned_off(proxied_env: Any, proxy: FaultProxy, bucket: str) -> None:
+    config = S3ClientConfig(upload_checksum=None)
+    dcp.save({"w": torch.ones(10)}, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/none", config))
+    sent = {name for r in proxy.requests("PUT") for name in r.headers}
+    assert not {name for name in sent if name.startswith("x-amz-checksum-") or name == "content-md5"}

@@ -29,6 +29,8 @@ really went over the wire.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import http.client
 import random
 import re
@@ -42,6 +44,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
+import zlib
 
 _ERRORS = {
     "slowdown": (503, "SlowDown", "Please reduce your request rate."),
@@ -151,6 +154,9 @@ class Record:
     request_bytes: int
     response_bytes: int
     action: str | None
+    headers: dict[str, str] = field(default_factory=dict)  # request headers, names lowercased
+    body_crc32: str = ""  # base64 CRC32 and MD5 of the request body as received,
+    body_md5: str = ""  # to compare with the checksum headers the client sent
 
 
 class FaultProxy:
@@ -343,7 +349,10 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
             rule = proxy._pick_rule(self.command, path, split.query, self.headers)
             action = rule.action if rule else None
             record = Record(
-                self.command, path, split.query, self.headers.get("Range"), 0, len(body), 0, action
+                self.command, path, split.query, self.headers.get("Range"), 0, len(body), 0, action,
+                headers={k.lower(): v for k, v in self.headers.items()},
+                body_crc32=base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode(),
+                body_md5=base64.b64encode(hashlib.md5(body).digest()).decode(),
             )
             if rule is not None and rule.action == "reset":
                 record.status = -1
@@ -378,24 +387,26 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
                 if name.lower() not in ("transfer-encoding", "connection", "content-length", "date", "server"):
                     self.send_header(name, value)
             length = next((v for k, v in headers if k.lower() == "content-length"), None)
+            # recorded before the client gets the answer, so a test sees every finished request
             if self.command == "HEAD":
+                proxy._record(record)
                 self.send_header("Content-Length", length or "0")
                 self.end_headers()
-                proxy._record(record)
                 return
             self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
             if rule is not None and rule.action == "truncate" and data:
                 kept = data[: int(len(data) * rule.keep_fraction)]
-                self.wfile.write(kept)
-                self.wfile.flush()
                 record.response_bytes = len(kept)
                 proxy._record(record)
+                self.end_headers()
+                self.wfile.write(kept)
+                self.wfile.flush()
                 self._close_early()
                 return
-            self.wfile.write(data)
             record.response_bytes = len(data)
             proxy._record(record)
+            self.end_headers()
+            self.wfile.write(data)
 
         do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 

@@ -79,3 +79,94 @@ def test_redact_url() -> None:
     assert redact_url("https://host") == "https://host"
     settings = resolve_settings(None, S3ClientConfig(endpoint_url="http://u:pw@h:1"), {})
     assert "pw" not in settings.describe_endpoint()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"server_side_encryption": "AES256"},
+        {"server_side_encryption": "aws:kms"},
+        {"server_side_encryption": "aws:kms", "sse_kms_key_id": "alias/checkpoints"},
+        {"server_side_encryption": "aws:kms:dsse", "sse_kms_key_id": "1234abcd-12ab-34cd-56ef-1234567890ab"},
+        {"storage_class": "STANDARD_IA"},
+        {"storage_class": "GLACIER_IR"},
+        {"storage_class": "INTELLIGENT_TIERING"},
+        {"storage_class": "CEPH_COLD2"},  # stores define their own classes
+        {"expected_bucket_owner": "123456789012"},
+    ],
+)
+def test_server_side_options_accept_good_values(kwargs: dict[str, str]) -> None:
+    config = S3ClientConfig(**kwargs)  # type: ignore[arg-type]
+    for name, value in kwargs.items():
+        assert getattr(config, name) == value
+
+
+def test_server_side_options_default_to_none_and_are_part_of_the_cache_key() -> None:
+    config = S3ClientConfig()
+    assert config.server_side_encryption is None and config.sse_kms_key_id is None
+    assert config.storage_class is None and config.expected_bucket_owner is None
+    plain = resolve_settings("r", config, {})
+    assert plain == resolve_settings("r", S3ClientConfig(), {})
+    for changed in (
+        S3ClientConfig(server_side_encryption="AES256"),
+        S3ClientConfig(storage_class="STANDARD_IA"),
+        S3ClientConfig(expected_bucket_owner="123456789012"),
+        S3ClientConfig(server_side_encryption="aws:kms", sse_kms_key_id="k"),
+    ):
+        assert resolve_settings("r", changed, {}) != plain
+    assert S3ClientConfig(server_side_encryption="aws:kms", sse_kms_key_id="a") != S3ClientConfig(
+        server_side_encryption="aws:kms", sse_kms_key_id="b"
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"server_side_encryption": "aes256"}, ["server_side_encryption", "'AES256'", "'aws:kms'", "'aws:kms:dsse'"]),
+        ({"server_side_encryption": "SSE-S3"}, ["server_side_encryption", "'AES256'"]),
+        ({"server_side_encryption": ""}, ["server_side_encryption", "'aws:kms'"]),
+        ({"sse_kms_key_id": "alias/k"}, ["sse_kms_key_id", 'server_side_encryption="aws:kms"']),
+        (
+            {"server_side_encryption": "AES256", "sse_kms_key_id": "alias/k"},
+            ["sse_kms_key_id", 'server_side_encryption="aws:kms"'],
+        ),
+        ({"server_side_encryption": "aws:kms", "sse_kms_key_id": ""}, ["sse_kms_key_id", "non-empty"]),
+        ({"server_side_encryption": "aws:kms", "sse_kms_key_id": "  "}, ["sse_kms_key_id", "non-empty"]),
+        ({"storage_class": ""}, ["storage_class", "uppercase"]),
+        ({"storage_class": "standard_ia"}, ["storage_class", "uppercase"]),
+        ({"storage_class": "STANDARD IA"}, ["storage_class", "uppercase"]),
+        ({"storage_class": "GLACIER"}, ["'GLACIER'", "restore", "GLACIER_IR", "STANDARD_IA"]),
+        ({"storage_class": "DEEP_ARCHIVE"}, ["'DEEP_ARCHIVE'", "restore", "GLACIER_IR", "STANDARD_IA"]),
+        ({"expected_bucket_owner": "12345678901"}, ["expected_bucket_owner", "12-digit"]),
+        ({"expected_bucket_owner": "1234567890123"}, ["expected_bucket_owner", "12-digit"]),
+        ({"expected_bucket_owner": "12345678901a"}, ["expected_bucket_owner", "12-digit"]),
+        ({"expected_bucket_owner": "123456789012\n"}, ["expected_bucket_owner", "12-digit"]),
+        ({"expected_bucket_owner": "my-company"}, ["expected_bucket_owner", "account id"]),
+    ],
+)
+def test_server_side_options_refuse_bad_values(kwargs: dict[str, str], expected: list[str]) -> None:
+    with pytest.raises(ValueError) as raised:
+        S3ClientConfig(**kwargs)  # type: ignore[arg-type]
+    for text in expected:
+        assert text in str(raised.value)
+
+
+def test_kms_key_id_is_not_echoed() -> None:
+    key = "arn:aws:kms:us-east-1:111122223333:key/do-not-print"
+    with pytest.raises(ValueError) as raised:
+        S3ClientConfig(server_side_encryption="AES256", sse_kms_key_id=key)
+    assert "do-not-print" not in str(raised.value)
+
+
+def test_every_operation_given_request_defaults_accepts_them() -> None:
+    """botocore's S3 model must take each parameter s3dcp adds to each operation."""
+    import botocore.session
+
+    from s3dcp.client import BUCKET_OPERATIONS, CREATE_OPERATIONS
+
+    model = botocore.session.Session().get_service_model("s3")
+    for operation in BUCKET_OPERATIONS:
+        assert "ExpectedBucketOwner" in model.operation_model(operation).input_shape.members, operation
+    for operation in CREATE_OPERATIONS:
+        members = model.operation_model(operation).input_shape.members
+        assert {"ServerSideEncryption", "SSEKMSKeyId", "StorageClass"} <= set(members), operation
