@@ -102,7 +102,7 @@ def _create_client(settings: ClientSettings) -> Any:
         read_timeout=config.read_timeout,
         retries={"total_max_attempts": 1, "mode": "standard"},
         max_pool_connections=max(10, 2 * config.max_concurrency),
-        s3={"addressing_style": "path"} if config.force_path_style else None,
+        s3=_s3_options(config),
         tcp_keepalive=True,
         # "when_required": botocore adds no checksum of its own; the hooks below add the chosen one
         request_checksum_calculation="when_required",
@@ -190,6 +190,15 @@ def _defaults_handler(defaults: dict[str, str]) -> Callable[..., None]:
             params.setdefault(name, value)
 
     return add_defaults
+
+
+def _s3_options(config: S3ClientConfig) -> dict[str, Any] | None:
+    options: dict[str, Any] = {}
+    if config.force_path_style:
+        options["addressing_style"] = "path"
+    if config.sign_payload is not None:
+        options["payload_signing_enabled"] = config.sign_payload
+    return options or None
 
 
 class S3Client:

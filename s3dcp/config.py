@@ -91,6 +91,13 @@ class S3ClientConfig:
             (``Content-MD5``, which older stores such as Ceph RGW 16 check instead),
             or ``None`` for none. Default ``"crc32"``, boto3's own default.
             Independent of the per-item digests verified on load.
+        sign_payload: include a SHA-256 of each request body in its SigV4
+            signature. Default ``None``: botocore's rule, which signs over plain
+            HTTP and skips it over HTTPS when an upload checksum is sent (TLS plus
+            the checksum already protect the bytes). ``False`` skips it over HTTP
+            too, saving about 0.7 CPU seconds per GiB saved; do that only on a
+            network you trust, since a checksum is no protection against
+            deliberate tampering.
     """
 
     endpoint_url: str | None = None
@@ -112,6 +119,7 @@ class S3ClientConfig:
     storage_class: str | None = None
     expected_bucket_owner: str | None = None
     upload_checksum: str | None = "crc32"
+    sign_payload: bool | None = None
 
     def __post_init__(self) -> None:
         if self.endpoint_url is not None:
@@ -138,6 +146,8 @@ class S3ClientConfig:
         if not isinstance(self.max_read_size, int) or self.max_read_size < 1:
             raise ValueError(f"max_read_size must be an int >= 1, got {self.max_read_size!r}")
         self._validate_server_side()
+        if self.sign_payload not in (None, True, False):
+            raise ValueError(f"sign_payload must be True, False or None, got {self.sign_payload!r}")
         if self.upload_checksum not in UPLOAD_CHECKSUMS:
             allowed = ", ".join(repr(v) for v in UPLOAD_CHECKSUMS)
             raise ValueError(f"upload_checksum must be one of {allowed}, got {self.upload_checksum!r}")

@@ -18,6 +18,7 @@ from torch.distributed.checkpoint.storage import WriteResult
 
 from ._torch_compat import StorageInfo
 from .archive import tensor_view
+from .archive_writer import write_tensor
 from .errors import UnsafeCheckpointError
 from .integrity import DigestingWriter, set_checksum
 
@@ -105,7 +106,9 @@ def write_items(
         else:
             if not isinstance(data, torch.Tensor):
                 raise TypeError(f"tensor item {item.index.fqn!r} resolved to {type(data).__name__}")
-            torch.save(_as_saveable(data), writer)  # type: ignore[arg-type]
+            tensor = _as_saveable(data)
+            if not write_tensor(writer, tensor):
+                torch.save(tensor, writer)  # type: ignore[arg-type]
         length = writer.tell() - offset
         info = StorageInfo(relative_path, offset, length)
         set_checksum(info, writer.end())

@@ -173,3 +173,26 @@ def test_a_failed_multipart_upload_is_aborted(
     assert proxy.requests("DELETE", r"aborted/__0_0\.distcp$"), "no AbortMultipartUpload was sent"
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert "aborted/.metadata" not in {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+@pytest.mark.parametrize("sign_payload", [None, False])
+def test_payload_signing_follows_the_config(
+    proxied_env: Any, proxy: FaultProxy, bucket: str, sign_payload: bool | None
+) -> None:
+    """Over plain HTTP botocore signs each body's SHA-256 unless told not to."""
+    import hashlib
+
+    state = {"w": torch.randn(1000)}
+    path = f"s3://{bucket}/signed-{sign_payload}"
+    dcp.save(state, storage_writer=S3StorageWriter(REGION, path, S3ClientConfig(sign_payload=sign_payload)))
+    puts = [r for r in proxy.requests("PUT") if r.request_bytes]
+    assert puts
+    for record in puts:
+        sent = record.headers["x-amz-content-sha256"]
+        if sign_payload is False:
+            assert sent == "UNSIGNED-PAYLOAD"
+        else:
+            assert len(sent) == 64 and sent != hashlib.sha256(b"").hexdigest()
+    loaded = blank_like(state)
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, path))
+    assert_same(state, loaded)

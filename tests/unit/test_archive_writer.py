@@ -1,0 +1,74 @@
+"""Direct tensor archives are byte for byte what torch.save writes, or not written at all."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from s3dcp.archive import tensor_view
+from s3dcp.archive_writer import write_tensor
+
+DTYPES = [
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128,
+]
+SHAPES = [(), (1,), (7,), (3, 5), (2, 3, 4), (1000,), (64, 65), (200_003,)]
+
+
+def saved(tensor: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(tensor, buffer)
+    return buffer.getvalue()
+
+
+def written(tensor: torch.Tensor) -> bytes | None:
+    buffer = io.BytesIO()
+    return buffer.getvalue() if write_tensor(buffer, tensor) else None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_bytes_equal_torch_save_for_every_dtype_and_shape(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(3)
+    for shape in SHAPES:
+        tensor = (torch.randn(shape, generator=g, dtype=torch.float64) * 100).to(dtype)
+        ours = written(tensor)
+        assert ours is not None, (dtype, shape)
+        assert ours == saved(tensor), (dtype, shape)
+        view = tensor_view(memoryview(bytearray(ours)))
+        assert view is not None and torch.equal(view, tensor)
+
+
+def test_writes_through_a_stream_that_only_has_write() -> None:
+    class Sink:
+        def __init__(self) -> None:
+            self.parts: list[bytes] = []
+
+        def write(self, data: object) -> int:
+            self.parts.append(bytes(data))  # type: ignore[call-overload]
+            return len(self.parts[-1])
+
+    sink = Sink()
+    tensor = torch.arange(1000, dtype=torch.float32)
+    assert write_tensor(sink, tensor)
+    assert b"".join(sink.parts) == saved(tensor)
+
+
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.zeros(0),
+        torch.ones(3, requires_grad=True),
+        torch.arange(12.0).reshape(3, 4).t(),  # not contiguous
+        torch.arange(10.0)[2:],  # starts inside its storage
+        torch.arange(10.0)[:5],  # storage larger than the tensor
+        torch.nn.Parameter(torch.ones(2)),
+        torch.ones(3, dtype=torch.float8_e4m3fn) if hasattr(torch, "float8_e4m3fn") else torch.zeros(0),
+    ],
+    ids=["empty", "requires_grad", "transposed", "offset", "short_view", "parameter", "float8"],
+)
+def test_unusual_tensors_are_left_to_torch_save(tensor: torch.Tensor) -> None:
+    buffer = io.BytesIO()
+    assert not write_tensor(buffer, tensor)
+    assert buffer.getvalue() == b""
