@@ -24,7 +24,7 @@ from .config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from .errors import S3DCPError
 from .retry import error_code
 
-__all__ = ["TransferPool", "ObjectUpload", "choose_part_size", "multipart_etag", "put_object"]
+__all__ = ["PartBuffers", "TransferPool", "ObjectUpload", "choose_part_size", "multipart_etag", "put_object"]
 
 _MIN_BUFFER = 64 * 1024
 
@@ -66,6 +66,50 @@ def choose_part_size(expected_size: int, preferred: int) -> int:
     return min(size, MAX_PART_SIZE)
 
 
+class PartBuffers:
+    """Part-sized buffers kept for reuse, at most ``limit`` of them.
+
+    A fresh 16 MiB ``bytearray`` is zero-filled and page-faulted in before a
+    byte of it is used; reusing buffers, across the parts of one save and
+    across saves, saves about 0.2 CPU seconds per GiB. The price is up to
+    ``limit`` parts of memory held between saves. Pickles empty.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free: list[bytearray] = []
+        self._lock = threading.Lock()
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes: a kept one if there is one, else a new one."""
+        with self._lock:
+            for index, buffer in enumerate(self._free):
+                if len(buffer) == size:
+                    return self._free.pop(index)
+        return bytearray(size)
+
+    def give_back(self, buffer: bytearray) -> None:
+        """Keep ``buffer`` for a later part, unless ``limit`` are kept already."""
+        with self._lock:
+            if len(self._free) < self.limit:
+                self._free.append(buffer)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+    @property
+    def kept_bytes(self) -> int:
+        with self._lock:
+            return sum(len(buffer) for buffer in self._free)
+
+    def __getstate__(self) -> dict[str, int]:
+        return {"limit": self.limit}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.__init__(state["limit"])  # type: ignore[misc]
+
+
 class TransferPool:
     """Threads that send requests, with at most ``limit`` requests queued or running.
 
@@ -73,29 +117,17 @@ class TransferPool:
     memory held by parts waiting to be sent.
     """
 
-    def __init__(self, limit: int, name: str = "s3dcp-io") -> None:
+    def __init__(self, limit: int, buffers: PartBuffers | None = None, name: str = "s3dcp-io") -> None:
         self.limit = limit
+        self.buffers = buffers if buffers is not None else PartBuffers(limit)
         self._slots = threading.BoundedSemaphore(limit)
         self._executor = ThreadPoolExecutor(max_workers=limit, thread_name_prefix=name)
-        self._free_buffers: list[bytearray] = []
-        self._buffer_lock = threading.Lock()
 
     def take_buffer(self, size: int) -> bytearray:
-        """A buffer of ``size`` bytes, reused when one was given back.
-
-        Reuse saves zero-filling and page-faulting fresh memory for every part.
-        """
-        with self._buffer_lock:
-            for index, buffer in enumerate(self._free_buffers):
-                if len(buffer) == size:
-                    return self._free_buffers.pop(index)
-        return bytearray(size)
+        return self.buffers.take(size)
 
     def give_back_buffer(self, buffer: bytearray) -> None:
-        """Keep a sent part's buffer for the next part (at most ``limit`` are kept)."""
-        with self._buffer_lock:
-            if len(self._free_buffers) < self.limit:
-                self._free_buffers.append(buffer)
+        self.buffers.give_back(buffer)
 
     def submit(self, func: Callable[[], T]) -> Future[T]:
         self._slots.acquire()
@@ -109,8 +141,6 @@ class TransferPool:
 
     def shutdown(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
-        with self._buffer_lock:
-            self._free_buffers.clear()
 
 
 def put_object(client: S3Client, bucket: str, key: str, body: bytes | bytearray, **params: Any) -> str:

@@ -42,7 +42,7 @@ from .errors import CheckpointExistsError
 from .metadata import check_relative_key, dump_metadata
 from .prefix import DefaultPrefixStrategy, S3PrefixStrategyBase
 from .shard import item_nbytes, split_items, write_items
-from .upload import ObjectUpload, TransferPool, choose_part_size
+from .upload import ObjectUpload, PartBuffers, TransferPool, choose_part_size
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
 
 __all__ = ["S3StorageWriter"]
@@ -107,6 +107,7 @@ class S3StorageWriter(StorageWriter):
         self.uri: S3Uri = parse_s3_uri(path)
         self._client = S3Client(resolve_settings(region, s3client_config))
         self.part_size = part_size or self._client.settings.config.part_size
+        self._part_buffers = PartBuffers(self._client.settings.config.max_concurrency)
         self.save_id = str(uuid.uuid4())
         self.is_coordinator = False
         self.rank: int | None = None
@@ -174,7 +175,7 @@ class S3StorageWriter(StorageWriter):
         stem = plan.storage_data.stem
         buckets = split_items(plan.items, self.thread_count)
         started = time.monotonic()
-        pool = TransferPool(self._client.settings.config.max_concurrency)
+        pool = TransferPool(self._client.settings.config.max_concurrency, self._part_buffers)
 
         def write_file(index: int) -> list[WriteResult]:
             relative = f"{stem}{index}{SHARD_SUFFIX}"

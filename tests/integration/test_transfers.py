@@ -196,3 +196,17 @@ def test_payload_signing_follows_the_config(
     loaded = blank_like(state)
     dcp.load(loaded, storage_reader=S3StorageReader(REGION, path))
     assert_same(state, loaded)
+
+
+def test_a_writer_keeps_at_most_max_concurrency_part_buffers_between_saves(s3_env: Any, bucket: str) -> None:
+    config = S3ClientConfig(part_size=5 * MIB, max_concurrency=2)
+    writer = S3StorageWriter(REGION, f"s3://{bucket}/reuse-1", config, thread_count=2)
+    state = {"a": torch.randn(11 * MIB // 4), "b": torch.randn(11 * MIB // 4)}
+    dcp.save(state, storage_writer=writer)
+    kept = writer._part_buffers.kept_bytes
+    assert 0 < kept <= 2 * 5 * MIB
+    dcp.save(state, checkpoint_id=f"s3://{bucket}/reuse-2", storage_writer=writer)
+    assert writer._part_buffers.kept_bytes <= 2 * 5 * MIB
+    loaded = blank_like(state)
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/reuse-2", config))
+    assert_same(state, loaded)
