@@ -108,10 +108,21 @@ class _ArchiveWriter:
         self._stream.write(data)
         self._cursor += memoryview(data).nbytes
 
-    def record(self, name: str, payload: Any, crc: int | None = None) -> int:
+    def _put_with_crc(self, data: Any) -> int:
+        """Write ``data`` and return its CRC-32, from the stream's own copy pass if it offers one."""
+        write_with_crc = getattr(self._stream, "write_with_crc", None)
+        if write_with_crc is not None:
+            crc = int(write_with_crc(data))
+        else:
+            crc = zlib.crc32(data)
+            self._stream.write(data)
+        self._cursor += memoryview(data).nbytes
+        return crc
+
+    def record(self, name: str, payload: Any) -> int:
+        """Write one stored record; return its CRC-32."""
         full_name = f"{self._prefix}/{name}".encode()
         size = memoryview(payload).nbytes
-        crc = zlib.crc32(payload) if crc is None else crc
         offset = self._cursor
         start = offset + 30 + len(full_name) + 4
         padding = (-start) % _ALIGNMENT
@@ -121,8 +132,7 @@ class _ArchiveWriter:
             + full_name
             + extra
         )
-        if size:
-            self._put(payload)
+        crc = self._put_with_crc(payload) if size else 0
         self._put(struct.pack("<4sIII", b"PK\x07\x08", crc, size, size))
         self._central.append(
             struct.pack(

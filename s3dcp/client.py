@@ -102,7 +102,7 @@ def _create_client(settings: ClientSettings) -> Any:
         read_timeout=config.read_timeout,
         retries={"total_max_attempts": 1, "mode": "standard"},
         max_pool_connections=max(10, 2 * config.max_concurrency),
-        s3=_s3_options(config),
+        s3=_s3_options(settings),
         tcp_keepalive=True,
         # "when_required": botocore adds no checksum of its own; the hooks below add the chosen one
         request_checksum_calculation="when_required",
@@ -164,14 +164,14 @@ def _install_request_defaults(client: Any, config: S3ClientConfig) -> None:
             client.meta.events.register(
                 f"before-parameter-build.s3.{operation}", _defaults_handler(defaults)
             )
-    for operation in BODY_OPERATIONS:
-        if config.upload_checksum == "md5":
+    if config.upload_checksum == "md5":
+        for operation in BODY_OPERATIONS:
             client.meta.events.register(f"before-parameter-build.s3.{operation}", _add_content_md5)
-        elif config.upload_checksum is not None:
-            algorithm = {"ChecksumAlgorithm": config.upload_checksum.upper()}
-            client.meta.events.register(
-                f"before-parameter-build.s3.{operation}", _defaults_handler(algorithm)
-            )
+    elif config.upload_checksum is not None:
+        # declared on CreateMultipartUpload too, so the parts' checksums are kept and checked
+        algorithm = _defaults_handler({"ChecksumAlgorithm": config.upload_checksum.upper()})
+        for operation in (*BODY_OPERATIONS, "CreateMultipartUpload"):
+            client.meta.events.register(f"before-parameter-build.s3.{operation}", algorithm)
 
 
 def _add_content_md5(params: dict[str, Any], **kwargs: Any) -> None:
@@ -192,13 +192,25 @@ def _defaults_handler(defaults: dict[str, str]) -> Callable[..., None]:
     return add_defaults
 
 
-def _s3_options(config: S3ClientConfig) -> dict[str, Any] | None:
-    options: dict[str, Any] = {}
+def _s3_options(settings: ClientSettings) -> dict[str, Any]:
+    config = settings.config
+    options: dict[str, Any] = {"payload_signing_enabled": _signs_payload(settings)}
     if config.force_path_style:
         options["addressing_style"] = "path"
+    return options
+
+
+def _signs_payload(settings: ClientSettings) -> bool:
+    """botocore's rule made explicit: skip the body's SHA-256 only over TLS with a checksum.
+
+    Stated here rather than left to botocore because s3dcp sets the CRC32
+    header itself, which botocore's own rule would not see.
+    """
+    config = settings.config
     if config.sign_payload is not None:
-        options["payload_signing_enabled"] = config.sign_payload
-    return options or None
+        return config.sign_payload
+    https = settings.endpoint_url is None or settings.endpoint_url.startswith("https:")
+    return not (https and config.upload_checksum is not None)
 
 
 class S3Client:

@@ -8,6 +8,7 @@ in DCP's own format; s3dcp's reader checks it before using any item.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import xxhash
@@ -46,6 +47,15 @@ class DigestingWriter:
     def write(self, data: Any) -> int:
         self._hasher.update(data)
         return int(self._stream.write(data))
+
+    def write_with_crc(self, data: Any) -> int:
+        """Like ``write``, returning the CRC-32 the stream computes (see ``ObjectUpload``)."""
+        self._hasher.update(data)
+        write_with_crc = getattr(self._stream, "write_with_crc", None)
+        if write_with_crc is not None:
+            return int(write_with_crc(data))
+        self._stream.write(data)
+        return zlib.crc32(data)
 
     def tell(self) -> int:
         return int(self._stream.tell())

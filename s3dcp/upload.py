@@ -10,15 +10,18 @@ abort is armed the moment the upload id exists.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import threading
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import botocore.exceptions
 
+from . import crc32
 from .client import S3Client
 from .config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from .errors import S3DCPError
@@ -27,6 +30,10 @@ from .retry import error_code
 __all__ = ["PartBuffers", "TransferPool", "ObjectUpload", "choose_part_size", "multipart_etag", "put_object"]
 
 _MIN_BUFFER = 64 * 1024
+# Bytes copied and checksummed at a time: small enough to stay in cache between the two.
+_CRC_PIECE = 1024 * 1024
+# Checksums an UploadPart answer may carry, to be repeated in CompleteMultipartUpload.
+_PART_CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1", "ChecksumSHA256")
 
 T = TypeVar("T")
 
@@ -182,6 +189,9 @@ class ObjectUpload:
         self._parts: list[Future[dict[str, Any]]] = []
         self._closed = False
         self.etag: str | None = None
+        # S3's CRC32 upload checksum of the part being filled, computed as bytes are copied in
+        self._crc_parts = client.settings.config.upload_checksum == "crc32"
+        self._part_crc = 0
 
     # -- the file-object protocol torch.save needs --------------------------------
     def writable(self) -> bool:
@@ -204,25 +214,42 @@ class ObjectUpload:
         """Nothing to do: parts are sent when full, the rest on commit."""
 
     def write(self, data: Any) -> int:
+        self._copy_in(memoryview(data).cast("B"), want_crc=False)
+        return memoryview(data).nbytes
+
+    def write_with_crc(self, data: Any) -> int:
+        """Write ``data`` and return its CRC-32, from the same pass that copies it."""
+        return self._copy_in(memoryview(data).cast("B"), want_crc=True)
+
+    def _copy_in(self, view: memoryview, want_crc: bool) -> int:
         if self._closed:
             raise ValueError(f"write to a finished upload of s3://{self.bucket}/{self.key}")
-        view = memoryview(data).cast("B")
         size = view.nbytes
         start = 0
+        data_crc = 0
         while start < size:
             if self._filled == len(self._buffer):
                 if len(self._buffer) < self.part_size:
                     self._grow(size - start)
                 else:
                     self._send_part()
-            take = min(len(self._buffer) - self._filled, size - start)
+            take = min(len(self._buffer) - self._filled, size - start, _CRC_PIECE)
             # through a memoryview: bytearray slice assignment is several times slower
             with memoryview(self._buffer) as target:
-                target[self._filled : self._filled + take] = view[start : start + take]
+                piece = target[self._filled : self._filled + take]
+                piece[:] = view[start : start + take]
+                if want_crc:
+                    piece_crc = zlib.crc32(piece)  # just copied, still in cache
+                    data_crc = crc32.combine(data_crc, piece_crc, take)
+                    if self._crc_parts:
+                        self._part_crc = crc32.combine(self._part_crc, piece_crc, take)
+                elif self._crc_parts:
+                    self._part_crc = zlib.crc32(piece, self._part_crc)
+                piece.release()
             self._filled += take
             start += take
         self._written += size
-        return size
+        return data_crc
 
     def _grow(self, wanted: int) -> None:
         """Enlarge a buffer that started small (small objects stay cheap)."""
@@ -234,6 +261,13 @@ class ObjectUpload:
         with memoryview(larger) as target, memoryview(self._buffer) as source:
             target[: self._filled] = source[: self._filled]
         self._buffer = larger
+
+    def _take_part_checksum(self) -> dict[str, str]:
+        """The CRC32 of the bytes filled so far, as the request parameter; starts a new one."""
+        if not self._crc_parts:
+            return {}
+        crc, self._part_crc = self._part_crc, 0
+        return {"ChecksumCRC32": base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")}
 
     def _take_buffer(self, next_capacity: int) -> bytearray:
         """Hand the filled bytes over for sending; start a buffer of ``next_capacity``."""
@@ -251,8 +285,9 @@ class ObjectUpload:
             raise ValueError("upload already finished")
         self._closed = True
         if self._upload_id is None:
+            checksum = self._take_part_checksum()
             body = self._take_buffer(0)
-            self.etag = put_object(self._client, self.bucket, self.key, body, **self._params)
+            self.etag = put_object(self._client, self.bucket, self.key, body, **self._params, **checksum)
             return self.etag
         if self._filled or not self._parts:
             self._send_part()
@@ -354,6 +389,7 @@ class ObjectUpload:
                 key=self.key,
             )
         upload_id = self._upload_id
+        checksum = self._take_part_checksum()
         body = self._take_buffer(0 if self._closed else self.part_size)
         client, bucket, key = self._client, self.bucket, self.key
 
@@ -361,10 +397,12 @@ class ObjectUpload:
 
         def send() -> dict[str, Any]:
             response = client.call(
-                "upload_part", bucket, key, UploadId=upload_id, PartNumber=number, Body=body
+                "upload_part", bucket, key, UploadId=upload_id, PartNumber=number, Body=body, **checksum
             )
             if full_part:
                 pool.give_back_buffer(body)
-            return {"PartNumber": number, "ETag": response["ETag"]}
+            part = {"PartNumber": number, "ETag": response["ETag"]}
+            part.update((name, response[name]) for name in _PART_CHECKSUMS if response.get(name))
+            return part
 
         self._parts.append(pool.submit(send))

@@ -1,0 +1,66 @@
+"""CRC-32 (the zlib / zip / S3 ``CRC32`` one) of a concatenation from its pieces.
+
+The same tensor bytes need two CRC-32s: the zip archive's, over the whole
+record, and S3's upload checksum, over each part, and parts and records do
+not line up. Computing each piece's CRC once and combining them gives both
+from a single pass over the data.
+
+``combine(crc_a, crc_b, len_b)`` is ``zlib.crc32(a + b)`` from ``crc32(a)``,
+``crc32(b)`` and ``len(b)``: ``crc_a`` is carried through ``len_b`` zero
+bytes (a multiplication by x^(8·len_b) modulo the CRC polynomial) and xored
+with ``crc_b``. The multiplier depends only on the length, and pieces come
+in few distinct lengths (whole parts, whole read chunks), so it is cached.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+__all__ = ["combine"]
+
+_POLY = 0xEDB88320  # reflected CRC-32 polynomial
+
+
+def _multiply(a: int, b: int) -> int:
+    """``a * b`` modulo the polynomial, in the reflected bit order zlib uses."""
+    product = 0
+    mask = 1 << 31
+    while a:
+        if a & mask:
+            product ^= b
+            a ^= mask
+        mask >>= 1
+        b = (b >> 1) ^ _POLY if b & 1 else b >> 1
+    return product
+
+
+def _power_table() -> list[int]:
+    """x^(2^k) modulo the polynomial for k = 0..31 (x^1 is 1 << 30 reflected)."""
+    table = [1 << 30]
+    for _ in range(31):
+        table.append(_multiply(table[-1], table[-1]))
+    return table
+
+
+_POWERS = _power_table()
+
+
+@lru_cache(maxsize=256)
+def _shift(length: int) -> int:
+    """x^(8 * length) modulo the polynomial."""
+    result = 1 << 31  # x^0
+    bits = 8 * length
+    k = 0
+    while bits:
+        if bits & 1:
+            result = _multiply(_POWERS[k % 32], result)
+        bits >>= 1
+        k += 1
+    return result
+
+
+def combine(crc_a: int, crc_b: int, length_b: int) -> int:
+    """CRC-32 of ``a + b`` given ``crc32(a)``, ``crc32(b)`` and ``len(b)``."""
+    if length_b <= 0:
+        return crc_a
+    return _multiply(_shift(length_b), crc_a) ^ crc_b
