@@ -37,3 +37,30 @@ test: typecheck
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache
+
+# make bench: side-by-side benchmark (s3dcp, s3torchconnector, fsspec/s3fs, boto3, local disk)
+# in its own venv, so s3fs's botocore pin never touches .venv. Options: make bench BENCH_ARGS='--size-mib 64 --runs 1'
+BENCH_VENV  ?= .venv-bench
+BENCH_BIN   := $(BENCH_VENV)/bin
+BENCH_STAMP := $(BENCH_VENV)/.s3dcp-bench-installed
+BENCH_ARGS  ?= --server both --scheme both
+
+.PHONY: bench bench-install bench-clean
+
+$(BENCH_BIN)/python:
+	$(PYTHON) -m venv $(BENCH_VENV)
+
+# torch first and pinned (the CPU wheel on local disk), then pinned again on the
+# same command line as the extra so nothing in it can upgrade torch
+$(BENCH_STAMP): pyproject.toml | $(BENCH_BIN)/python
+	$(BENCH_BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BENCH_BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[bench]'
+	touch $@
+
+bench-install: $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_BIN)/python benchmarks/compare.py $(BENCH_ARGS)
+
+bench-clean:
+	rm -rf $(BENCH_VENV)
