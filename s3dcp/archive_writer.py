@@ -35,6 +35,7 @@ __all__ = ["write_tensor"]
 log = logging.getLogger("s3dcp")
 
 _ALIGNMENT = 64
+_SMALL = 64 * 1024  # records below this are joined with the headers around them
 _U32 = 0xFFFFFFFF
 _U64 = (1 << 64) - 1
 _STORAGE_RECORD = "data/0"
@@ -103,13 +104,24 @@ class _ArchiveWriter:
         self._prefix = prefix
         self._cursor = 0
         self._central: list[bytes] = []
+        self._pending: list[bytes] = []  # small pieces, written together: fewer write calls
 
-    def _put(self, data: Any) -> None:
-        self._stream.write(data)
-        self._cursor += memoryview(data).nbytes
+    def _put(self, data: bytes) -> None:
+        self._pending.append(data)
+        self._cursor += len(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._stream.write(b"".join(self._pending))
+            self._pending.clear()
 
     def _put_with_crc(self, data: Any) -> int:
         """Write ``data`` and return its CRC-32, from the stream's own copy pass if it offers one."""
+        if memoryview(data).nbytes < _SMALL:
+            crc = zlib.crc32(data)
+            self._put(bytes(data))
+            return crc
+        self._flush()
         write_with_crc = getattr(self._stream, "write_with_crc", None)
         if write_with_crc is not None:
             crc = int(write_with_crc(data))
@@ -154,6 +166,7 @@ class _ArchiveWriter:
             + struct.pack("<4sIQI", b"PK\x06\x07", 0, zip64_end, 1)
             + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, count, count, len(directory), directory_offset, 0)
         )
+        self._flush()
 
 
 def _learn_template() -> _Template | None:
