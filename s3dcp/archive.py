@@ -15,6 +15,7 @@ to ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import functools
 import io
 import pickle
 import struct
@@ -201,7 +202,9 @@ class _SpecUnpickler(pickle.Unpickler):
         return _StorageRef(key, dtype, numel)
 
 
+@functools.lru_cache(maxsize=1024)
 def _read_spec(data: bytes) -> _TensorSpec:
+    """The tensor ``data.pkl`` describes; cached, since checkpoints repeat a few shapes many times."""
     spec = _SpecUnpickler(io.BytesIO(data)).load()
     if not isinstance(spec, _TensorSpec):
         raise _Unsupported("archive does not hold exactly one tensor")

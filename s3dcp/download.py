@@ -20,10 +20,11 @@ from .client import S3Client
 from .errors import ObjectNotFoundError, S3RequestError
 from .retry import TruncatedBodyError, error_code
 
-__all__ = ["ByteRange", "Fetch", "ByteBudget", "coalesce", "read_range", "read_object", "object_exists"]
+__all__ = ["ByteRange", "Fetch", "ByteBudget", "DownloadBuffers", "coalesce", "read_range", "read_object", "object_exists"]
 
 # A body that breaks off loses the chunk being read; the retry asks for the rest.
 _READ_CHUNK = 256 * 1024
+_BUFFER_UNIT = 1024 * 1024
 
 
 @dataclass(frozen=True, order=True)
@@ -110,9 +111,60 @@ def allocate(size: int) -> memoryview:
     return memoryview(array).cast("B")
 
 
-def read_range(client: S3Client, bucket: str, key: str, span: ByteRange) -> memoryview:
-    """Fetch ``span`` of ``s3://bucket/key``; retry broken bodies for the rest only."""
-    view = allocate(span.length)
+class DownloadBuffers:
+    """Download buffers reused from one fetch to the next, at most ``limit`` bytes kept.
+
+    Fresh memory is page-faulted (and zeroed by the kernel) on first touch;
+    reusing buffers across the fetches of a load saves that. Sizes are
+    rounded up to whole MiB, and a kept buffer serves a fetch only if it is
+    at most a quarter larger than needed, so little memory sits unused.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free: list[memoryview] = []
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def capacity_for(size: int) -> int:
+        """The bytes a buffer for ``size`` really takes."""
+        return max(_BUFFER_UNIT, -(-size // _BUFFER_UNIT) * _BUFFER_UNIT)
+
+    def take(self, size: int) -> memoryview:
+        """A buffer of exactly ``size`` bytes (a view on a kept or a new one)."""
+        wanted = self.capacity_for(size)
+        with self._lock:
+            fitting = [b for b in self._free if wanted <= b.nbytes <= wanted + wanted // 4]
+            if fitting:
+                best = min(fitting, key=lambda b: b.nbytes)
+                self._free.remove(best)
+                return best[:size]
+        return allocate(wanted)[:size]
+
+    def give_back(self, view: memoryview) -> None:
+        """Keep the buffer behind ``view`` (from :meth:`take`) unless ``limit`` is reached."""
+        whole = memoryview(view.obj).cast("B")
+        with self._lock:
+            if self._kept_bytes() + whole.nbytes <= self.limit:
+                self._free.append(whole)
+
+    @property
+    def kept_bytes(self) -> int:
+        with self._lock:
+            return self._kept_bytes()
+
+    def _kept_bytes(self) -> int:
+        return sum(buffer.nbytes for buffer in self._free)
+
+
+def read_range(
+    client: S3Client, bucket: str, key: str, span: ByteRange, into: memoryview | None = None
+) -> memoryview:
+    """Fetch ``span`` of ``s3://bucket/key`` (into ``into`` if given, else a new buffer).
+
+    When a body breaks off, the next attempt asks only for the bytes still missing.
+    """
+    view = allocate(span.length) if into is None else into
     if span.length == 0:
         return view
     filled = 0

@@ -39,7 +39,7 @@ from torch.futures import Future
 from ._torch_compat import METADATA_NAME, called_from_dcp_load
 from .client import S3Client
 from .config import S3ClientConfig, resolve_settings
-from .download import ByteBudget, ByteRange, Fetch, coalesce, read_object, read_range
+from .download import ByteBudget, ByteRange, DownloadBuffers, Fetch, coalesce, read_object, read_range
 from .errors import CheckpointNotFoundError, ObjectNotFoundError, S3DCPError, UnsafeCheckpointError
 from .metadata import check_relative_key, load_metadata
 from .integrity import verify
@@ -163,15 +163,19 @@ class S3StorageReader(StorageReader):
         fetched = 0
 
         budget = ByteBudget(config.max_concurrency * config.max_read_size)
+        buffers = DownloadBuffers(config.max_concurrency * config.max_read_size)
 
         def run(job: tuple[str, Fetch, list[ReadItem]]) -> None:
             nonlocal fetched
             relative, fetch, items = job
             key = self.uri.key(relative)
-            budget.acquire(fetch.span.length)
+            held = DownloadBuffers.capacity_for(fetch.span.length)
+            budget.acquire(held)
             try:
                 try:
-                    data = read_range(self._client, self.uri.bucket, key, fetch.span)
+                    data = read_range(
+                        self._client, self.uri.bucket, key, fetch.span, buffers.take(fetch.span.length)
+                    )
                 except ObjectNotFoundError as err:
                     raise CheckpointNotFoundError(
                         f"{self.uri} is damaged: its metadata lists {relative!r} but that object "
@@ -194,9 +198,10 @@ class S3StorageReader(StorageReader):
                             item=item.storage_index.fqn,
                         )
                     self._deliver(item, item_data, planner, planner_lock)
+                buffers.give_back(data)
                 del data
             finally:
-                budget.release(fetch.span.length)
+                budget.release(held)
 
         workers = max(1, min(config.max_concurrency, len(jobs)))
         with ThreadPoolExecutor(workers, thread_name_prefix="s3dcp-read") as pool:
