@@ -51,10 +51,12 @@ $(BENCH_BIN)/python:
 	$(PYTHON) -m venv $(BENCH_VENV)
 
 # torch first and pinned (the CPU wheel on local disk), then pinned again on the
-# same command line as the extra so nothing in it can upgrade torch
+# same command line as the extra so nothing in it can upgrade torch. s3fs is
+# named there too so pip settles aiobotocore's botocore pin before it picks a
+# boto3 (left to the extra alone, pip backtracks through s3fs releases for many minutes)
 $(BENCH_STAMP): pyproject.toml | $(BENCH_BIN)/python
 	$(BENCH_BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BENCH_BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 -e '.[bench]'
+	$(BENCH_BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 's3fs>=2024.6' -e '.[bench]'
 	touch $@
 
 bench-install: $(BENCH_STAMP)

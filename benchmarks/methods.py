@@ -1,16 +1,26 @@
 """The ways of moving a checkpoint to and from S3 that the benchmarks compare.
 
 Each method has ``prepare`` (run once, e.g. store a checkpoint for later
-loads), ``save`` and ``load``. Methods read their settings from the
-environment (``AWS_ENDPOINT_URL`` and credentials), like a user's job would.
+loads), ``save`` and ``load``; the DCP ones also give their ``writer`` and
+``reader``. Methods read their settings from the environment
+(``AWS_ENDPOINT_URL``, ``AWS_CA_BUNDLE`` and credentials), like a user's job
+would. s3torchconnector and s3fs are imported only when used, so the test
+venv (which has neither) still runs ``s3dcp`` and ``boto3-raw``.
+
+Settings shared where a tool has them: 4 writer threads per rank for every
+DCP writer, 16 MiB parts for s3dcp, s3torchconnector and boto3; otherwise
+each tool's defaults.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import shutil
+import tempfile
 import warnings
 from bisect import bisect_right
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -43,20 +53,107 @@ class Method:
     def load(self, dest: dict[str, Any], uri: str) -> None:
         raise NotImplementedError
 
+    def cleanup(self, uri: str) -> None:
+        """Called after a measured save; local methods drop what they wrote."""
 
-class S3DCP(Method):
-    name = "s3dcp"
+
+class DCPMethod(Method):
+    """A DCP storage writer/reader pair; ``thread_count`` parallel writers per rank."""
+
     thread_count = 4
+
+    def writer(self, uri: str) -> Any:
+        raise NotImplementedError
+
+    def reader(self, uri: str) -> Any:
+        raise NotImplementedError
+
+    def save(self, state: dict[str, Any], uri: str) -> None:
+        dcp.save(state, storage_writer=self.writer(uri))
+
+    def load(self, dest: dict[str, Any], uri: str) -> None:
+        dcp.load(dest, storage_reader=self.reader(uri))
+
+
+class S3DCP(DCPMethod):
+    name = "s3dcp"
 
     def _config(self) -> S3ClientConfig:
         return S3ClientConfig(part_size=PART_SIZE, max_concurrency=CONCURRENCY)
 
-    def save(self, state: dict[str, Any], uri: str) -> None:
-        writer = S3StorageWriter(None, uri, self._config(), thread_count=self.thread_count, overwrite=True)
-        dcp.save(state, storage_writer=writer)
+    def writer(self, uri: str) -> Any:
+        return S3StorageWriter(None, uri, self._config(), thread_count=self.thread_count, overwrite=True)
 
-    def load(self, dest: dict[str, Any], uri: str) -> None:
-        dcp.load(dest, storage_reader=S3StorageReader(None, uri, self._config()))
+    def reader(self, uri: str) -> Any:
+        return S3StorageReader(None, uri, self._config())
+
+
+class S3TorchConnector(DCPMethod):
+    """s3torchconnector's DCP writer/reader (AWS CRT client). Its client takes the
+    endpoint from ``AWS_ENDPOINT_URL``; path-style addressing for local servers."""
+
+    name = "s3torchconnector"
+
+    def _config(self) -> Any:
+        from s3torchconnector import S3ClientConfig as CRTConfig
+
+        return CRTConfig(part_size=PART_SIZE, force_path_style=True)
+
+    def writer(self, uri: str) -> Any:
+        from s3torchconnector.dcp import S3StorageWriter as CRTWriter
+
+        return CRTWriter(region(), uri, self._config(), thread_count=self.thread_count)
+
+    def reader(self, uri: str) -> Any:
+        from s3torchconnector.dcp import S3StorageReader as CRTReader
+
+        return CRTReader(region(), uri, self._config())
+
+
+class FsspecS3fs(DCPMethod):
+    """torch's FsspecWriter/FsspecReader on s3fs (aiobotocore) with s3fs's defaults
+    (50 MiB blocks). s3fs takes the endpoint (``AWS_ENDPOINT_URL``) and CA
+    file (``AWS_CA_BUNDLE``) from the environment through botocore."""
+
+    name = "fsspec-s3fs"
+
+    def writer(self, uri: str) -> Any:
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+
+        return FsspecWriter(uri, sync_files=False, thread_count=self.thread_count)
+
+    def reader(self, uri: str) -> Any:
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+        return FsspecReader(uri)
+
+
+class LocalFileSystem(DCPMethod):
+    """DCP's own FileSystemWriter/FileSystemReader on a local directory: no network.
+
+    The directory comes from ``S3DCP_BENCH_LOCAL_DIR`` (the driver makes a
+    temporary one and removes it at the end); a save's directory is removed
+    right after it is measured. No fsync (``sync_files=False``), like the S3
+    writers, so saves end in the page cache."""
+
+    name = "local-fs"
+
+    def __init__(self, base_uri: str) -> None:
+        root = Path(os.environ.get("S3DCP_BENCH_LOCAL_DIR") or tempfile.gettempdir())
+        self.uri = str(root / "local-fs")
+
+    def writer(self, uri: str) -> Any:
+        return dcp.FileSystemWriter(uri, sync_files=False, thread_count=self.thread_count)
+
+    def reader(self, uri: str) -> Any:
+        return dcp.FileSystemReader(uri)
+
+    def cleanup(self, uri: str) -> None:
+        shutil.rmtree(uri, ignore_errors=True)
+
+
+def region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
 class _TensorBytes(io.RawIOBase):
@@ -140,7 +237,9 @@ class Boto3Raw(Method):
         client.download_fileobj(bucket, key, _TensorBytes(dest), Config=self._transfer())
 
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (S3DCP, Boto3Raw)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m for m in (S3DCP, S3TorchConnector, FsspecS3fs, Boto3Raw, LocalFileSystem)
+}
 
 
 def endpoint_description() -> str:

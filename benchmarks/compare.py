@@ -1,0 +1,649 @@
+"""Side by side: s3dcp, s3torchconnector, fsspec/s3fs, raw boto3 and a local disk.
+
+    make bench                                           # everything, 1 GiB, 3 runs (its own venv)
+    .venv-bench/bin/python benchmarks/compare.py --size-mib 64 --runs 1 --out /tmp/quick.json
+    .venv-bench/bin/python benchmarks/compare.py --server sink --scheme https --methods s3dcp,boto3-raw
+    .venv-bench/bin/python benchmarks/compare.py --scaling --max-mib 4096
+
+Servers, all on 127.0.0.1 and started here:
+  moto  moto's S3 server behind a counting forwarder (benchmarks/proxy.py); with
+        HTTPS the forwarder also terminates TLS. Saves and loads.
+  sink  benchmarks/null_sink.py, which reads and drops every upload: the client's
+        ceiling on this machine. Saves only.
+  local DCP's FileSystemWriter/Reader on a temporary directory (method local-fs):
+        no network at all, measured once whatever --server/--scheme say.
+
+HTTPS uses a throwaway CA made with the openssl command; the workers trust it
+through AWS_CA_BUNDLE (boto3, s3dcp, s3fs) and SSL_CERT_FILE (the AWS CRT
+under s3torchconnector).
+
+Every measurement is a fresh worker process (client CPU = its user+sys, peak
+RSS growth from just before the operation); methods alternate A B C A B C;
+each save goes to a new path (deleted from moto afterwards, untimed); loads
+read a checkpoint stored once beforehand and are checked bit for bit. HTTP
+requests and body bytes are counted by the forwarder or the sink, per worker.
+The partial load reads only the ``model.*`` tensors of that checkpoint and
+compares the bytes fetched with the bytes those items occupy (from the
+checkpoint's own metadata).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata as package_metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from transfer import _peak_rss_mib, _reset_peak_rss, _rss_mib  # noqa: E402
+
+MIB = 1024 * 1024
+ALL_METHODS = ["s3dcp", "s3torchconnector", "fsspec-s3fs", "boto3-raw", "local-fs"]
+DCP_METHODS = {"s3dcp", "s3torchconnector", "fsspec-s3fs", "local-fs"}
+PARTIAL_PREFIX = "model."
+BUCKET = "bench"
+CA_NOT_TRUSTED = "n/a (cannot trust a self-signed CA)"
+
+
+# -- worker side --------------------------------------------------------------------
+def _needed_bytes(method: Any, uri: str) -> dict[str, int]:
+    """Bytes the checkpoint's metadata says its items occupy: all, and the ``model.*`` ones."""
+    storage = method.reader(uri).read_metadata().storage_data
+    return {
+        "stored_bytes": sum(info.length for info in storage.values()),
+        "model_bytes": sum(info.length for index, info in storage.items() if index.fqn.startswith(PARTIAL_PREFIX)),
+    }
+
+
+def run_worker(op: str, method_name: str, target: str, size_mib: int) -> dict[str, Any]:
+    import torch
+
+    from methods import METHODS
+    from workload import build_state_dict, tensor_bytes
+
+    method = METHODS[method_name](f"s3://{BUCKET}/unused")
+    state = build_state_dict(size_mib)
+    if op == "prepare":
+        method.save(state, target)
+        return _needed_bytes(method, target) if method_name in DCP_METHODS else {}
+    if op in ("load", "partial"):
+        if op == "partial":
+            state = {k: v for k, v in state.items() if k.startswith(PARTIAL_PREFIX)}
+        for value in state.values():
+            if isinstance(value, torch.Tensor):
+                value.zero_()
+    precise = _reset_peak_rss()
+    base_rss = _rss_mib() if precise else _peak_rss_mib()
+    usage0 = os.times()
+    started = time.perf_counter()
+    if op == "save":
+        method.save(state, target)
+    else:
+        method.load(state, target)
+    wall = time.perf_counter() - started
+    usage1 = os.times()
+    peak_growth = _peak_rss_mib() - base_rss
+    if op == "save":
+        method.cleanup(target)
+    else:
+        expected = build_state_dict(size_mib)
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and not torch.equal(value.view(torch.uint8), expected[key].view(torch.uint8)):
+                raise SystemExit(f"{method_name} loaded wrong bytes for {key}")
+    cpu = (usage1.user - usage0.user) + (usage1.system - usage0.system)
+    return {
+        "method": method_name,
+        "op": op,
+        "bytes": tensor_bytes(state),
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_growth_mib": peak_growth,
+    }
+
+
+# -- driver side --------------------------------------------------------------------
+@dataclass
+class Target:
+    """Where workers send their requests, and who counts them."""
+
+    server: str  # moto | sink | local
+    scheme: str  # http | https | -
+    endpoint: str | None = None
+    counts: Any = None
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.server if self.server == "local" else f"{self.server} {self.scheme}"
+
+
+def _worker(target: Target, op: str, method: str, uri: str, size_mib: int) -> dict[str, Any]:
+    """One measurement in a fresh process; ``{"error": ...}`` instead of raising."""
+    env = dict(os.environ, **target.env)
+    command = [sys.executable, __file__, "--worker", op, "--method", method, "--target", uri, "--size-mib", str(size_mib)]
+    if target.counts is not None:
+        target.counts.take()
+    timeout = 120 + size_mib // 2
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    time.sleep(0.05)  # let a server thread finish recording an answer sent just before the worker exited
+    counts = target.counts.take() if target.counts is not None else {}
+    if result.returncode != 0:
+        return {"error": _explain_failure(target, method, result.stderr), "stderr": result.stderr[-4000:]}
+    answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    if target.counts is not None:
+        answer["requests"] = counts.get("requests", 0)
+        answer["request_body_bytes"] = counts.get("request_body_bytes", 0)
+        answer["response_body_bytes"] = counts.get("response_body_bytes", 0)
+        answer["get_response_bytes"] = counts.get("response_bytes:GET", 0) + counts.get("response_bytes:GetObject", 0)
+        answer["requests_by_op"] = {k[3:]: v for k, v in counts.items() if k.startswith("op:")}
+    return answer
+
+
+def _explain_failure(target: Target, method: str, stderr: str) -> str:
+    tls_words = ("TLS", "SSL", "certificate", "CERTIFICATE")
+    if target.scheme == "https" and any(word in stderr for word in tls_words):
+        return CA_NOT_TRUSTED if method == "s3torchconnector" else "n/a (TLS failed: " + _last_line(stderr) + ")"
+    return "failed: " + _last_line(stderr)
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+def summarize(runs: list[dict[str, Any]], target: Target, size_mib: int) -> dict[str, Any]:
+    first = runs[0]
+    gib = first["bytes"] / 1024**3
+    walls = [r["wall_s"] for r in runs]
+    row: dict[str, Any] = {
+        "server": target.server,
+        "scheme": target.scheme,
+        "method": first["method"],
+        "op": first["op"],
+        "size_mib": size_mib,
+        "runs": len(runs),
+        "gib": round(gib, 3),
+        "wall_s": round(statistics.median(walls), 3),
+        "wall_min_s": round(min(walls), 3),
+        "wall_max_s": round(max(walls), 3),
+        "mb_per_s": round(first["bytes"] / 1e6 / statistics.median(walls), 1),
+        "cpu_s_per_gib": round(statistics.median(r["cpu_s"] for r in runs) / gib, 3),
+        "peak_rss_growth_mib": round(statistics.median(r["peak_rss_growth_mib"] for r in runs), 1),
+    }
+    if "requests" in first:
+        row["requests"] = statistics.median(r["requests"] for r in runs)
+        row["request_body_mib"] = round(statistics.median(r["request_body_bytes"] for r in runs) / MIB, 1)
+        row["response_body_mib"] = round(statistics.median(r["response_body_bytes"] for r in runs) / MIB, 1)
+        row["requests_by_op"] = first["requests_by_op"]
+    return row
+
+
+def failed_row(target: Target, method: str, op: str, size_mib: int, error: str) -> dict[str, Any]:
+    return {"server": target.server, "scheme": target.scheme, "method": method, "op": op, "size_mib": size_mib,
+            "error": error}
+
+
+RATIO_KEYS = ("wall_s", "mb_per_s", "cpu_s_per_gib", "peak_rss_growth_mib", "requests")
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Each metric divided by s3dcp's for the same server, scheme, op and size."""
+    reference = {
+        (r["server"], r["scheme"], r["op"], r["size_mib"]): r for r in rows if r["method"] == "s3dcp" and "error" not in r
+    }
+    for row in rows:
+        base = reference.get((row["server"], row["scheme"], row["op"], row["size_mib"]))
+        if base is None and row["server"] == "local":  # local disk: against s3dcp on moto (HTTP if measured)
+            for scheme in ("http", "https"):
+                base = base or reference.get(("moto", scheme, row["op"], row["size_mib"]))
+        if base is None or "error" in row:
+            continue
+        row["vs_s3dcp"] = {
+            key: round(row[key] / base[key], 2) for key in RATIO_KEYS if key in row and key in base and base[key]
+        }
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rows: list[dict[str, Any]] = []
+        self.partial: list[dict[str, Any]] = []
+        self.scaling: list[dict[str, Any]] = []
+        self.raw: list[dict[str, Any]] = []
+        self.moto_url = ""
+        self.needed: dict[tuple[str, str, int], dict[str, int]] = {}
+        self.load_at_start = [round(x, 2) for x in os.getloadavg()]
+
+    def log(self, text: str) -> None:
+        print(text, flush=True)
+
+    def _delete_prefix(self, prefix: str) -> None:
+        """Drop a saved checkpoint from moto (straight to moto, so nothing is counted)."""
+        if not self.moto_url:
+            return
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=self.moto_url)
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys, "Quiet": True})
+
+    def uri(self, target: Target, method: str, what: str, size_mib: int) -> str:
+        if target.server == "local":
+            return str(Path(target.env["S3DCP_BENCH_LOCAL_DIR"]) / f"{method}-{size_mib}-{what}")
+        return f"s3://{BUCKET}/{target.scheme}/{method}-{size_mib}/{what}"
+
+    def _note(self, target: Target, op: str, method: str, result: dict[str, Any], run: int | None = None) -> None:
+        where = f"{target.label:10} {op:7} {method:16}"
+        if "error" in result:
+            self.log(f"  {where} {result['error']}")
+            if result.get("stderr") and self.args.verbose:
+                self.log(result["stderr"])
+            return
+        requests = f" {result['requests']} req" if "requests" in result else ""
+        self.log(f"  {'run %d ' % (run + 1) if run is not None else ''}{where} {result['wall_s']:.2f}s "
+                 f"cpu {result['cpu_s']:.2f}s rss +{result['peak_rss_growth_mib']:.0f} MiB{requests}")
+
+    def measure(self, target: Target, methods: list[str], ops: list[str], size_mib: int, runs: int,
+                partial: bool) -> list[dict[str, Any]]:
+        """Prepare, then ``runs`` rounds of every op and method in turn; returns summary rows."""
+        failed: dict[str, str] = {}
+        if "load" in ops or partial:
+            for method in methods:
+                result = _worker(target, "prepare", method, self.uri(target, method, "ref", size_mib), size_mib)
+                if "error" in result:
+                    failed[method] = result["error"]
+                    self._note(target, "prepare", method, result)
+                elif method in DCP_METHODS:
+                    self.needed[(target.label, method, size_mib)] = result
+        results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for run in range(runs):
+            for op in ops:
+                for method in methods:
+                    if method in failed:
+                        continue
+                    uri = self.uri(target, method, "ref" if op == "load" else f"save-{run}", size_mib)
+                    result = _worker(target, op, method, uri, size_mib)
+                    self._note(target, op, method, result, run)
+                    if op == "save" and target.server == "moto":
+                        self._delete_prefix(uri[len(f"s3://{BUCKET}/") :] + "/")
+                    if "error" in result:
+                        failed[method] = result["error"]
+                        continue
+                    self.raw.append(dict(result, server=target.server, scheme=target.scheme, run=run + 1,
+                                         size_mib=size_mib))
+                    results.setdefault((op, method), []).append(result)
+        rows = [summarize(runs_, target, size_mib) for runs_ in results.values()]
+        for method, error in failed.items():
+            for op in ops:
+                if (op, method) not in results:
+                    rows.append(failed_row(target, method, op, size_mib, error))
+        if partial:
+            for method in methods:
+                if method not in DCP_METHODS or method in failed:
+                    continue
+                result = _worker(target, "partial", method, self.uri(target, method, "ref", size_mib), size_mib)
+                self._note(target, "partial", method, result)
+                self.partial.append(self._partial_row(target, method, size_mib, result))
+        if target.server == "moto":
+            self._delete_prefix(f"{target.scheme}/")
+        return rows
+
+    def _partial_row(self, target: Target, method: str, size_mib: int, result: dict[str, Any]) -> dict[str, Any]:
+        row: dict[str, Any] = {"server": target.server, "scheme": target.scheme, "method": method, "size_mib": size_mib}
+        if "error" in result:
+            return dict(row, error=result["error"])
+        needed = self.needed.get((target.label, method, size_mib), {})
+        row.update(
+            wall_s=round(result["wall_s"], 3),
+            cpu_s=round(result["cpu_s"], 3),
+            peak_rss_growth_mib=round(result["peak_rss_growth_mib"], 1),
+            tensor_mib=round(result["bytes"] / MIB, 1),
+            needed_mib=round(needed.get("model_bytes", 0) / MIB, 1),
+            checkpoint_mib=round(needed.get("stored_bytes", 0) / MIB, 1),
+        )
+        if "requests" in result:
+            row["fetched_mib"] = round(result["get_response_bytes"] / MIB, 1)
+            row["requests"] = result["requests"]
+            if needed.get("model_bytes"):
+                row["fetched_over_needed"] = round(result["get_response_bytes"] / needed["model_bytes"], 2)
+        return row
+
+    def run(self) -> None:
+        args = self.args
+        methods = [m for m in ALL_METHODS if m in args.methods.split(",")]
+        unknown = set(args.methods.split(",")) - set(ALL_METHODS)
+        if unknown:
+            raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {ALL_METHODS}")
+        servers = ["moto", "sink"] if args.server == "both" else [args.server]
+        schemes = ["http", "https"] if args.scheme == "both" else [args.scheme]
+        remote = [m for m in methods if m != "local-fs"]
+        ops = args.ops.split(",")
+        credentials = {
+            "AWS_ACCESS_KEY_ID": "s3dcp-bench-access-key",
+            "AWS_SECRET_ACCESS_KEY": "s3dcp-bench-secret-key",
+            "AWS_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        with ExitStack() as stack:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="s3dcp-bench-")))
+            local_dir = scratch / "local"
+            local_dir.mkdir()
+            tls = None
+            ca_file = ""
+            if "https" in schemes:
+                from proxy import make_certificate
+
+                ca, cert, key = make_certificate(scratch)
+                tls, ca_file = (cert, key), str(ca)
+            targets: list[Target] = []
+            if remote and ("moto" in servers or args.scaling):
+                from proxy import CountingForwarder
+                from tests.servers.moto_server import MotoServer
+
+                moto = stack.enter_context(MotoServer())
+                self.moto_url = moto.endpoint_url
+                import boto3
+
+                os.environ.update(credentials)
+                boto3.client("s3", endpoint_url=moto.endpoint_url).create_bucket(Bucket=BUCKET)
+                for scheme in schemes:
+                    forwarder = stack.enter_context(CountingForwarder(moto.endpoint_url, tls if scheme == "https" else None))
+                    targets.append(Target("moto", scheme, forwarder.endpoint_url, forwarder.counts))
+            if remote and "sink" in servers:
+                from null_sink import NullSink
+
+                for scheme in schemes:
+                    sink = stack.enter_context(NullSink(tls if scheme == "https" else None))
+                    targets.append(Target("sink", scheme, sink.endpoint_url, sink.counts))
+            for target in targets:
+                target.env = dict(credentials, AWS_ENDPOINT_URL=target.endpoint or "",
+                                  AWS_ENDPOINT_URL_S3=target.endpoint or "", S3DCP_BENCH_LOCAL_DIR=str(local_dir))
+                if target.scheme == "https":  # boto3/s3dcp/s3fs read AWS_CA_BUNDLE, the AWS CRT SSL_CERT_FILE
+                    target.env.update(AWS_CA_BUNDLE=ca_file, SSL_CERT_FILE=ca_file)
+            local = Target("local", "-", env=dict(credentials, S3DCP_BENCH_LOCAL_DIR=str(local_dir)))
+
+            self.log(f"{args.size_mib} MiB, {args.runs} runs, methods {methods}, "
+                     f"targets {[t.label for t in targets] + (['local'] if 'local-fs' in methods else [])}")
+            for target in targets:
+                if target.server == "moto" and "moto" not in servers:
+                    continue  # started for --scaling only
+                target_ops = ops if target.server == "moto" else [op for op in ops if op == "save"]
+                self.log(f"{target.label}: {target.endpoint}")
+                self.rows += self.measure(target, remote, target_ops, args.size_mib, args.runs,
+                                          partial=args.partial and target.server == "moto")
+            if "local-fs" in methods:
+                self.log(f"local: {local_dir}")
+                self.rows += self.measure(local, ["local-fs"], ops, args.size_mib, args.runs, partial=args.partial)
+                shutil.rmtree(local_dir, ignore_errors=True)
+                local_dir.mkdir()
+            if args.scaling:
+                self.run_scaling(targets, local)
+        add_ratios(self.rows)
+        add_ratios(self.scaling)
+
+    def run_scaling(self, targets: list[Target], local: Target) -> None:
+        args = self.args
+        sizes = [s for s in (64, 256, 1024, 4096) if s <= args.max_mib]
+        methods = [m for m in ALL_METHODS if m in (args.scaling_methods or args.methods).split(",")]
+        moto = next((t for t in targets if t.server == "moto"), None)
+        for size in sizes:
+            for target, group in ((moto, [m for m in methods if m != "local-fs"]), (local, ["local-fs"])):
+                group = [m for m in group if m in methods]
+                if target is None or not group:
+                    continue
+                reused = [r for r in self.rows if r["server"] == target.server and r["scheme"] == target.scheme
+                          and r["size_mib"] == size and r["method"] in group
+                          and ("error" in r or r["runs"] >= args.scaling_runs)]
+                if {(r["method"], r["op"]) for r in reused} >= {(m, op) for m in group for op in ("save", "load")}:
+                    self.scaling += [dict(r) for r in reused if r["op"] in ("save", "load")]
+                    continue
+                self.log(f"scaling {size} MiB on {target.label}")
+                self.scaling += self.measure(target, group, ["save", "load"], size, args.scaling_runs, partial=False)
+
+    def report(self) -> dict[str, Any]:
+        versions = {}
+        for name in ("torch", "s3dcp", "boto3", "botocore", "s3torchconnector", "s3torchconnectorclient", "s3fs",
+                     "aiobotocore", "fsspec", "moto"):
+            try:
+                versions[name] = package_metadata.version(name)
+            except package_metadata.PackageNotFoundError:
+                pass
+        return {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": {
+                "platform": platform.platform(),
+                "machine": platform.machine(),
+                "cores": os.cpu_count(),
+                "python": platform.python_version(),
+                "load_average_at_start": self.load_at_start,
+            },
+            "versions": versions,
+            "s3dcp_source": _git_state(),
+            "settings": {
+                "size_mib": self.args.size_mib,
+                "runs": self.args.runs,
+                "server": self.args.server,
+                "scheme": self.args.scheme,
+                "methods": self.args.methods,
+                "scaling_runs": self.args.scaling_runs,
+            },
+            "servers": {
+                "moto": "moto S3 server (one process) behind benchmarks/proxy.py's counting forwarder; "
+                        "HTTPS terminates at the forwarder",
+                "sink": "benchmarks/null_sink.py in the driver process: takes uploads, stores nothing",
+                "local": "FileSystemWriter/Reader on a temporary directory (page cache, no fsync)",
+            },
+            "rows": self.rows,
+            "partial_load": self.partial,
+            "scaling": self.scaling,
+            "runs_raw": self.raw,
+        }
+
+
+def _git_state() -> str:
+    """The commit s3dcp was measured at, and whether its sources had uncommitted changes."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "s3dcp"], cwd=HERE.parent,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (" with uncommitted changes in s3dcp/" if dirty else "")
+
+
+# -- output -------------------------------------------------------------------------
+def _ratio(row: dict[str, Any], key: str) -> str:
+    ratio = row.get("vs_s3dcp", {}).get(key)
+    return "" if ratio is None or row["method"] == "s3dcp" else f" ({ratio:.2f}x)"
+
+
+def _main_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| op | method | wall s median (min-max) | MB/s | client CPU s/GiB | peak RSS growth MiB | HTTP requests |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    order = {m: i for i, m in enumerate(ALL_METHODS)}
+    for r in sorted(rows, key=lambda r: (r["op"] != "save", order.get(r["method"], 99))):
+        if "error" in r:
+            lines.append(f"| {r['op']} | {r['method']} | {r['error']} | | | | |")
+            continue
+        requests = f"{r['requests']:.0f}{_ratio(r, 'requests')}" if "requests" in r else "-"
+        lines.append(
+            f"| {r['op']} | {r['method']} | {r['wall_s']:.2f} ({r['wall_min_s']:.2f}-{r['wall_max_s']:.2f}){_ratio(r, 'wall_s')} "
+            f"| {r['mb_per_s']:.0f}{_ratio(r, 'mb_per_s')} | {r['cpu_s_per_gib']:.2f}{_ratio(r, 'cpu_s_per_gib')} "
+            f"| {r['peak_rss_growth_mib']:.0f}{_ratio(r, 'peak_rss_growth_mib')} | {requests} |"
+        )
+    return lines
+
+
+TITLES = {
+    ("moto", "http"): "moto over HTTP (through the counting forwarder)",
+    ("moto", "https"): "moto over HTTPS (TLS ends at the counting forwarder)",
+    ("sink", "http"): "null sink over HTTP (client ceiling; saves only)",
+    ("sink", "https"): "null sink over HTTPS (client ceiling; saves only)",
+    ("local", "-"): "local disk: FileSystemWriter/Reader, no network (ratios against s3dcp on moto)",
+}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    out = [
+        f"{report['date']}, {machine['machine']}, {machine['cores']} cores (shared by client and server), "
+        f"Python {machine['python']}, {report['settings']['size_mib']} MiB state dict, "
+        f"median of {report['settings']['runs']} runs; (Nx) = this method / s3dcp",
+    ]
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in report["rows"]:
+        groups.setdefault((row["server"], row["scheme"]), []).append(row)
+    for key in sorted(groups, key=lambda k: list(TITLES).index(k) if k in TITLES else 99):
+        out += ["", f"**{TITLES.get(key, ' '.join(key))}**", ""] + _main_table(groups[key])
+    if report["partial_load"]:
+        out += ["", "**Partial load: only the `model.*` tensors** (bytes needed = their items' lengths in the "
+                "checkpoint metadata; fetched = GET response bytes counted at the forwarder)", "",
+                "| server | method | wall s | needed MiB | fetched MiB | fetched / needed | HTTP requests |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in report["partial_load"]:
+            where = r["server"] if r["server"] == "local" else f"{r['server']} {r['scheme']}"
+            if "error" in r:
+                out.append(f"| {where} | {r['method']} | {r['error']} | | | | |")
+                continue
+            out.append(
+                f"| {where} | {r['method']} | {r['wall_s']:.2f} | {r['needed_mib']:.0f} | {r.get('fetched_mib', '-')} "
+                f"| {r.get('fetched_over_needed', '-')} | {r.get('requests', '-')} |"
+            )
+    if report["scaling"]:
+        out += ["", f"**Scaling** (moto, first scheme measured, and local disk; {report['settings']['scaling_runs']} "
+                "run(s) per size, the main size's rows reused)", "",
+                "| size MiB | method | where | save s | save MB/s | save CPU s/GiB | load s | load MB/s | load CPU s/GiB |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        cells: dict[tuple[int, str, str], dict[str, dict[str, Any]]] = {}
+        for r in report["scaling"]:
+            where = r["server"] if r["server"] == "local" else f"{r['server']} {r['scheme']}"
+            cells.setdefault((r["size_mib"], r["method"], where), {})[r["op"]] = r
+        order = {m: i for i, m in enumerate(ALL_METHODS)}
+        for (size, method, where), ops in sorted(cells.items(), key=lambda kv: (kv[0][0], order.get(kv[0][1], 99))):
+            parts = []
+            for op in ("save", "load"):
+                r = ops.get(op)
+                if r is None or "error" in r:
+                    parts += [r["error"] if r else "-", "", ""]
+                else:
+                    parts += [f"{r['wall_s']:.2f}", f"{r['mb_per_s']:.0f}", f"{r['cpu_s_per_gib']:.2f}"]
+            out.append(f"| {size} | {method} | {where} | " + " | ".join(parts) + " |")
+    return "\n".join(out)
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if "error" not in r]
+    labels = []
+    for r in report["rows"]:
+        label = r["server"] if r["server"] == "local" else f"{r['server']} {r['scheme']}"
+        if label not in labels:
+            labels.append(label)
+    methods = [m for m in ALL_METHODS if any(r["method"] == m for r in report["rows"])]
+    figure, axes = plt.subplots(2, 2, figsize=(14, 8.5), constrained_layout=True)
+    colors = {label: f"C{i}" for i, label in enumerate(labels)}
+    width = 0.8 / max(len(labels), 1)
+
+    def where(r: dict[str, Any]) -> str:
+        return r["server"] if r["server"] == "local" else f"{r['server']} {r['scheme']}"
+
+    for col, op in enumerate(("save", "load")):
+        for row_index, (metric, unit) in enumerate((("mb_per_s", "MB/s (higher is better)"),
+                                                     ("cpu_s_per_gib", "client CPU s/GiB (lower is better)"))):
+            axis = axes[row_index][col]
+            legend_done: set[str] = set()
+            for m, method in enumerate(methods):  # each method's bars centred on its tick
+                present = [r for label in labels for r in rows
+                           if r["op"] == op and r["method"] == method and where(r) == label]
+                for i, r in enumerate(present):
+                    label = where(r)
+                    bars = axis.bar(m + (i - (len(present) - 1) / 2) * width, r[metric], width, color=colors[label],
+                                    label=None if label in legend_done else label)
+                    legend_done.add(label)
+                    axis.bar_label(bars, fmt="%.0f" if metric == "mb_per_s" else "%.2f", fontsize=7, padding=1)
+            axis.set_xticks(range(len(methods)), methods, fontsize=9)
+            axis.set_title(f"{op}: {unit}", fontsize=10)
+            axis.grid(axis="y", alpha=0.3)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colors[label]) for label in labels]
+    figure.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=9)
+    machine = report["machine"]
+    figure.suptitle(f"{report['settings']['size_mib']} MiB state dict, median of {report['settings']['runs']} runs, "
+                    f"{machine['cores']} cores, {report['date']} (missing bar: not measured or n/a)", fontsize=11)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", choices=["moto", "sink", "both"], default="both")
+    parser.add_argument("--scheme", choices=["http", "https", "both"], default="both")
+    parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated, from {ALL_METHODS}")
+    parser.add_argument("--ops", default="save,load")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--no-partial", dest="partial", action="store_false", help="skip the partial-load case")
+    parser.add_argument("--scaling", action="store_true", help="also measure 64, 256, 1024 MiB (4096 with --max-mib 4096)")
+    parser.add_argument("--max-mib", type=int, default=1024)
+    parser.add_argument("--scaling-methods", help="methods for --scaling (default: --methods)")
+    parser.add_argument("--scaling-runs", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "compare.json",
+                        help="JSON report; the .md table and .png chart go next to it")
+    parser.add_argument("--verbose", action="store_true", help="print a failing worker's stderr")
+    parser.add_argument("--worker", choices=["prepare", "save", "load", "partial"], help=argparse.SUPPRESS)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    parser.add_argument("--target", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        print(json.dumps(run_worker(args.worker, args.method, args.target, args.size_mib)))
+        return
+
+    bench = Bench(args)
+    if bench.load_at_start[0] > 1.0:
+        print(f"warning: load average {bench.load_at_start} before starting: is another benchmark or test run "
+              "going on? It shares the cores with this one.", flush=True)
+    bench.run()
+    report = bench.report()
+    table = markdown(report)
+    print(table)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(table + "\n")
+    written = [args.out.name, args.out.with_suffix(".md").name]
+    try:
+        chart(report, args.out.with_suffix(".png"))
+        written.append(args.out.with_suffix(".png").name)
+    except ImportError:
+        print("no chart: matplotlib is not installed (make bench installs it in .venv-bench)", flush=True)
+    print(f"wrote {', '.join(written)} in {args.out.parent}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

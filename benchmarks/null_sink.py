@@ -1,0 +1,420 @@
+"""A null S3 server for benchmarks: it takes every upload and keeps nothing.
+
+It answers just enough of the S3 API for a checkpoint save to succeed
+(PutObject, CopyObject, the multipart calls, DeleteObject, CreateBucket /
+HeadBucket, an empty ListObjectsV2) and says 404 NoSuchKey to a GET or HEAD
+of any key it was never sent, so "does this checkpoint exist?" checks pass.
+Request bodies are read into one reusable buffer and dropped: no hashing, no
+storing, no signature checks. It remembers only the size of each key written
+(and not deleted since), because some writers "rename" their
+``.metadata.tmp`` by HEAD + CopyObject + DeleteObject; a GET of such a key
+returns that many zero bytes. A save against it therefore measures the
+client's ceiling on this machine (serialization, copying, HTTP/TLS), not a
+store.
+
+It counts requests and bytes, so a benchmark can report how many HTTP
+requests a client sent. HTTP/1.1 keep-alive, ``Expect: 100-continue``,
+``Transfer-Encoding: chunked`` and ``aws-chunked`` bodies (the latter are
+just ``Content-Length`` bytes to consume) are handled. With ``tls=(cert,
+key)`` it speaks HTTPS.
+
+    python benchmarks/null_sink.py            # prints the endpoint; Ctrl-C stops
+    python benchmarks/null_sink.py --tls-cert cert.pem --tls-key key.pem
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import socket
+import socketserver
+import ssl
+import threading
+import uuid
+from collections import Counter
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+RECV_BUFFER = 4 * 1024 * 1024  # socket receive buffer asked of the kernel
+READ_CHUNK = 1024 * 1024  # bytes consumed per readinto
+
+_XML = '<?xml version="1.0" encoding="UTF-8"?>\n'
+_NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
+
+
+class Counts:
+    """Requests and bytes seen, thread-safe; ``take()`` returns them and starts again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+
+    def add(self, operation: str, request_bytes: int, response_bytes: int) -> None:
+        with self._lock:
+            self._counts["requests"] += 1
+            self._counts[f"op:{operation}"] += 1
+            self._counts["request_body_bytes"] += request_bytes
+            self._counts["response_body_bytes"] += response_bytes
+            self._counts[f"response_bytes:{operation}"] += response_bytes
+
+    def take(self) -> dict[str, int]:
+        with self._lock:
+            counts, self._counts = dict(self._counts), Counter()
+        return counts
+
+
+class _BodyError(Exception):
+    pass
+
+
+def read_head(rfile: Any) -> tuple[str, list[tuple[str, str]]] | None:
+    """One request or status line and its headers; None at a clean end of stream."""
+    line = rfile.readline(65537)
+    while line in (b"\r\n", b"\n"):  # tolerate stray blank lines between messages
+        line = rfile.readline(65537)
+    if not line:
+        return None
+    headers: list[tuple[str, str]] = []
+    while True:
+        header = rfile.readline(65537)
+        if header in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = header.decode("latin-1").partition(":")
+        headers.append((name.strip(), value.strip()))
+    return line.decode("latin-1").rstrip("\r\n"), headers
+
+
+def header(headers: list[tuple[str, str]], name: str) -> str | None:
+    name = name.lower()
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def drain(rfile: Any, length: int, buffer: memoryview) -> int:
+    """Read and drop exactly ``length`` bytes."""
+    left = length
+    while left:
+        got = rfile.readinto(buffer[: min(left, len(buffer))])
+        if not got:
+            raise _BodyError("body ended early")
+        left -= got
+    return length
+
+
+def drain_chunked(rfile: Any, buffer: memoryview) -> int:
+    """Read and drop a chunked body (its trailers too); returns the payload size."""
+    total = 0
+    while True:
+        size_line = rfile.readline(65537)
+        if not size_line:
+            raise _BodyError("chunked body ended early")
+        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return total
+        total += drain(rfile, size, buffer)
+        rfile.readline(65537)  # CRLF after the chunk
+
+
+def _operation(method: str, key: str, query: dict[str, list[str]], headers: list[tuple[str, str]]) -> str:
+    if not key:
+        return {"PUT": "CreateBucket", "HEAD": "HeadBucket", "POST": "DeleteObjects"}.get(
+            method, "GetBucketLocation" if "location" in query else "ListObjects"
+        )
+    if method == "PUT":
+        if "partNumber" in query:
+            return "UploadPartCopy" if header(headers, "x-amz-copy-source") else "UploadPart"
+        return "CopyObject" if header(headers, "x-amz-copy-source") else "PutObject"
+    if method == "POST":
+        return "CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload"
+    if method == "DELETE":
+        return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
+    return {"GET": "GetObject", "HEAD": "HeadObject"}.get(method, method)
+
+
+def _etag() -> str:
+    return f'"{uuid.uuid4().hex}"'
+
+
+class _Sizes:
+    """The size of every object "stored" and of every part of open multipart uploads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.objects: dict[str, int] = {}
+        self.uploads: dict[str, dict[int, int]] = {}
+
+    def put(self, path: str, size: int) -> None:
+        with self._lock:
+            self.objects[path] = size
+
+    def get(self, path: str) -> int | None:
+        with self._lock:
+            return self.objects.get(path)
+
+    def delete(self, path: str) -> None:
+        with self._lock:
+            self.objects.pop(path, None)
+
+    def part(self, upload_id: str, number: int, size: int) -> None:
+        with self._lock:
+            self.uploads.setdefault(upload_id, {})[number] = size
+
+    def finish(self, upload_id: str, path: str | None) -> None:
+        with self._lock:
+            parts = self.uploads.pop(upload_id, {})
+            if path is not None:
+                self.objects[path] = sum(parts.values())
+
+
+def _payload_size(headers: list[tuple[str, str]], received: int) -> int:
+    decoded = header(headers, "x-amz-decoded-content-length")  # aws-chunked bodies
+    return int(decoded) if decoded is not None else received
+
+
+def _copy_source(headers: list[tuple[str, str]]) -> str:
+    return unquote((header(headers, "x-amz-copy-source") or "").split("?", 1)[0]).lstrip("/")
+
+
+def _answer(
+    operation: str, bucket: str, key: str, query: dict[str, list[str]], headers: list[tuple[str, str]],
+    size: int, sizes: _Sizes,
+) -> tuple[int, dict[str, str], bytes | int]:
+    """Status, extra headers and body (bytes, or a number of zero bytes) for one S3 operation."""
+    path = f"{bucket}/{key}"
+    upload_id = query.get("uploadId", [""])[0]
+    if operation == "PutObject":
+        sizes.put(path, size)
+        return 200, {"ETag": _etag()}, b""
+    if operation == "UploadPart":
+        sizes.part(upload_id, int(query["partNumber"][0]), size)
+        return 200, {"ETag": _etag()}, b""
+    if operation in ("CopyObject", "UploadPartCopy"):
+        source = sizes.get(_copy_source(headers))
+        if source is None:
+            return _no_such_key(key)
+        if operation == "CopyObject":
+            sizes.put(path, source)
+        else:
+            sizes.part(upload_id, int(query["partNumber"][0]), source)
+        tag = "CopyObjectResult" if operation == "CopyObject" else "CopyPartResult"
+        body = f"{_XML}<{tag} {_NS}><LastModified>2000-01-01T00:00:00.000Z</LastModified><ETag>{_etag()}</ETag></{tag}>"
+        return 200, {}, body.encode()
+    if operation == "CreateMultipartUpload":
+        body = (
+            f"{_XML}<InitiateMultipartUploadResult {_NS}><Bucket>{bucket}</Bucket><Key>{_escape(key)}</Key>"
+            f"<UploadId>{uuid.uuid4().hex}</UploadId></InitiateMultipartUploadResult>"
+        )
+        return 200, {}, body.encode()
+    if operation == "CompleteMultipartUpload":
+        sizes.finish(upload_id, path)
+        body = (
+            f"{_XML}<CompleteMultipartUploadResult {_NS}><Location>/{bucket}/{_escape(key)}</Location>"
+            f"<Bucket>{bucket}</Bucket><Key>{_escape(key)}</Key><ETag>\"{uuid.uuid4().hex}-1\"</ETag>"
+            "</CompleteMultipartUploadResult>"
+        )
+        return 200, {}, body.encode()
+    if operation == "AbortMultipartUpload":
+        sizes.finish(upload_id, None)
+        return 204, {}, b""
+    if operation == "DeleteObject":
+        sizes.delete(path)
+        return 204, {}, b""
+    if operation == "DeleteObjects":
+        return 200, {}, f"{_XML}<DeleteResult {_NS}></DeleteResult>".encode()
+    if operation in ("CreateBucket", "HeadBucket"):
+        return 200, {"x-amz-bucket-region": "us-east-1", "Location": f"/{bucket}"}, b""
+    if operation == "GetBucketLocation":
+        return 200, {}, f"{_XML}<LocationConstraint {_NS}></LocationConstraint>".encode()
+    if operation == "ListObjects":
+        prefix = query.get("prefix", [""])[0]
+        body = (
+            f"{_XML}<ListBucketResult {_NS}><Name>{bucket}</Name><Prefix>{_escape(prefix)}</Prefix>"
+            "<KeyCount>0</KeyCount><MaxKeys>1000</MaxKeys><IsTruncated>false</IsTruncated></ListBucketResult>"
+        )
+        return 200, {}, body.encode()
+    if operation == "ListBuckets":
+        body = f"{_XML}<ListAllMyBucketsResult {_NS}><Buckets></Buckets></ListAllMyBucketsResult>"
+        return 200, {}, body.encode()
+    known = sizes.get(path) if operation in ("GetObject", "HeadObject") else None
+    if known is None:
+        return _no_such_key(key)
+    stored = {"ETag": '"00000000000000000000000000000000"', "Last-Modified": "Sat, 01 Jan 2000 00:00:00 GMT"}
+    return 200, stored, known
+
+
+def _no_such_key(key: str) -> tuple[int, dict[str, str], bytes]:
+    body = (
+        f"{_XML}<Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message>"
+        f"<Key>{_escape(key)}</Key><RequestId>0</RequestId></Error>"
+    )
+    return 404, {}, body.encode()
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found"}
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        conn: socket.socket = self.request
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.server.tls is not None:
+            try:
+                conn = self.server.tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                return
+        rfile = conn.makefile("rb", buffering=256 * 1024)
+        buffer = memoryview(bytearray(READ_CHUNK))
+        try:
+            while self._one_request(conn, rfile, buffer):
+                pass
+        except (OSError, ValueError, _BodyError, ssl.SSLError):
+            pass
+        finally:
+            rfile.close()
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _one_request(self, conn: socket.socket, rfile: Any, buffer: memoryview) -> bool:
+        head = read_head(rfile)
+        if head is None:
+            return False
+        request_line, headers = head
+        method, target, version = request_line.split(" ", 2)
+        url = urlsplit(target)
+        bucket, _, key = unquote(url.path).lstrip("/").partition("/")
+        query = parse_qs(url.query, keep_blank_values=True)
+        if not bucket and method == "GET":
+            operation = "ListBuckets"
+        else:
+            operation = _operation(method, key, query, headers)
+        if (header(headers, "expect") or "").lower() == "100-continue":
+            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        declared = header(headers, "content-length")
+        if (header(headers, "transfer-encoding") or "").lower().endswith("chunked"):
+            received = drain_chunked(rfile, buffer)
+        else:
+            received = drain(rfile, int(declared), buffer) if declared else 0
+        size = _payload_size(headers, received)
+        status, extra, body = _answer(operation, bucket, key, query, headers, size, self.server.sizes)
+        close = (header(headers, "connection") or "").lower() == "close" or version == "HTTP/1.0"
+        length = body if isinstance(body, int) else len(body)
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}", "Server: null-sink", "x-amz-request-id: 0"]
+        lines += [f"{name}: {value}" for name, value in extra.items()]
+        lines.append(f"Content-Type: {'application/octet-stream' if isinstance(body, int) else 'application/xml'}")
+        lines.append(f"Content-Length: {length}")
+        if close:
+            lines.append("Connection: close")
+        payload = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        # counted before answering, so a count taken right after the client is done includes it
+        self.server.counts.add(operation, received, 0 if method == "HEAD" else length)
+        if method == "HEAD":
+            conn.sendall(payload)
+        elif isinstance(body, bytes):
+            conn.sendall(payload + body)
+        else:  # zeros for a key that was written
+            conn.sendall(payload)
+            zeros = bytes(min(length, READ_CHUNK)) if length else b""
+            sent = 0
+            while sent < length:
+                conn.sendall(zeros[: length - sent])
+                sent += min(len(zeros), length - sent)
+        return not close
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, tls: ssl.SSLContext | None) -> None:
+        self.tls = tls
+        self.counts = Counts()
+        self.sizes = _Sizes()
+        super().__init__(("127.0.0.1", 0), _Handler, bind_and_activate=False)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)  # inherited by accepted sockets
+        self.server_bind()
+        self.server_activate()
+
+
+def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+class NullSink:
+    """The null S3 server in a background thread of this process; a context manager.
+
+    Attributes:
+        endpoint_url: ``http(s)://127.0.0.1:PORT`` once started.
+        counts: a :class:`Counts` of the requests answered.
+    """
+
+    _ids = itertools.count()
+
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        self._tls = server_tls_context(*tls) if tls else None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.endpoint_url = ""
+        self.counts = Counts()
+
+    def start(self) -> NullSink:
+        self._server = _Server(self._tls)
+        self.counts = self._server.counts
+        port = self._server.server_address[1]
+        self.endpoint_url = f"{'https' if self._tls else 'http'}://127.0.0.1:{port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name=f"null-sink-{next(self._ids)}", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> NullSink:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tls-cert", type=Path)
+    parser.add_argument("--tls-key", type=Path)
+    args = parser.parse_args()
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert and args.tls_key else None
+    with NullSink(tls) as sink:
+        print(sink.endpoint_url, flush=True)
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        print(sink.counts.take())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""A counting HTTP forwarder (optionally terminating TLS) and a throwaway certificate.
+
+``CountingForwarder`` listens on 127.0.0.1 and a free port and relays each
+client connection to one upstream HTTP server (moto, for the benchmarks),
+request by request: it reads the request head, copies the body (by
+``Content-Length`` or chunked framing), then copies the response back. It
+counts requests and the body bytes in both directions, which is how the
+benchmarks know how many requests a client sent and how many bytes a load
+fetched, whatever the client library. With ``tls=(cert, key)`` clients
+speak HTTPS to it while it speaks plain HTTP upstream, which puts a real TLS
+hop in front of a server that has none.
+
+``Expect: 100-continue`` is answered by the forwarder itself (the upstream
+never sees it), so clients do not wait for an interim answer the upstream
+might not send. Unsigned ``aws-chunked`` bodies (botocore sends them over
+HTTPS, with a trailing checksum) are decoded on the way and forwarded as
+plain bodies without the trailer: moto decodes them by repeated ``bytes``
+concatenation, which takes minutes for a 256 MiB object and would measure
+moto, not the client. The counts keep the bytes the client sent.
+
+``make_certificate(directory)`` writes a throwaway CA and a server
+certificate for 127.0.0.1 / localhost signed by it, using the ``openssl``
+command line tool; clients trust the CA file (``AWS_CA_BUNDLE``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import socketserver
+import ssl
+import subprocess
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from null_sink import RECV_BUFFER, Counts, _BodyError, header, read_head, server_tls_context
+
+COPY_CHUNK = 1024 * 1024
+
+
+def _copy(rfile: Any, out: socket.socket, length: int, buffer: memoryview) -> int:
+    left = length
+    while left:
+        got = rfile.readinto(buffer[: min(left, len(buffer))])
+        if not got:
+            raise _BodyError("body ended early")
+        out.sendall(buffer[:got])
+        left -= got
+    return length
+
+
+def _copy_chunked(rfile: Any, out: socket.socket, buffer: memoryview) -> int:
+    total = 0
+    while True:
+        size_line = rfile.readline(65537)
+        if not size_line:
+            raise _BodyError("chunked body ended early")
+        out.sendall(size_line)
+        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            while True:
+                trailer = rfile.readline(65537)
+                out.sendall(trailer or b"\r\n")
+                if trailer in (b"\r\n", b"\n", b""):
+                    return total
+        total += _copy(rfile, out, size, buffer)
+        out.sendall(rfile.readline(65537))
+
+
+def _unsigned_aws_chunked(headers: list[tuple[str, str]]) -> bool:
+    return (
+        header(headers, "x-amz-content-sha256") == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"
+        and header(headers, "x-amz-decoded-content-length") is not None
+    )
+
+
+def _plain_body_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Headers for the same request with its aws-chunked body decoded (the trailing checksum is dropped)."""
+    dropped = {"content-length", "transfer-encoding", "x-amz-content-sha256", "x-amz-trailer",
+               "x-amz-decoded-content-length"}
+    plain = [(k, v) for k, v in headers if k.lower() not in dropped and k.lower() != "content-encoding"]
+    encodings = [e.strip() for e in (header(headers, "content-encoding") or "").split(",")]
+    encodings = [e for e in encodings if e and e != "aws-chunked"]
+    if encodings:
+        plain.append(("Content-Encoding", ", ".join(encodings)))
+    plain += [("Content-Length", header(headers, "x-amz-decoded-content-length") or "0"),
+              ("x-amz-content-sha256", "UNSIGNED-PAYLOAD")]
+    return plain
+
+
+class _Body:
+    """A request body as a stream (``readline``/``readinto``), framed by a length or chunked;
+    ``total`` counts the payload bytes read."""
+
+    def __init__(self, rfile: Any, length: int | None) -> None:
+        self._rfile = rfile
+        self._chunked = length is None
+        self._left = 0 if length is None else length
+        self._done = length == 0
+        self._started = False
+        self.total = 0
+
+    def _fill(self) -> None:
+        while self._chunked and self._left == 0 and not self._done:
+            if self._started:
+                self._rfile.readline(65537)  # CRLF after the previous chunk
+            self._started = True
+            size_line = self._rfile.readline(65537)
+            if not size_line:
+                raise _BodyError("chunked body ended early")
+            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while self._rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                    pass  # HTTP trailers
+                self._done = True
+            self._left = size
+        if not self._chunked and self._left == 0:
+            self._done = True
+
+    def readinto(self, buffer: memoryview) -> int:
+        self._fill()
+        if self._done:
+            return 0
+        got = self._rfile.readinto(buffer[: min(len(buffer), self._left)])
+        if not got:
+            raise _BodyError("body ended early")
+        self._left -= got
+        self.total += got
+        return int(got)
+
+    def readline(self, limit: int = 65537) -> bytes:
+        line = bytearray()
+        while len(line) < limit and not line.endswith(b"\n"):
+            self._fill()
+            if self._done:
+                break
+            part = self._rfile.readline(min(limit - len(line), self._left))
+            if not part:
+                raise _BodyError("body ended early")
+            self._left -= len(part)
+            self.total += len(part)
+            line += part
+        return bytes(line)
+
+    def drain(self, buffer: memoryview) -> None:
+        while self.readinto(buffer):
+            pass
+
+
+def _copy_aws_chunked(body: _Body, out: socket.socket, buffer: memoryview) -> None:
+    """Pass on the payload of an unsigned aws-chunked body, dropping its framing and trailer."""
+    while True:
+        size_line = body.readline()
+        if not size_line:
+            raise _BodyError("aws-chunked body ended early")
+        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        left = size
+        while left:
+            got = body.readinto(buffer[: min(left, len(buffer))])
+            if not got:
+                raise _BodyError("aws-chunked body ended early")
+            out.sendall(buffer[:got])
+            left -= got
+        body.readline()  # CRLF after the chunk
+    body.drain(buffer)  # the trailer (checksum) and the closing blank line
+
+
+def _encode_head(first_line: str, headers: list[tuple[str, str]]) -> bytes:
+    return ("\r\n".join([first_line] + [f"{k}: {v}" for k, v in headers]) + "\r\n\r\n").encode("latin-1")
+
+
+def _chunked(headers: list[tuple[str, str]]) -> bool:
+    return (header(headers, "transfer-encoding") or "").lower().endswith("chunked")
+
+
+class _Upstream:
+    """One plain HTTP connection to the upstream, reopened when the upstream closes it."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self._address = address
+        self.sock: socket.socket | None = None
+        self.rfile: Any = None
+
+    def ensure(self) -> None:
+        if self.sock is None:
+            self.sock = socket.create_connection(self._address, timeout=300)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+            self.rfile = self.sock.makefile("rb", buffering=256 * 1024)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.rfile.close()
+            self.sock.close()
+        self.sock, self.rfile = None, None
+
+
+class _Handler(socketserver.BaseRequestHandler):
+    server: _Server
+
+    def handle(self) -> None:
+        conn: socket.socket = self.request
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.server.tls is not None:
+            try:
+                conn = self.server.tls.wrap_socket(conn, server_side=True)
+            except (ssl.SSLError, OSError):
+                return
+        rfile = conn.makefile("rb", buffering=256 * 1024)
+        upstream = _Upstream(self.server.upstream)
+        buffer = memoryview(bytearray(COPY_CHUNK))
+        try:
+            while self._relay_one(conn, rfile, upstream, buffer):
+                pass
+        except (OSError, ValueError, _BodyError, ssl.SSLError):
+            pass
+        finally:
+            upstream.close()
+            rfile.close()
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _relay_one(self, conn: socket.socket, rfile: Any, upstream: _Upstream, buffer: memoryview) -> bool:
+        head = read_head(rfile)
+        if head is None:
+            return False
+        request_line, headers = head
+        method = request_line.split(" ", 1)[0]
+        if (header(headers, "expect") or "").lower() == "100-continue":
+            headers = [(k, v) for k, v in headers if k.lower() != "expect"]
+            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        client_close = (header(headers, "connection") or "").lower() == "close"
+        upstream.ensure()
+        assert upstream.sock is not None
+        length = header(headers, "content-length")
+        if _unsigned_aws_chunked(headers):
+            upstream.sock.sendall(_encode_head(request_line, _plain_body_headers(headers)))
+            body = _Body(rfile, None if _chunked(headers) else int(length or 0))
+            _copy_aws_chunked(body, upstream.sock, buffer)
+            sent = body.total
+        else:
+            upstream.sock.sendall(_encode_head(request_line, headers))
+            if _chunked(headers):
+                sent = _copy_chunked(rfile, upstream.sock, buffer)
+            else:
+                sent = _copy(rfile, upstream.sock, int(length), buffer) if length else 0
+
+        while True:  # skip interim 1xx answers
+            answer = read_head(upstream.rfile)
+            if answer is None:
+                raise _BodyError("upstream closed without answering")
+            status_line, response_headers = answer
+            status = int(status_line.split(" ", 2)[1])
+            if status >= 200:
+                break
+        upstream_close = (header(response_headers, "connection") or "").lower() == "close"
+        # the client keeps its connection even if the upstream drops its own after this answer
+        forwarded = [(k, v) for k, v in response_headers if k.lower() != "connection" or client_close]
+        length = header(response_headers, "content-length")
+        no_body = method == "HEAD" or status in (204, 304)
+        known = 0 if no_body else int(length) if length is not None and not _chunked(response_headers) else None
+        if known is not None:  # counted before the client can see the answer, so a count taken
+            self.server.counts.add(method, sent, known)  # right after the client is done includes it
+        conn.sendall(_encode_head(status_line, forwarded))
+        until_close = False
+        if known is not None:
+            _copy(upstream.rfile, conn, known, buffer)
+        elif _chunked(response_headers):
+            self.server.counts.add(method, sent, _copy_chunked(upstream.rfile, conn, buffer))
+        else:  # body until the upstream closes: pass it on, then close the client too
+            received = 0
+            while True:
+                got = upstream.rfile.readinto(buffer)
+                if not got:
+                    break
+                conn.sendall(buffer[:got])
+                received += got
+            self.server.counts.add(method, sent, received)
+            client_close = until_close = True
+        if upstream_close or until_close:
+            upstream.close()
+        return not client_close
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, upstream: tuple[str, int], tls: ssl.SSLContext | None) -> None:
+        self.upstream = upstream
+        self.tls = tls
+        self.counts = Counts()
+        super().__init__(("127.0.0.1", 0), _Handler, bind_and_activate=False)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        self.server_bind()
+        self.server_activate()
+
+
+class CountingForwarder:
+    """Relays HTTP(S) on 127.0.0.1:PORT to ``upstream_url`` (plain HTTP); a context manager.
+
+    Attributes:
+        endpoint_url: what clients use, once started.
+        counts: a :class:`null_sink.Counts` keyed by HTTP method.
+    """
+
+    def __init__(self, upstream_url: str, tls: tuple[Path, Path] | None = None) -> None:
+        host_port = upstream_url.split("://", 1)[1].rstrip("/")
+        host, _, port = host_port.rpartition(":")
+        self._upstream = (host, int(port))
+        self._tls = server_tls_context(*tls) if tls else None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.endpoint_url = ""
+        self.counts = Counts()
+
+    def start(self) -> CountingForwarder:
+        self._server = _Server(self._upstream, self._tls)
+        self.counts = self._server.counts
+        self.endpoint_url = f"{'https' if self._tls else 'http'}://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="forwarder", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def __enter__(self) -> CountingForwarder:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 and localhost signed by it.
+
+    Returns (ca_file, server_cert, server_key). Needs the ``openssl`` command.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("the HTTPS benchmarks need the openssl command (Debian: apt-get install openssl)")
+    ca_key, ca_file = directory / "ca.key", directory / "ca.pem"
+    key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.pem"
+    extensions = directory / "server.ext"
+    extensions.write_text(
+        "basicConstraints = critical, CA:FALSE\n"
+        "keyUsage = critical, digitalSignature, keyEncipherment\n"
+        "extendedKeyUsage = serverAuth\n"
+        "subjectAltName = IP:127.0.0.1, DNS:localhost\n"
+    )
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=s3dcp benchmark CA",
+        "-keyout", str(ca_key), "-out", str(ca_file))
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(csr))
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca_file), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-days", "2", "-extfile", str(extensions), "-out", str(cert))
+    return ca_file, cert, key
