@@ -175,7 +175,10 @@ class S3StorageWriter(StorageWriter):
         stem = plan.storage_data.stem
         buckets = split_items(plan.items, self.thread_count)
         started = time.monotonic()
-        pool = TransferPool(self._client.settings.config.max_concurrency, self._part_buffers)
+        # every shard object fills one part while others are sent: keep the two together
+        # within about max_concurrency parts, the memory bound the config promises
+        in_flight = max(1, self._client.settings.config.max_concurrency - len(buckets) + 1)
+        pool = TransferPool(in_flight, self._part_buffers)
 
         def write_file(index: int) -> list[WriteResult]:
             relative = f"{stem}{index}{SHARD_SUFFIX}"
