@@ -356,8 +356,11 @@ def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
-class NullSink:
-    """The null S3 server in a background thread of this process; a context manager.
+class BackgroundServer:
+    """A loopback server run on a daemon thread of this process; a context manager.
+
+    Subclasses say how to build their ``socketserver`` server (which must
+    have a ``counts`` attribute) in :meth:`_make_server`.
 
     Attributes:
         endpoint_url: ``http(s)://127.0.0.1:PORT`` once started.
@@ -365,21 +368,25 @@ class NullSink:
     """
 
     _ids = itertools.count()
+    thread_name = "server"
 
     def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
         self._tls = server_tls_context(*tls) if tls else None
-        self._server: _Server | None = None
+        self._server: Any = None
         self._thread: threading.Thread | None = None
         self.endpoint_url = ""
         self.counts = Counts()
 
-    def start(self) -> NullSink:
-        self._server = _Server(self._tls)
+    def _make_server(self) -> Any:
+        raise NotImplementedError
+
+    def start(self) -> Any:
+        self._server = self._make_server()
         self.counts = self._server.counts
         port = self._server.server_address[1]
         self.endpoint_url = f"{'https' if self._tls else 'http'}://127.0.0.1:{port}"
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"null-sink-{next(self._ids)}", daemon=True
+            target=self._server.serve_forever, name=f"{self.thread_name}-{next(self._ids)}", daemon=True
         )
         self._thread.start()
         return self
@@ -392,13 +399,22 @@ class NullSink:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
-    def __enter__(self) -> NullSink:
+    def __enter__(self) -> Any:
         return self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class NullSink(BackgroundServer):
+    """The null S3 server in a background thread of this process; a context manager."""
+
+    thread_name = "null-sink"
+
+    def _make_server(self) -> _Server:
+        return _Server(self._tls)
 
 
 def main() -> None:

@@ -30,12 +30,10 @@ import socket
 import socketserver
 import ssl
 import subprocess
-import threading
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from null_sink import RECV_BUFFER, Counts, _BodyError, header, read_head, server_tls_context
+from null_sink import RECV_BUFFER, BackgroundServer, Counts, _BodyError, header, read_head, server_tls_context
 
 COPY_CHUNK = 1024 * 1024
 
@@ -303,7 +301,7 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.server_activate()
 
 
-class CountingForwarder:
+class CountingForwarder(BackgroundServer):
     """Relays HTTP(S) on 127.0.0.1:PORT to ``upstream_url`` (plain HTTP); a context manager.
 
     Attributes:
@@ -311,39 +309,16 @@ class CountingForwarder:
         counts: a :class:`null_sink.Counts` keyed by HTTP method.
     """
 
+    thread_name = "forwarder"
+
     def __init__(self, upstream_url: str, tls: tuple[Path, Path] | None = None) -> None:
+        super().__init__(tls)
         host_port = upstream_url.split("://", 1)[1].rstrip("/")
         host, _, port = host_port.rpartition(":")
         self._upstream = (host, int(port))
-        self._tls = server_tls_context(*tls) if tls else None
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self.endpoint_url = ""
-        self.counts = Counts()
 
-    def start(self) -> CountingForwarder:
-        self._server = _Server(self._upstream, self._tls)
-        self.counts = self._server.counts
-        self.endpoint_url = f"{'https' if self._tls else 'http'}://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="forwarder", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> CountingForwarder:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+    def _make_server(self) -> _Server:
+        return _Server(self._upstream, self._tls)
 
 
 def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
