@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from transfer import _peak_rss_mib, _reset_peak_rss, _rss_mib  # noqa: E402
+from transfer import check_loaded, measure  # noqa: E402
 
 MIB = 1024 * 1024
 ALL_METHODS = ["s3dcp", "s3torchconnector", "fsspec-s3fs", "boto3-raw", "local-fs"]
@@ -87,25 +87,11 @@ def run_worker(op: str, method_name: str, target: str, size_mib: int) -> dict[st
         for value in state.values():
             if isinstance(value, torch.Tensor):
                 value.zero_()
-    precise = _reset_peak_rss()
-    base_rss = _rss_mib() if precise else _peak_rss_mib()
-    usage0 = os.times()
-    started = time.perf_counter()
-    if op == "save":
-        method.save(state, target)
-    else:
-        method.load(state, target)
-    wall = time.perf_counter() - started
-    usage1 = os.times()
-    peak_growth = _peak_rss_mib() - base_rss
+    wall, cpu, peak_growth = measure(lambda: method.save(state, target) if op == "save" else method.load(state, target))
     if op == "save":
         method.cleanup(target)
     else:
-        expected = build_state_dict(size_mib)
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and not torch.equal(value.view(torch.uint8), expected[key].view(torch.uint8)):
-                raise SystemExit(f"{method_name} loaded wrong bytes for {key}")
-    cpu = (usage1.user - usage0.user) + (usage1.system - usage0.system)
+        check_loaded(state, size_mib, method_name)
     return {
         "method": method_name,
         "op": op,

@@ -263,18 +263,25 @@ def _escape(text: str) -> str:
 _REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found"}
 
 
+def open_connection(conn: socket.socket, tls: ssl.SSLContext | None) -> tuple[socket.socket, Any] | None:
+    """An accepted connection, TLS-wrapped if asked, and a buffered reader on it (None if TLS fails)."""
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if tls is not None:
+        try:
+            conn = tls.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            return None
+    return conn, conn.makefile("rb", buffering=256 * 1024)
+
+
 class _Handler(socketserver.BaseRequestHandler):
     server: _Server
 
     def handle(self) -> None:
-        conn: socket.socket = self.request
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.server.tls is not None:
-            try:
-                conn = self.server.tls.wrap_socket(conn, server_side=True)
-            except (ssl.SSLError, OSError):
-                return
-        rfile = conn.makefile("rb", buffering=256 * 1024)
+        opened = open_connection(self.request, self.server.tls)
+        if opened is None:
+            return
+        conn, rfile = opened
         buffer = memoryview(bytearray(READ_CHUNK))
         try:
             while self._one_request(conn, rfile, buffer):

@@ -33,7 +33,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from null_sink import RECV_BUFFER, BackgroundServer, Counts, _BodyError, header, read_head, server_tls_context
+from null_sink import RECV_BUFFER, BackgroundServer, open_connection, Counts, _BodyError, header, read_head, server_tls_context
 
 COPY_CHUNK = 1024 * 1024
 
@@ -156,13 +156,7 @@ def _copy_aws_chunked(body: _Body, out: socket.socket, buffer: memoryview) -> No
         size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
         if size == 0:
             break
-        left = size
-        while left:
-            got = body.readinto(buffer[: min(left, len(buffer))])
-            if not got:
-                raise _BodyError("aws-chunked body ended early")
-            out.sendall(buffer[:got])
-            left -= got
+        _copy(body, out, size, buffer)
         body.readline()  # CRLF after the chunk
     body.drain(buffer)  # the trailer (checksum) and the closing blank line
 
@@ -201,14 +195,10 @@ class _Handler(socketserver.BaseRequestHandler):
     server: _Server
 
     def handle(self) -> None:
-        conn: socket.socket = self.request
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.server.tls is not None:
-            try:
-                conn = self.server.tls.wrap_socket(conn, server_side=True)
-            except (ssl.SSLError, OSError):
-                return
-        rfile = conn.makefile("rb", buffering=256 * 1024)
+        opened = open_connection(self.request, self.server.tls)
+        if opened is None:
+            return
+        conn, rfile = opened
         upstream = _Upstream(self.server.upstream)
         buffer = memoryview(bytearray(COPY_CHUNK))
         try:

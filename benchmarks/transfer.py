@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +56,31 @@ def _rss_mib() -> float:
     return 0.0
 
 
+def measure(operation: Callable[[], None]) -> tuple[float, float, float]:
+    """Wall seconds, this process's CPU seconds (user+sys) and peak RSS growth (MiB) of ``operation``."""
+    precise = _reset_peak_rss()
+    base_rss = _rss_mib() if precise else _peak_rss_mib()
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    operation()
+    wall = time.perf_counter() - started
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
+    return wall, cpu, _peak_rss_mib() - base_rss
+
+
+def check_loaded(state: dict[str, Any], size_mib: int, method_name: str) -> None:
+    """Exit unless every tensor in ``state`` (all keys, or a partial load's) is the benchmark's, bit for bit."""
+    import torch
+
+    from workload import build_state_dict
+
+    expected = build_state_dict(size_mib)
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and not torch.equal(value.view(torch.uint8), expected[key].view(torch.uint8)):
+            raise SystemExit(f"{method_name} loaded wrong bytes for {key}")
+
+
 def run_worker(op: str, method_name: str, uri: str, size_mib: int) -> dict[str, Any]:
     import torch
 
@@ -71,25 +97,10 @@ def run_worker(op: str, method_name: str, uri: str, size_mib: int) -> dict[str, 
         for value in state.values():
             if isinstance(value, torch.Tensor):
                 value.zero_()
-    precise = _reset_peak_rss()
-    base_rss = _rss_mib() if precise else _peak_rss_mib()
-    usage0 = resource.getrusage(resource.RUSAGE_SELF)
-    started = time.perf_counter()
-    if op == "save":
-        method.save(state, target)
-    else:
-        method.load(state, target)
-    wall = time.perf_counter() - started
-    usage1 = resource.getrusage(resource.RUSAGE_SELF)
-    peak_growth = _peak_rss_mib() - base_rss
+    wall, cpu, peak_growth = measure(lambda: method.save(state, target) if op == "save" else method.load(state, target))
     if op == "load":
-        expected = build_state_dict(size_mib)
-        for key, value in expected.items():
-            if isinstance(value, torch.Tensor):
-                if not torch.equal(value.view(torch.uint8), state[key].view(torch.uint8)):
-                    raise SystemExit(f"{method_name} loaded wrong bytes for {key}")
+        check_loaded(state, size_mib, method_name)
     nbytes = tensor_bytes(state)
-    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime)
     return {
         "method": method_name,
         "op": op,
