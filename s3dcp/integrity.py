@@ -49,11 +49,14 @@ class DigestingWriter:
         return int(self._stream.write(data))
 
     def write_with_crc(self, data: Any) -> int:
-        """Like ``write``, returning the CRC-32 the stream computes (see ``ObjectUpload``)."""
-        self._hasher.update(data)
+        """Like ``write``, returning the CRC-32 the stream computes (see ``ObjectUpload``).
+
+        A stream that copies in pieces digests each piece right after copying it.
+        """
         write_with_crc = getattr(self._stream, "write_with_crc", None)
         if write_with_crc is not None:
-            return int(write_with_crc(data))
+            return int(write_with_crc(data, also=self._hasher.update))
+        self._hasher.update(data)
         self._stream.write(data)
         return zlib.crc32(data)
 

@@ -217,11 +217,15 @@ class ObjectUpload:
         self._copy_in(memoryview(data).cast("B"), want_crc=False)
         return memoryview(data).nbytes
 
-    def write_with_crc(self, data: Any) -> int:
-        """Write ``data`` and return its CRC-32, from the same pass that copies it."""
-        return self._copy_in(memoryview(data).cast("B"), want_crc=True)
+    def write_with_crc(self, data: Any, also: Callable[[memoryview], Any] | None = None) -> int:
+        """Write ``data`` and return its CRC-32, from the same pass that copies it.
 
-    def _copy_in(self, view: memoryview, want_crc: bool) -> int:
+        ``also`` (e.g. a digest's ``update``) sees each copied piece while it is
+        still in cache, so a caller's digest costs no extra pass over memory.
+        """
+        return self._copy_in(memoryview(data).cast("B"), want_crc=True, also=also)
+
+    def _copy_in(self, view: memoryview, want_crc: bool, also: Callable[[memoryview], Any] | None = None) -> int:
         if self._closed:
             raise ValueError(f"write to a finished upload of s3://{self.bucket}/{self.key}")
         size = view.nbytes
@@ -240,6 +244,8 @@ class ObjectUpload:
                 piece[:] = view[start : start + take]
                 if want_crc:
                     piece_crc = zlib.crc32(piece)  # just copied, still in cache
+                    if also is not None:
+                        also(piece)
                     data_crc = crc32.combine(data_crc, piece_crc, take)
                     if self._crc_parts:
                         self._part_crc = crc32.combine(self._part_crc, piece_crc, take)
