@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.s3dcp-installed
 
-.PHONY: all install demo test typecheck unit integration clean
+.PHONY: all install demo test typecheck unit integration clean bench-prefix
 
 all: test
 
@@ -34,6 +34,10 @@ integration: $(STAMP)
 
 test: typecheck
 	$(BIN)/python -m pytest
+
+# prefix strategies against the proxy's per-partition throttling model (test venv)
+bench-prefix: $(STAMP)
+	$(BIN)/python benchmarks/prefix_throttle.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

@@ -14,9 +14,13 @@ from __future__ import annotations
 import copy
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Protocol
 
 __all__ = [
     "S3PrefixStrategyBase",
+    "PrefixStrategy",
+    "is_prefix_strategy",
+    "stems_for",
     "DefaultPrefixStrategy",
     "RoundRobinPrefixStrategy",
     "BinaryPrefixStrategy",
@@ -41,6 +45,12 @@ class S3PrefixStrategyBase(ABC):
         world size return a configured copy, never changing ``self``.
         """
         return self
+
+
+class PrefixStrategy(Protocol):
+    """What the writer needs of a strategy: S3PrefixStrategyBase, or any look-alike."""
+
+    def generate_prefix(self, rank: int) -> str: ...
 
 
 class DefaultPrefixStrategy(S3PrefixStrategyBase):
@@ -131,6 +141,20 @@ class _ReversedDigitsStrategy(S3PrefixStrategyBase):
             value, digit = divmod(value, self.BASE)
             digits.append(self.DIGITS[digit])
         return f"{''.join(digits)}/{_epoch_part(self.epoch_num)}__{rank}_"
+
+
+def is_prefix_strategy(strategy: object) -> bool:
+    """True for an :class:`S3PrefixStrategyBase` or any object with a callable
+    ``generate_prefix(rank)``, such as s3torchconnector's strategies, so code
+    written for that package keeps working unchanged."""
+    return isinstance(strategy, S3PrefixStrategyBase) or callable(getattr(strategy, "generate_prefix", None))
+
+
+def stems_for(strategy: PrefixStrategy, world_size: int) -> list[str]:
+    """Every rank's key stem for a save with ``world_size`` ranks."""
+    configure = getattr(strategy, "for_world_size", None)
+    configured: PrefixStrategy = configure(world_size) if callable(configure) else strategy
+    return [configured.generate_prefix(rank) for rank in range(world_size)]
 
 
 class BinaryPrefixStrategy(_ReversedDigitsStrategy):

@@ -38,9 +38,9 @@ from .client import S3Client
 from .commit import commit_metadata
 from .config import S3ClientConfig, resolve_settings, validate_part_size
 from .download import object_exists
-from .errors import CheckpointExistsError
+from .errors import CheckpointExistsError, UnsafeCheckpointError
 from .metadata import check_relative_key, dump_metadata
-from .prefix import DefaultPrefixStrategy, S3PrefixStrategyBase
+from .prefix import DefaultPrefixStrategy, PrefixStrategy, is_prefix_strategy, stems_for
 from .shard import item_nbytes, split_items, write_items
 from .upload import ObjectUpload, PartBuffers, TransferPool, choose_part_size
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
@@ -81,7 +81,7 @@ class S3StorageWriter(StorageWriter):
         region: str | None,
         path: str | os.PathLike[str],
         s3client_config: S3ClientConfig | None = None,
-        prefix_strategy: S3PrefixStrategyBase | None = None,
+        prefix_strategy: PrefixStrategy | None = None,
         *,
         thread_count: int = 1,
         part_size: int | None = None,
@@ -92,16 +92,16 @@ class S3StorageWriter(StorageWriter):
             raise ValueError(f"thread_count must be an int >= 1, got {thread_count!r}")
         if part_size is not None:
             validate_part_size(part_size)
-        if prefix_strategy is not None and not isinstance(prefix_strategy, S3PrefixStrategyBase):
+        if prefix_strategy is not None and not is_prefix_strategy(prefix_strategy):
             raise TypeError(
-                "prefix_strategy must be an S3PrefixStrategyBase (e.g. HexPrefixStrategy()), "
-                f"not {type(prefix_strategy).__name__}"
+                "prefix_strategy must be an S3PrefixStrategyBase (e.g. HexPrefixStrategy()) or have a "
+                f"generate_prefix(rank) method, not {type(prefix_strategy).__name__}"
             )
         if not isinstance(overwrite, bool):
             raise TypeError(f"overwrite must be a bool, got {overwrite!r}")
         self.region = region
         self.s3client_config = s3client_config
-        self.prefix_strategy = prefix_strategy or DefaultPrefixStrategy()
+        self.prefix_strategy: PrefixStrategy = prefix_strategy or DefaultPrefixStrategy()
         self.thread_count = thread_count
         self.overwrite = overwrite
         self.uri: S3Uri = parse_s3_uri(path)
@@ -161,15 +161,35 @@ class S3StorageWriter(StorageWriter):
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
-        strategy = self.prefix_strategy.for_world_size(len(plans))
-        stems = [check_relative_key(strategy(rank), f"prefix strategy {strategy!r}") for rank in range(len(plans))]
-        if len(set(stems)) != len(stems):
-            raise ValueError(f"prefix strategy {strategy!r} gave two ranks the same key stem")
+        stems = self._key_stems(len(plans))
         if self._existing_checkpoint:
             # Un-commit before any shard is replaced, so no crash can leave the old
             # .metadata describing a mix of old and new shard objects.
             self._client.call("delete_object", self.uri.bucket, self.uri.key(METADATA_NAME))
         return [dataclasses.replace(plan, storage_data=_RankPrefix(stem)) for plan, stem in zip(plans, stems)]
+
+    def _key_stems(self, world_size: int) -> list[str]:
+        """Each rank's key stem from the prefix strategy, checked before anything is written."""
+        strategy = self.prefix_strategy
+        name = type(strategy).__name__
+        stems = stems_for(strategy, world_size)
+        for rank, stem in enumerate(stems):
+            try:
+                check_relative_key(f"{stem}0{SHARD_SUFFIX}" if isinstance(stem, str) else stem, name)
+            except UnsafeCheckpointError:
+                raise ValueError(
+                    f"{name} gave rank {rank} the key stem {stem!r}, which is not a relative key inside "
+                    "the checkpoint (no leading '/', no empty, '.' or '..' segments, no control characters)"
+                ) from None
+        seen: dict[str, int] = {}
+        for rank, stem in enumerate(stems):
+            if stem in seen:
+                raise ValueError(
+                    f"{name} gave ranks {seen[stem]} and {rank} the same key stem {stem!r}; "
+                    "their shard objects would overwrite each other"
+                )
+            seen[stem] = rank
+        return stems
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         stem = plan.storage_data.stem

@@ -68,7 +68,8 @@ class Rule:
 
     Attributes:
         action: one of ``ACTIONS``.
-        method: only requests with this HTTP method (``None``: any).
+        method: only requests with this HTTP method, or one of these methods
+            (``None``: any); e.g. ``("PUT", "POST", "DELETE")`` for S3's write budget.
         key_pattern: only requests whose ``bucket/key`` path matches this regex.
         probability: chance that a matching request is hit.
         count: hit at most this many requests (``None``: no limit).
@@ -85,7 +86,7 @@ class Rule:
     """
 
     action: str
-    method: str | None = None
+    method: str | tuple[str, ...] | None = None
     key_pattern: str | None = None
     probability: float = 1.0
     count: int | None = None
@@ -109,7 +110,7 @@ class Rule:
             raise ValueError("throttle needs rate > 0, burst >= 1 and partition_chars >= 0")
 
     def matches(self, method: str, path: str, query: str, headers: Any) -> bool:
-        if self.method and self.method != method:
+        if self.method and method not in ((self.method,) if isinstance(self.method, str) else self.method):
             return False
         if self.key_pattern and not re.search(self.key_pattern, path):
             return False

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 
 from s3dcp import BinaryPrefixStrategy, HexPrefixStrategy, RoundRobinPrefixStrategy, S3PrefixStrategyBase
-from s3dcp.prefix import DefaultPrefixStrategy
+from s3dcp import S3StorageWriter
+from s3dcp.prefix import DefaultPrefixStrategy, is_prefix_strategy, stems_for
 
 
 def test_default_layout() -> None:
@@ -65,3 +66,38 @@ def test_custom_subclass_needs_only_generate_prefix() -> None:
 
     assert Mine()(7) == "custom/0007_"
     assert Mine().for_world_size(3)(1) == "custom/0001_"
+
+
+class _DuckStrategy:
+    """Shaped like s3torchconnector's strategies: no s3dcp base class, no for_world_size."""
+
+    def generate_prefix(self, rank: int) -> str:
+        return f"duck/__{rank}_"
+
+
+def test_stems_for_configures_world_size_and_accepts_duck_typed_strategies() -> None:
+    assert stems_for(HexPrefixStrategy(min_prefix_length=1), 3) == ["0/__0_", "1/__1_", "2/__2_"]
+    assert stems_for(_DuckStrategy(), 2) == ["duck/__0_", "duck/__1_"]
+    assert is_prefix_strategy(_DuckStrategy()) and is_prefix_strategy(HexPrefixStrategy())
+    assert not is_prefix_strategy("__{rank}_") and not is_prefix_strategy(lambda rank: "x")
+
+
+def test_writer_takes_duck_typed_strategy_and_refuses_other_objects() -> None:
+    writer = S3StorageWriter("us-east-1", "s3://bucket-name/ckpt", prefix_strategy=_DuckStrategy())
+    assert writer._key_stems(2) == ["duck/__0_", "duck/__1_"]
+    with pytest.raises(TypeError, match="generate_prefix"):
+        S3StorageWriter("us-east-1", "s3://bucket-name/ckpt", prefix_strategy="hex")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("stem", "message"),
+    [("../up/__0_", "not a relative key"), ("/abs/__0_", "not a relative key"), ("same", "same key stem")],
+)
+def test_writer_refuses_stems_that_leave_the_checkpoint_or_collide(stem: str, message: str) -> None:
+    class Fixed(S3PrefixStrategyBase):
+        def generate_prefix(self, rank: int) -> str:
+            return stem
+
+    writer = S3StorageWriter("us-east-1", "s3://bucket-name/ckpt", prefix_strategy=Fixed())
+    with pytest.raises(ValueError, match=message):
+        writer._key_stems(2)

@@ -1,0 +1,65 @@
+"""Run a function on several real ranks: spawned processes in one gloo process group.
+
+Each rank is a fresh Python process (``spawn``) that joins a ``gloo`` group
+on 127.0.0.1 and a free port (through the variables torchrun sets), sets the environment it is given (endpoint,
+credentials) before it touches S3, runs ``fn(rank, world_size, *args)``,
+and leaves the group. A failure on any rank fails the caller with that
+rank's traceback; a group that is still running at the deadline is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+from typing import Any
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+DEADLINE_S = 240.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _rank_main(
+    rank: int, world_size: int, port: int, env: Mapping[str, str], fn: Callable[..., None], args: tuple[Any, ...]
+) -> None:
+    os.environ.update(env)
+    # the variables torchrun sets; DCP's process-based async save reads them too
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    dist.init_process_group("gloo", timeout=timedelta(seconds=120))
+    try:
+        fn(rank, world_size, *args)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ranks(world_size: int, fn: Callable[..., None], *args: Any, env: Mapping[str, str] | None = None) -> None:
+    """Run ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks; raise if any rank fails.
+
+    ``fn`` and ``args`` must pickle (a module-level function), as for any
+    spawned process. ``env`` is applied in each rank before ``fn`` runs.
+    """
+    context = mp.start_processes(
+        _rank_main,
+        args=(world_size, free_port(), dict(env or {}), fn, args),
+        nprocs=world_size,
+        join=False,
+        start_method="spawn",
+    )
+    deadline = time.monotonic() + DEADLINE_S
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            raise TimeoutError(f"{world_size} ranks still running after {DEADLINE_S:.0f}s")
