@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.s3dcp-installed
 
-.PHONY: all install demo test typecheck unit integration clean bench-prefix
+.PHONY: all install demo demo-distributed test typecheck unit integration clean bench-prefix
 
 all: test
 
@@ -22,6 +22,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/dcp/demo.py
+
+# 4 ranks train with FSDP2 and checkpoint asynchronously; 2 ranks resume (torchrun, CPU)
+demo-distributed: $(STAMP)
+	$(BIN)/python examples/dcp/distributed_demo.py
 
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy

@@ -9,6 +9,7 @@
     dcp.load(state_dict, storage_reader=S3StorageReader("us-east-1", "s3://bucket/run/step_100"))
 """
 
+from .catalog import CheckpointInfo, latest_checkpoint, list_checkpoints
 from .config import S3ClientConfig
 from .errors import (
     AccessDeniedError,
@@ -57,4 +58,7 @@ __all__ = [
     "WrongRegionError",
     "EndpointError",
     "find_s3dcp_error",
+    "CheckpointInfo",
+    "list_checkpoints",
+    "latest_checkpoint",
 ]

@@ -1,0 +1,125 @@
+"""How long does a checkpoint stop training? ``dcp.save`` against ``dcp.async_save``.
+
+Saves the benchmark state dict (``workload.py``, ~1 GiB) with s3dcp to moto's
+server on 127.0.0.1 over HTTP, in a one-rank gloo process group, and
+reports for each way of saving:
+
+* blocked: how long the call kept the caller (the training loop) waiting;
+* total: until the checkpoint was complete in S3 (the future resolved).
+
+``dcp.async_save`` first copies the state dict to CPU staging memory (the
+part that blocks) and uploads from the copy in a background thread, or in
+a separate checkpoint process with ``AsyncCheckpointerType.PROCESS``. Runs
+alternate between the three ways; medians of ``--runs``.
+
+    .venv/bin/python benchmarks/async_blocking.py              # 1024 MiB, 3 runs
+    .venv/bin/python benchmarks/async_blocking.py --size-mib 256 --runs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import boto3  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.distributed.checkpoint as dcp  # noqa: E402
+from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType  # noqa: E402
+
+from s3dcp import S3StorageWriter  # noqa: E402
+from tests.distributed import free_port  # noqa: E402
+from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer  # noqa: E402
+from workload import build_state_dict, tensor_bytes  # noqa: E402
+
+warnings.filterwarnings("ignore")
+BUCKET = "async-bench"
+WAYS = ("save", "async_save thread", "async_save process")
+
+
+def measure(way: str, state: dict[str, Any], uri: str, group: Any) -> tuple[float, float]:
+    writer = S3StorageWriter(None, uri, overwrite=True)
+    started = time.perf_counter()
+    if way == "save":
+        dcp.save(state, storage_writer=writer)
+        blocked = total = time.perf_counter() - started
+        return blocked, total
+    executor = AsyncCheckpointerType.PROCESS if way.endswith("process") else AsyncCheckpointerType.THREAD
+    future = dcp.async_save(state, storage_writer=writer, async_checkpointer_type=executor, process_group=group)
+    blocked = time.perf_counter() - started
+    future.result()
+    return blocked, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "async_blocking.json")
+    args = parser.parse_args()
+
+    with MotoServer() as server:
+        os.environ.update(
+            AWS_ENDPOINT_URL=server.endpoint_url, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+            AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
+            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
+        )
+        boto3.client("s3").create_bucket(Bucket=BUCKET)
+        dist.init_process_group("gloo")
+        group = dist.new_group(backend="gloo")
+        state = build_state_dict(args.size_mib)
+        size = tensor_bytes(state)
+        # warm-up, not reported: the first save builds the S3 client and the checkpoint process
+        for way in WAYS:
+            measure(way, build_state_dict(16), f"s3://{BUCKET}/warm-up", group)
+        results: dict[str, list[tuple[float, float]]] = {way: [] for way in WAYS}
+        for run in range(args.runs):
+            for way in WAYS:
+                blocked, total = measure(way, state, f"s3://{BUCKET}/ckpt", group)
+                results[way].append((blocked, total))
+                print(f"run {run + 1} {way:20s} blocked {blocked:6.2f}s  total {total:6.2f}s", flush=True)
+        dist.destroy_process_group()
+
+    rows = [
+        {
+            "way": way,
+            "blocked_s": round(statistics.median(b for b, _ in runs), 2),
+            "total_s": round(statistics.median(t for _, t in runs), 2),
+        }
+        for way, runs in results.items()
+    ]
+    report = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "bytes": size,
+        "runs": args.runs,
+        "rows": rows,
+    }
+    lines = [
+        f"{report['date']}, {report['machine']}; s3dcp to moto over HTTP, {size / 2**20:.0f} MiB, "
+        f"median of {args.runs}",
+        "",
+        "| way | training blocked s | until complete in S3 s |",
+        "| --- | --- | --- |",
+        *(f"| `{r['way']}` | {r['blocked_s']:.2f} | {r['total_s']:.2f} |" for r in rows),
+    ]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
