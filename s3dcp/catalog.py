@@ -19,19 +19,31 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ._torch_compat import METADATA_NAME, SHARD_SUFFIX
 from .client import S3Client
 from .config import S3ClientConfig, resolve_settings
 from .download import object_exists
+from .errors import CheckpointNotFoundError, S3RequestError
 from .uri import S3Uri, parse_s3_uri
 
-__all__ = ["CheckpointInfo", "list_checkpoints", "latest_checkpoint", "parse_step"]
+__all__ = [
+    "CheckpointInfo",
+    "AbandonedUpload",
+    "list_checkpoints",
+    "latest_checkpoint",
+    "delete_checkpoint",
+    "prune",
+    "gc",
+    "parse_step",
+]
 
 _STEP = re.compile(r"^step_(\d+)$")
 _LISTING_THREADS = 8
+_DELETE_BATCH = 1000  # keys per DeleteObjects request, S3's maximum
+DEFAULT_GRACE = timedelta(hours=6)
 _NEVER = datetime.min.replace(tzinfo=timezone.utc)
 
 
@@ -165,3 +177,156 @@ def latest_checkpoint(
     if not complete:
         return None
     return max(complete, key=lambda info: (info.last_modified or _NEVER, info.uri)).uri
+
+
+def _keys_under(client: S3Client, bucket: str, prefix: str) -> list[str]:
+    keys: list[str] = []
+    token: str | None = None
+    while True:
+        params: dict[str, Any] = {"Prefix": prefix}
+        if token:
+            params["ContinuationToken"] = token
+        page = client.call("list_objects_v2", bucket, **params)
+        keys.extend(entry["Key"] for entry in page.get("Contents", []))
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return keys
+
+
+def _delete_keys(client: S3Client, bucket: str, keys: list[str]) -> None:
+    """Delete ``keys`` with batched DeleteObjects; raise if S3 refused any."""
+    for start in range(0, len(keys), _DELETE_BATCH):
+        batch = keys[start : start + _DELETE_BATCH]
+        answer = client.call(
+            "delete_objects", bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True}
+        )
+        refused = answer.get("Errors", [])
+        if refused:
+            first = refused[0]
+            raise S3RequestError(
+                f"S3 refused to delete {len(refused)} of {len(batch)} objects in s3://{bucket}, e.g. "
+                f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip(),
+                bucket=bucket,
+                key=first.get("Key"),
+                code=first.get("Code"),
+            )
+
+
+def _remove(client: S3Client, uri: S3Uri) -> int:
+    """Delete a checkpoint, ``.metadata`` first so it is never complete with shards missing."""
+    head = f"{uri.prefix}/" if uri.prefix else ""
+    keys = _keys_under(client, uri.bucket, head)
+    metadata = head + METADATA_NAME
+    if metadata in keys:
+        _delete_keys(client, uri.bucket, [metadata])
+    _delete_keys(client, uri.bucket, [key for key in keys if key != metadata])
+    return len(keys)
+
+
+def delete_checkpoint(
+    uri: str | os.PathLike[str],
+    *,
+    region: str | None = None,
+    s3client_config: S3ClientConfig | None = None,
+) -> int:
+    """Delete the checkpoint at ``uri`` (every object under it); return how many objects went.
+
+    ``.metadata`` goes first, so a delete cut short leaves an incomplete
+    checkpoint, never a complete-looking one with shards missing. Raises
+    :class:`~s3dcp.errors.CheckpointNotFoundError` if nothing is there.
+    """
+    parsed = parse_s3_uri(uri)
+    client = _client(region, s3client_config)
+    removed = _remove(client, parsed)
+    if removed == 0:
+        raise CheckpointNotFoundError(
+            f"{parsed} holds no objects; nothing to delete (check the path)",
+            bucket=parsed.bucket,
+            key=parsed.prefix,
+        )
+    return removed
+
+
+def prune(
+    base_uri: str | os.PathLike[str],
+    keep: int,
+    *,
+    dry_run: bool = False,
+    grace: timedelta = DEFAULT_GRACE,
+    region: str | None = None,
+    s3client_config: S3ClientConfig | None = None,
+) -> list[CheckpointInfo]:
+    """Delete all but the newest ``keep`` complete checkpoints under ``base_uri``.
+
+    Incomplete checkpoints (saves that died, or are still running) go too,
+    but only once nothing in them changed for ``grace``, so a save in
+    progress is never touched. The newest complete checkpoint always stays
+    (``keep`` must be at least 1). Returns what was deleted, or with
+    ``dry_run`` what would be, oldest first.
+    """
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise ValueError(f"keep must be an int >= 1 (the newest complete checkpoint always stays), got {keep!r}")
+    base = parse_s3_uri(base_uri)
+    client = _client(region, s3client_config)
+    found = list_checkpoints(base_uri, region=region, s3client_config=s3client_config)
+    complete = [info for info in found if info.complete]
+    kept = {info.uri for info in complete[-keep:]}
+    settled_before = datetime.now(timezone.utc) - grace
+    doomed = [
+        info
+        for info in found
+        if info.uri not in kept
+        and (info.complete or (info.last_modified is not None and info.last_modified < settled_before))
+    ]
+    if not dry_run:
+        for info in doomed:
+            _remove(client, S3Uri(base.bucket, parse_s3_uri(info.uri).prefix))
+    return doomed
+
+
+@dataclass(frozen=True)
+class AbandonedUpload:
+    """A multipart upload nobody completed: its parts are stored, and billed, until aborted."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
+
+
+def gc(
+    base_uri: str | os.PathLike[str],
+    older_than: timedelta = DEFAULT_GRACE,
+    *,
+    dry_run: bool = False,
+    region: str | None = None,
+    s3client_config: S3ClientConfig | None = None,
+) -> list[AbandonedUpload]:
+    """Abort multipart uploads under ``base_uri`` started more than ``older_than`` ago.
+
+    A save killed mid-upload (SIGKILL, preemption) cannot abort its own
+    uploads; their parts stay stored until aborted here (or by a bucket
+    lifecycle rule). Younger uploads may belong to a save still running and
+    are left alone. Returns what was (or, with ``dry_run``, would be) aborted.
+    """
+    base = parse_s3_uri(base_uri)
+    client = _client(region, s3client_config)
+    head = f"{base.prefix}/" if base.prefix else ""
+    cutoff = datetime.now(timezone.utc) - older_than
+    stale: list[AbandonedUpload] = []
+    key_marker: str | None = None
+    upload_marker: str | None = None
+    while True:
+        params: dict[str, Any] = {"Prefix": head}
+        if key_marker:
+            params.update(KeyMarker=key_marker, UploadIdMarker=upload_marker or "")
+        page = client.call("list_multipart_uploads", base.bucket, **params)
+        for upload in page.get("Uploads", []):
+            if upload["Initiated"] < cutoff:
+                stale.append(AbandonedUpload(upload["Key"], upload["UploadId"], upload["Initiated"]))
+        if not page.get("IsTruncated"):
+            break
+        key_marker, upload_marker = page.get("NextKeyMarker"), page.get("NextUploadIdMarker")
+    if not dry_run:
+        for upload in stale:
+            client.call("abort_multipart_upload", base.bucket, upload.key, UploadId=upload.upload_id)
+    return stale

@@ -20,7 +20,6 @@ its type and message intact. Direct callers get the error at once.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import threading
 import time
@@ -44,11 +43,11 @@ from .errors import CheckpointNotFoundError, ObjectNotFoundError, S3DCPError, Un
 from .metadata import check_relative_key, load_metadata
 from .integrity import verify
 from .shard import check_plain_data, load_tensor
+from .stats import PhaseCallback, PhaseStats, report_phase
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
 
 __all__ = ["S3StorageReader"]
 
-log = logging.getLogger("s3dcp")
 
 
 class S3StorageReader(StorageReader):
@@ -60,6 +59,9 @@ class S3StorageReader(StorageReader):
         s3client_config: endpoint, credentials profile, retries, concurrency
             and read coalescing; defaults suit AWS.
         verify: check each item's recorded digest on load. Default ``True``.
+        on_phase: called with a :class:`~s3dcp.stats.PhaseStats` as each
+            phase of a load ends on this rank; the latest load's phases are
+            also kept in ``last_stats``.
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class S3StorageReader(StorageReader):
         s3client_config: S3ClientConfig | None = None,
         *,
         verify: bool = True,
+        on_phase: PhaseCallback | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(verify, bool):
@@ -81,6 +84,9 @@ class S3StorageReader(StorageReader):
         self.load_id = str(uuid.uuid4())
         self.storage_data: dict[MetadataIndex, Any] = {}
         self._kept_error: S3DCPError | None = None
+        self.on_phase = on_phase
+        self.last_stats: list[PhaseStats] = []
+        self.rank: int | None = None
 
     def __repr__(self) -> str:
         return (
@@ -107,8 +113,10 @@ class S3StorageReader(StorageReader):
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         self._kept_error = None
+        self.last_stats = []
+        started = time.monotonic()
         try:
-            metadata = self._fetch_metadata()
+            metadata, size = self._fetch_metadata()
         except S3DCPError as error:
             if not called_from_dcp_load():
                 raise
@@ -117,6 +125,8 @@ class S3StorageReader(StorageReader):
         if metadata.storage_meta is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
+        self._report("load.metadata", items=len(metadata.storage_data or {}), objects=1, requests=1, size=size,
+                     started=started)
         return metadata
 
     def set_up_storage_reader(
@@ -125,6 +135,7 @@ class S3StorageReader(StorageReader):
         if self._kept_error is not None:
             error, self._kept_error = self._kept_error, None
             raise error
+        self.rank = kwargs.get("rank", self.rank)
         where = str(self.uri.child(METADATA_NAME))
         storage_data = metadata.storage_data
         if not isinstance(storage_data, dict):
@@ -207,20 +218,20 @@ class S3StorageReader(StorageReader):
         with ThreadPoolExecutor(workers, thread_name_prefix="s3dcp-read") as pool:
             for _ in pool.map(run, jobs):
                 pass
-        log.info(
-            "read %d items, %d bytes in %d requests from %s in %.2fs",
-            len(plan.items),
-            fetched,
-            len(jobs),
-            self.uri,
-            time.monotonic() - started,
-        )
+        self._report("load.read", items=len(plan.items), objects=len(by_object), requests=len(jobs), size=fetched,
+                     started=started)
         future: Future[None] = Future()
         future.set_result(None)
         return future
 
     # -- helpers -------------------------------------------------------------------
-    def _fetch_metadata(self) -> Metadata:
+    def _report(self, phase: str, *, items: int, objects: int, requests: int, size: int, started: float) -> None:
+        self.last_stats.append(report_phase(
+            phase, rank=self.rank, checkpoint=str(self.uri), items=items, objects=objects, requests=requests,
+            size=size, seconds=time.monotonic() - started, callback=self.on_phase,
+        ))
+
+    def _fetch_metadata(self) -> tuple[Metadata, int]:
         key = self.uri.key(METADATA_NAME)
         try:
             data = read_object(self._client, self.uri.bucket, key)
@@ -232,7 +243,7 @@ class S3StorageReader(StorageReader):
                 bucket=self.uri.bucket,
                 key=key,
             ) from err
-        return load_metadata(data, f"s3://{self.uri.bucket}/{key}")
+        return load_metadata(data, f"s3://{self.uri.bucket}/{key}"), len(data)
 
     def _range_of(self, item: ReadItem) -> ByteRange:
         info = self.storage_data[item.storage_index]

@@ -284,6 +284,11 @@ class ObjectUpload:
         self._filled = 0
         return body
 
+    @property
+    def requests(self) -> int:
+        """Requests this upload needs (not counting retries): one PUT, or create + parts + complete."""
+        return len(self._parts) + 2 if self._parts else 1
+
     # -- finishing ---------------------------------------------------------------
     def commit(self) -> str:
         """Make the object visible; return its ETag."""

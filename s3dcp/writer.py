@@ -20,7 +20,6 @@ This module only adapts DCP to the pieces below it (``shard``, ``upload``,
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import time
 import uuid
@@ -41,13 +40,13 @@ from .download import object_exists
 from .errors import CheckpointExistsError, UnsafeCheckpointError
 from .metadata import check_relative_key, dump_metadata
 from .prefix import DefaultPrefixStrategy, PrefixStrategy, is_prefix_strategy, stems_for
+from .stats import PhaseCallback, PhaseStats, report_phase
 from .shard import item_nbytes, split_items, write_items
 from .upload import ObjectUpload, PartBuffers, TransferPool, choose_part_size
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
 
 __all__ = ["S3StorageWriter"]
 
-log = logging.getLogger("s3dcp")
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,9 @@ class S3StorageWriter(StorageWriter):
         part_size: multipart part size in bytes; overrides the config's.
         overwrite: allow saving over a complete checkpoint. Default ``False``:
             raise :class:`~s3dcp.errors.CheckpointExistsError` instead.
+        on_phase: called with a :class:`~s3dcp.stats.PhaseStats` as each
+            phase of a save ends on this rank (bytes, seconds, MB/s); the
+            latest save's phases are also kept in ``last_stats``.
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class S3StorageWriter(StorageWriter):
         thread_count: int = 1,
         part_size: int | None = None,
         overwrite: bool = False,
+        on_phase: PhaseCallback | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(thread_count, int) or isinstance(thread_count, bool) or thread_count < 1:
@@ -112,6 +115,8 @@ class S3StorageWriter(StorageWriter):
         self.is_coordinator = False
         self.rank: int | None = None
         self._existing_checkpoint = False
+        self.on_phase = on_phase
+        self.last_stats: list[PhaseStats] = []
 
     def __repr__(self) -> str:
         return (
@@ -137,6 +142,7 @@ class S3StorageWriter(StorageWriter):
         self._existing_checkpoint = False
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        self.last_stats = []
         self.is_coordinator = is_coordinator
         self.rank = kwargs.get("rank")
         if not kwargs.get("use_collectives", True):
@@ -214,7 +220,11 @@ class S3StorageWriter(StorageWriter):
                 part_size,
                 size_hint=expected + 4096 * len(items),
             ) as upload:
-                return write_items(upload, items, planner, relative)
+                written = write_items(upload, items, planner, relative)
+            requests.append(upload.requests)  # list.append is atomic: no lock needed
+            return written
+
+        requests: list[int] = []
 
         results: list[WriteResult] = []
         try:
@@ -227,32 +237,39 @@ class S3StorageWriter(StorageWriter):
                         results.extend(shard_results)
         finally:
             pool.shutdown()
-        total = sum(r.size_in_bytes for r in results)
-        elapsed = time.monotonic() - started
-        log.info(
-            "rank %s wrote %d items, %d bytes in %d objects to %s in %.2fs",
-            self.rank,
-            len(results),
-            total,
-            len(buckets),
-            self.uri,
-            elapsed,
+        self._report(
+            "save.write",
+            items=len(results),
+            objects=len(buckets),
+            requests=sum(requests),
+            size=sum(r.size_in_bytes for r in results),
+            started=started,
         )
         future: Future[list[WriteResult]] = Future()
         future.set_result(results)
         return future
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
+        started = time.monotonic()
         metadata.version = DCP_VERSION
         metadata.storage_data = {wr.index: wr.storage_data for rank in results for wr in rank}
         metadata.storage_meta = self.storage_meta()
+        body = dump_metadata(metadata)
         commit_metadata(
             self._client,
             self.uri.bucket,
             self.uri.key(METADATA_NAME),
-            dump_metadata(metadata),
+            body,
             exclusive=not self.overwrite,
         )
+        self._report("save.commit", items=len(metadata.storage_data), objects=1, requests=1, size=len(body),
+                     started=started)
+
+    def _report(self, phase: str, *, items: int, objects: int, requests: int, size: int, started: float) -> None:
+        self.last_stats.append(report_phase(
+            phase, rank=self.rank, checkpoint=str(self.uri), items=items, objects=objects, requests=requests,
+            size=size, seconds=time.monotonic() - started, callback=self.on_phase,
+        ))
 
     def _metadata_exists(self) -> bool:
         return object_exists(self._client, self.uri.bucket, self.uri.key(METADATA_NAME))

@@ -6,17 +6,19 @@
 1. A training process checkpoints model + AdamW state to S3 every few steps.
 2. It is killed with SIGKILL in the middle of a save.
 3. The half-written checkpoint has no ``.metadata``, so it does not count.
-4. We resume from the newest complete checkpoint, check it is bit-identical
+4. We resume from the newest complete checkpoint (``latest_checkpoint``), check it is bit-identical
    to what the trainer had in memory when it saved, and train to the end.
 5. The final weights equal those of a run that never crashed, and the final
    checkpoint loads back bit-identical.
+6. Housekeeping with the ``s3dcp`` command: abort the killed save's
+   multipart uploads (``gc``), keep the newest two checkpoints (``prune``),
+   list what is left (``ls``) and re-read every byte (``verify``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -33,7 +35,7 @@ import torch.distributed.checkpoint as dcp
 from _s3_target import s3_target
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
+from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter, latest_checkpoint
 from s3dcp.uri import parse_s3_uri
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -140,19 +142,14 @@ def crash_during_save(state: dict[str, Any], uri: str) -> None:
 
 
 # -- the driver ------------------------------------------------------------------------
-def list_steps(base: str) -> dict[int, tuple[bool, int]]:
-    """step -> (complete, objects): complete means its .metadata exists."""
-    uri = parse_s3_uri(base)
-    s3 = boto3.client("s3")
-    found: dict[int, tuple[bool, int]] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=uri.bucket, Prefix=uri.prefix + "/"):
-        for obj in page.get("Contents", []):
-            match = re.match(r"step_(\d+)/(.*)$", uri.relative(obj["Key"]))
-            if match:
-                step = int(match.group(1))
-                complete, count = found.get(step, (False, 0))
-                found[step] = (complete or match.group(2) == ".metadata", count + 1)
-    return found
+def s3dcp_command(*args: str) -> None:
+    """Run the s3dcp command line tool, showing its output as a shell would."""
+    print(f"    $ s3dcp {' '.join(args)}", flush=True)
+    result = subprocess.run([sys.executable, "-m", "s3dcp", *args], capture_output=True, text=True)
+    for line in (result.stdout + result.stderr).splitlines():
+        print(f"      {line}")
+    if result.returncode != 0:
+        raise SystemExit(f"s3dcp {args[0]} exited with {result.returncode}")
 
 
 def drive(base: str, steps: int, every: int, crash_at: int) -> None:
@@ -176,18 +173,14 @@ def drive(base: str, steps: int, every: int, crash_at: int) -> None:
         if child.returncode != -signal.SIGKILL:
             raise SystemExit(f"trainer ended with {child.returncode} before the crash")
 
-        found = list_steps(base)
-        print("[3] checkpoints in S3 now:")
-        for step in sorted(found):
-            complete, count = found[step]
-            print(f"    step_{step:<4} {'complete' if complete else 'INCOMPLETE (no .metadata)':28} {count} objects")
-        if crash_at not in found:
-            print(f"    step_{crash_at:<4} {'INCOMPLETE (no .metadata)':28} 0 objects")
+        print("[3] checkpoints in S3 now (the killed save has no .metadata, so it is not complete):")
+        s3dcp_command("ls", base)
         target = parse_s3_uri(base)
         uploads = boto3.client("s3").list_multipart_uploads(Bucket=target.bucket, Prefix=target.prefix + "/")
         print(f"    {len(uploads.get('Uploads', []))} multipart upload(s) left open by the killed save")
-        latest = max(step for step, (complete, _) in found.items() if complete)
-        latest_uri = f"{base}/step_{latest}"
+        latest_uri = latest_checkpoint(base)
+        assert latest_uri is not None and latest_uri != f"{base}/step_{crash_at}"
+        latest = int(latest_uri.rsplit("_", 1)[1])
 
         print(f"[4] resuming from the newest complete checkpoint: {latest_uri}")
         model, optimizer = make_model()
@@ -219,6 +212,12 @@ def drive(base: str, steps: int, every: int, crash_at: int) -> None:
     dcp.load(loaded, storage_reader=S3StorageReader(None, final_uri))
     compared = assert_identical(final, loaded)
     print(f"    final checkpoint loads back: {compared} tensors bit-identical")
+
+    print("[6] housekeeping with the s3dcp command")
+    s3dcp_command("gc", base, "--older-than-hours", "0")
+    s3dcp_command("prune", base, "--keep", "2", "--grace-hours", "0")
+    s3dcp_command("ls", base)
+    s3dcp_command("verify", final_uri)
     print("demo OK")
 
 

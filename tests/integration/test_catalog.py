@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -77,3 +78,17 @@ def test_nothing_to_resume_from(s3_env: Any, s3: Any, bucket: str) -> None:
     assert list_checkpoints(f"s3://{bucket}/run") == []
     leave_incomplete(s3, bucket, "run/step_1")
     assert latest_checkpoint(f"s3://{bucket}/run") is None
+
+
+def test_prune_never_removes_the_newest_complete_checkpoint(s3_env: Any, s3: Any, bucket: str) -> None:
+    from s3dcp.catalog import prune
+
+    with pytest.raises(ValueError, match="keep must be an int >= 1"):
+        prune(f"s3://{bucket}/run", 0)
+    save(bucket, "run/step_1")
+    save(bucket, "run/step_2")
+    leave_incomplete(s3, bucket, "run/step_3")
+    gone = prune(f"s3://{bucket}/run", 1, grace=timedelta(0))
+    assert [info.uri.rsplit("/", 1)[1] for info in gone] == ["step_1", "step_3"]
+    assert latest_checkpoint(f"s3://{bucket}/run") == f"s3://{bucket}/run/step_2"
+    assert [c.uri.rsplit("/", 1)[1] for c in list_checkpoints(f"s3://{bucket}/run")] == ["step_2"]

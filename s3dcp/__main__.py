@@ -1,0 +1,7 @@
+"""``python -m s3dcp``: the same as the ``s3dcp`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
