@@ -1,4 +1,9 @@
-"""Shared fixtures: a real S3 server (moto) on 127.0.0.1 and a clean environment.
+"""Shared fixtures: a real S3 server on 127.0.0.1 and a clean environment.
+
+The server is moto's, or a running Ceph RGW with ``S3DCP_TEST_SERVER=rgw-http``
+or ``rgw-https`` (see ``tests/servers/target.py``). Tests that need what
+only moto offers carry ``@pytest.mark.moto_only("why")`` and are skipped,
+with that reason, on RGW.
 
 Every fixture that changes the environment does it through ``monkeypatch``,
 which restores it after the test.
@@ -16,7 +21,7 @@ import botocore.config
 import pytest
 
 from tests.servers.fault_proxy import FaultProxy
-from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer
+from tests.servers.target import TestServer, test_server
 
 REGION = "us-east-1"
 
@@ -31,6 +36,7 @@ AWS_VARIABLES = (
     "AWS_DEFAULT_REGION",
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
+    "AWS_CA_BUNDLE",
     "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
     "AWS_CONFIG_FILE",
     "AWS_SHARED_CREDENTIALS_FILE",
@@ -50,32 +56,52 @@ def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.Mon
     return monkeypatch
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from tests.servers.target import selected_kind
+
+    if selected_kind() == "moto":
+        return
+    for item in items:
+        marker = item.get_closest_marker("moto_only")
+        if marker is not None:
+            reason = marker.args[0] if marker.args else "needs moto"
+            item.add_marker(pytest.mark.skip(reason=f"moto only: {reason}"))
+
+
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[MotoServer]:
-    with MotoServer() as server:
+def s3_server() -> Iterator[TestServer]:
+    with test_server() as server:
         yield server
 
 
 @pytest.fixture
-def s3_env(clean_aws_env: pytest.MonkeyPatch, s3_server: MotoServer) -> pytest.MonkeyPatch:
-    """The standard AWS variables pointing at the local server, as a user would set them."""
-    clean_aws_env.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    clean_aws_env.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+def s3_env(clean_aws_env: pytest.MonkeyPatch, s3_server: TestServer) -> pytest.MonkeyPatch:
+    """The standard AWS variables pointing at the test server, as a user would set them."""
+    clean_aws_env.setenv("AWS_ACCESS_KEY_ID", s3_server.access_key)
+    clean_aws_env.setenv("AWS_SECRET_ACCESS_KEY", s3_server.secret_key)
     clean_aws_env.setenv("AWS_REGION", REGION)
     clean_aws_env.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
+    if s3_server.ca_bundle:
+        clean_aws_env.setenv("AWS_CA_BUNDLE", s3_server.ca_bundle)
     return clean_aws_env
 
 
 @pytest.fixture
-def s3(s3_server: MotoServer) -> Any:
-    """A plain boto3 client for the local server, for arranging and inspecting."""
+def s3(s3_server: TestServer) -> Any:
+    """A plain boto3 client for the test server, for arranging and inspecting."""
     return boto3.client(
         "s3",
         endpoint_url=s3_server.endpoint_url,
         region_name=REGION,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        config=botocore.config.Config(retries={"total_max_attempts": 1}),
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+        verify=s3_server.ca_bundle or True,
+        config=botocore.config.Config(
+            retries={"total_max_attempts": 1},
+            # boto3's default aws-chunked uploads get 411 from RGW over HTTPS
+            request_checksum_calculation="when_required",
+            s3={"addressing_style": "path"},
+        ),
     )
 
 
@@ -103,9 +129,9 @@ def list_keys(s3: Any, bucket: str, prefix: str = "") -> dict[str, int]:
 
 
 @pytest.fixture
-def proxy(s3_server: MotoServer) -> Iterator[FaultProxy]:
-    """A fault-injecting, request-counting proxy in front of the S3 server."""
-    with FaultProxy(s3_server.endpoint_url) as running:
+def proxy(s3_server: TestServer) -> Iterator[FaultProxy]:
+    """A fault-injecting, request-counting proxy in front of the S3 server (plain HTTP on both sides)."""
+    with FaultProxy(s3_server.http_endpoint_url) as running:
         yield running
 
 
@@ -113,4 +139,5 @@ def proxy(s3_server: MotoServer) -> Iterator[FaultProxy]:
 def proxied_env(s3_env: pytest.MonkeyPatch, proxy: FaultProxy) -> pytest.MonkeyPatch:
     """Like ``s3_env``, but every request goes through ``proxy``."""
     s3_env.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
+    s3_env.delenv("AWS_CA_BUNDLE", raising=False)
     return s3_env

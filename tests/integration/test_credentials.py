@@ -17,7 +17,7 @@ from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like, s3dcp_error
 from tests.servers.moto_server import MotoServer
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.moto_only("a second moto server with IAM auth creates users and keys")]
 
 SETUP_REQUESTS = 3  # create user, attach policy, create key: then auth is enforced
 SECRET_MARKER = "sEcReT-do-not-print-0123456789abcdef"

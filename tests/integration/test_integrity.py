@@ -24,7 +24,6 @@ from s3dcp.integrity import get_checksum
 from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like, s3dcp_error
 from tests.servers.fault_proxy import FaultProxy
-from tests.servers.moto_server import SECRET_KEY
 
 pytestmark = pytest.mark.s3
 
@@ -143,7 +142,9 @@ def test_plain_values_and_registered_types_still_load(s3_env: Any, bucket: str) 
     assert_same(state, loaded)
 
 
-def test_the_secret_key_never_shows(s3_env: Any, bucket: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_secret_key_never_shows(
+    s3_env: Any, s3_server: Any, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Not in repr, not in a failed save's error text or traceback, not in debug logs."""
     import traceback
 
@@ -163,7 +164,7 @@ def test_the_secret_key_never_shows(s3_env: Any, bucket: str, caplog: pytest.Log
             texts += [str(error), repr(error), "".join(traceback.format_exception(error))]
     texts.append(caplog.text)
     assert caplog.text  # debug logging really was on
-    assert not [text for text in texts if SECRET_KEY in text]
+    assert not [text for text in texts if s3_server.secret_key in text]
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter, WrongRegionError
 from tests.helpers import s3dcp_error
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.moto_only("uses its own loopback server, not the store under test")]
 
 WRONG_REGION_BODY = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AuthorizationHeaderMalformed</Code>'

@@ -13,7 +13,6 @@ import torch.distributed.checkpoint as dcp
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
 from tests.conftest import REGION, list_keys
 from tests.helpers import assert_same, blank_like
-from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY
 
 pytestmark = pytest.mark.s3
 
@@ -155,7 +154,7 @@ def test_explicit_config_works_without_any_environment(
     """Endpoint from the config object; credentials from a named profile."""
     credentials = tmp_path / "credentials"
     credentials.write_text(
-        f"[ckpt]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        f"[ckpt]\naws_access_key_id = {s3_server.access_key}\naws_secret_access_key = {s3_server.secret_key}\n"
     )
     clean_aws_env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
     config = S3ClientConfig(endpoint_url=s3_server.endpoint_url, profile="ckpt", force_path_style=True)
@@ -172,7 +171,7 @@ def test_aws_profile_variable_selects_credentials(
 ) -> None:
     credentials = tmp_path / "credentials"
     credentials.write_text(
-        f"[other]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        f"[other]\naws_access_key_id = {s3_server.access_key}\naws_secret_access_key = {s3_server.secret_key}\n"
     )
     clean_aws_env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
     clean_aws_env.setenv("AWS_PROFILE", "other")
