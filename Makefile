@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.s3dcp-installed
 
-.PHONY: all install demo demo-distributed test typecheck unit integration clean bench-prefix
+.PHONY: all install demo demo-distributed test test-rgw typecheck unit integration clean bench-prefix
 
 all: test
 
@@ -38,6 +38,19 @@ integration: $(STAMP)
 
 test: typecheck
 	$(BIN)/python -m pytest
+
+# The integration suite against a throw-away single-node Ceph RGW over HTTP, then
+# HTTPS. Installs Ceph with apt-get if missing (needs root); stops what it started.
+RGW_DIR ?= /tmp/s3dcp-rgw
+test-rgw: $(STAMP)
+	$(BIN)/python tests/servers/ceph_rgw.py start --dir $(RGW_DIR) || { $(BIN)/python tests/servers/ceph_rgw.py stop --dir $(RGW_DIR); exit 1; }
+	status=0; \
+	for server in rgw-http rgw-https; do \
+		echo "== integration tests against $$server"; \
+		S3DCP_RGW_DIR=$(RGW_DIR) S3DCP_TEST_SERVER=$$server $(BIN)/python -m pytest tests/integration || status=1; \
+	done; \
+	$(BIN)/python tests/servers/ceph_rgw.py stop --dir $(RGW_DIR); \
+	exit $$status
 
 # prefix strategies against the proxy's per-partition throttling model (test venv)
 bench-prefix: $(STAMP)

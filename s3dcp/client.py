@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -34,7 +35,7 @@ from .errors import (
     S3RequestError,
     WrongRegionError,
 )
-from .retry import FailureKind, RetryPolicy, classify, error_code
+from .retry import FailureKind, RetryPolicy, classify, error_code, is_untrusted_certificate
 
 __all__ = ["S3Client", "translate_error"]
 
@@ -172,6 +173,32 @@ def _install_request_defaults(client: Any, config: S3ClientConfig) -> None:
         algorithm = _defaults_handler({"ChecksumAlgorithm": config.upload_checksum.upper()})
         for operation in (*BODY_OPERATIONS, "CreateMultipartUpload"):
             client.meta.events.register(f"before-parameter-build.s3.{operation}", algorithm)
+        # and the value itself as a header: left to botocore, an unsigned body over HTTPS
+        # would go as aws-chunked with a trailing checksum, which stores such as Ceph RGW
+        # refuse (411 MissingContentLength)
+        value = _checksum_value_handler(config.upload_checksum)
+        for operation in BODY_OPERATIONS:
+            client.meta.events.register(f"before-parameter-build.s3.{operation}", value)
+
+
+_CHECKSUMS: dict[str, Callable[[Any], bytes]] = {
+    "crc32": lambda body: zlib.crc32(body).to_bytes(4, "big"),
+    "sha1": lambda body: hashlib.sha1(body).digest(),
+    "sha256": lambda body: hashlib.sha256(body).digest(),
+}
+
+
+def _checksum_value_handler(algorithm: str) -> Callable[..., None]:
+    """Set ``Checksum<ALGORITHM>`` from an in-memory body unless the caller computed it."""
+    parameter = f"Checksum{algorithm.upper()}"
+    compute = _CHECKSUMS[algorithm]
+
+    def add_checksum_value(params: dict[str, Any], **kwargs: Any) -> None:
+        body = params.get("Body")
+        if isinstance(body, (bytes, bytearray, memoryview)) and parameter not in params:
+            params[parameter] = base64.b64encode(compute(body)).decode("ascii")
+
+    return add_checksum_value
 
 
 def _add_content_md5(params: dict[str, Any], **kwargs: Any) -> None:
@@ -319,6 +346,13 @@ def translate_error(
             "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, choose a profile with "
             "AWS_PROFILE or S3ClientConfig(profile=...), or run where an instance role "
             "is available",
+            **context,
+        )
+    if is_untrusted_certificate(error):
+        return EndpointError(
+            f"{operation} on {where} failed: the TLS certificate of {endpoint} is not trusted "
+            "(certificate verify failed). If the store uses a private CA, point AWS_CA_BUNDLE "
+            "(or ca_bundle in the AWS profile) at that CA's certificate file",
             **context,
         )
     kind = classify(error)

@@ -91,8 +91,18 @@ def error_code(error: BaseException) -> tuple[str | None, int | None]:
     return (str(code) if code else None), status
 
 
+def is_untrusted_certificate(error: BaseException) -> bool:
+    """A TLS handshake that failed on the server's certificate: retrying cannot fix it."""
+    if not isinstance(error, botocore.exceptions.SSLError):
+        return False
+    text = str(error)
+    return "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text
+
+
 def classify(error: BaseException) -> FailureKind:
     """Sort a failed request into a :class:`FailureKind`."""
+    if is_untrusted_certificate(error):
+        return FailureKind.PERMANENT
     if isinstance(error, botocore.exceptions.ClientError):
         code, status = error_code(error)
         if code in THROTTLING_CODES or status in THROTTLING_STATUSES:

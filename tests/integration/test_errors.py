@@ -179,3 +179,72 @@ def test_endpoint_credentials_never_reach_messages(s3_env: Any) -> None:
     with pytest.raises(EndpointError) as raised:
         reader.read_metadata()
     assert "hunter2" not in str(raised.value)
+
+
+def _self_signed_https_server(directory: Any) -> Any:
+    """An HTTPS server on 127.0.0.1 whose certificate nobody trusts (a fresh self-signed one)."""
+    import datetime
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "untrusted test server")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(hours=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # never reached: the client refuses the handshake
+            self.send_response(500)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.handshakes = 0  # type: ignore[attr-defined]
+    original = server.get_request
+
+    def counting_get_request() -> Any:
+        server.handshakes += 1  # type: ignore[attr-defined]
+        return original()
+
+    server.get_request = counting_get_request  # type: ignore[method-assign]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_an_untrusted_tls_certificate_fails_at_once_and_says_what_to_set(
+    s3_env: Any, tmp_path: Any
+) -> None:
+    server = _self_signed_https_server(tmp_path)
+    try:
+        s3_env.setenv("AWS_ENDPOINT_URL", f"https://127.0.0.1:{server.server_address[1]}")
+        s3_env.delenv("AWS_CA_BUNDLE", raising=False)
+        with pytest.raises(CheckpointException) as raised:
+            dcp.save({"w": torch.ones(2)}, storage_writer=S3StorageWriter(REGION, "s3://some-bucket/ckpt"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    error = s3dcp_error(raised.value)
+    assert isinstance(error, EndpointError)
+    assert "not trusted" in str(error) and "AWS_CA_BUNDLE" in str(error)
+    assert error.attempts == 1 and server.handshakes == 1  # type: ignore[attr-defined]

@@ -157,6 +157,8 @@ def test_explicit_config_works_without_any_environment(
         f"[ckpt]\naws_access_key_id = {s3_server.access_key}\naws_secret_access_key = {s3_server.secret_key}\n"
     )
     clean_aws_env.setenv("AWS_SHARED_CREDENTIALS_FILE", str(credentials))
+    if s3_server.ca_bundle:
+        clean_aws_env.setenv("AWS_CA_BUNDLE", s3_server.ca_bundle)
     config = S3ClientConfig(endpoint_url=s3_server.endpoint_url, profile="ckpt", force_path_style=True)
     path = f"s3://{bucket}/cfg"
     state = {"w": torch.randn(4, 4)}
@@ -177,6 +179,8 @@ def test_aws_profile_variable_selects_credentials(
     clean_aws_env.setenv("AWS_PROFILE", "other")
     clean_aws_env.setenv("AWS_ENDPOINT_URL_S3", s3_server.endpoint_url)
     clean_aws_env.setenv("AWS_DEFAULT_REGION", REGION)
+    if s3_server.ca_bundle:
+        clean_aws_env.setenv("AWS_CA_BUNDLE", s3_server.ca_bundle)
     path = f"s3://{bucket}/profile"
     state = {"w": torch.randn(3)}
     dcp.save(state, storage_writer=S3StorageWriter(None, path))
