@@ -107,11 +107,13 @@ def run_worker(op: str, method_name: str, target: str, size_mib: int) -> dict[st
 class Target:
     """Where workers send their requests, and who counts them."""
 
-    server: str  # moto | sink | local
+    server: str  # moto | rgw | sink | local
     scheme: str  # http | https | -
     endpoint: str | None = None
     counts: Any = None
     env: dict[str, str] = field(default_factory=dict)
+    credentials: dict[str, str] | None = None  # for this server only (RGW has its own keys)
+    admin: dict[str, str] | None = None  # boto3.client kwargs reaching the store directly (uncounted)
 
     @property
     def label(self) -> str:
@@ -214,20 +216,19 @@ class Bench:
         self.partial: list[dict[str, Any]] = []
         self.scaling: list[dict[str, Any]] = []
         self.raw: list[dict[str, Any]] = []
-        self.moto_url = ""
         self.needed: dict[tuple[str, str, int], dict[str, int]] = {}
         self.load_at_start = [round(x, 2) for x in os.getloadavg()]
 
     def log(self, text: str) -> None:
         print(text, flush=True)
 
-    def _delete_prefix(self, prefix: str) -> None:
-        """Drop a saved checkpoint from moto (straight to moto, so nothing is counted)."""
-        if not self.moto_url:
+    def _delete_prefix(self, target: Target, prefix: str) -> None:
+        """Drop saved checkpoints from a store that keeps them (straight to it, so nothing is counted)."""
+        if target.admin is None:
             return
         import boto3
 
-        client = boto3.client("s3", endpoint_url=self.moto_url)
+        client = boto3.client("s3", **target.admin)
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
             keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
             if keys:
@@ -270,8 +271,8 @@ class Bench:
                     uri = self.uri(target, method, "ref" if op == "load" else f"save-{run}", size_mib)
                     result = _worker(target, op, method, uri, size_mib)
                     self._note(target, op, method, result, run)
-                    if op == "save" and target.server == "moto":
-                        self._delete_prefix(uri[len(f"s3://{BUCKET}/") :] + "/")
+                    if op == "save":
+                        self._delete_prefix(target, uri[len(f"s3://{BUCKET}/") :] + "/")
                     if "error" in result:
                         failed[method] = result["error"]
                         continue
@@ -290,8 +291,7 @@ class Bench:
                 result = _worker(target, "partial", method, self.uri(target, method, "ref", size_mib), size_mib)
                 self._note(target, "partial", method, result)
                 self.partial.append(self._partial_row(target, method, size_mib, result))
-        if target.server == "moto":
-            self._delete_prefix(f"{target.scheme}/")
+        self._delete_prefix(target, f"{target.scheme}/")
         return rows
 
     def _partial_row(self, target: Target, method: str, size_mib: int, result: dict[str, Any]) -> dict[str, Any]:
@@ -320,7 +320,7 @@ class Bench:
         unknown = set(args.methods.split(",")) - set(ALL_METHODS)
         if unknown:
             raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {ALL_METHODS}")
-        servers = ["moto", "sink"] if args.server == "both" else [args.server]
+        servers = {"both": ["moto", "sink"], "all": ["moto", "rgw", "sink"]}.get(args.server, [args.server])
         schemes = ["http", "https"] if args.scheme == "both" else [args.scheme]
         remote = [m for m in methods if m != "local-fs"]
         ops = args.ops.split(",")
@@ -347,14 +347,38 @@ class Bench:
                 from tests.servers.moto_server import MotoServer
 
                 moto = stack.enter_context(MotoServer())
-                self.moto_url = moto.endpoint_url
                 import boto3
 
                 os.environ.update(credentials)
                 boto3.client("s3", endpoint_url=moto.endpoint_url).create_bucket(Bucket=BUCKET)
                 for scheme in schemes:
                     forwarder = stack.enter_context(CountingForwarder(moto.endpoint_url, tls if scheme == "https" else None))
-                    targets.append(Target("moto", scheme, forwarder.endpoint_url, forwarder.counts))
+                    targets.append(Target("moto", scheme, forwarder.endpoint_url, forwarder.counts,
+                                          admin={"endpoint_url": moto.endpoint_url}))
+            if remote and "rgw" in servers:
+                import boto3
+
+                from proxy import CountingForwarder
+                from tests.servers import ceph_rgw
+
+                rgw_dir = scratch / "rgw"
+                stack.callback(ceph_rgw.stop, rgw_dir)
+                values = ceph_rgw.start(rgw_dir)
+                http_url = values["S3DCP_RGW_HTTP_ENDPOINT"]
+                keys = {"aws_access_key_id": values["S3DCP_RGW_ACCESS_KEY"],
+                        "aws_secret_access_key": values["S3DCP_RGW_SECRET_KEY"]}
+                admin = {"endpoint_url": http_url, "region_name": "us-east-1", **keys}
+                boto3.client("s3", **admin).create_bucket(Bucket=BUCKET)
+                # boto3 >= 1.36 (boto3-raw, s3fs through aiobotocore) otherwise sends aws-chunked
+                # bodies with trailing checksums, which this RGW refuses; the documented switch
+                rgw_credentials = dict(credentials, AWS_ACCESS_KEY_ID=keys["aws_access_key_id"],
+                                       AWS_SECRET_ACCESS_KEY=keys["aws_secret_access_key"],
+                                       AWS_REQUEST_CHECKSUM_CALCULATION="when_required")
+                for scheme in schemes:
+                    # like moto: TLS (our throwaway CA) ends at the forwarder, which counts requests
+                    forwarder = stack.enter_context(CountingForwarder(http_url, tls if scheme == "https" else None))
+                    targets.append(Target("rgw", scheme, forwarder.endpoint_url, forwarder.counts,
+                                          credentials=rgw_credentials, admin=admin))
             if remote and "sink" in servers:
                 from null_sink import NullSink
 
@@ -362,7 +386,7 @@ class Bench:
                     sink = stack.enter_context(NullSink(tls if scheme == "https" else None))
                     targets.append(Target("sink", scheme, sink.endpoint_url, sink.counts))
             for target in targets:
-                target.env = dict(credentials, AWS_ENDPOINT_URL=target.endpoint or "",
+                target.env = dict(target.credentials or credentials, AWS_ENDPOINT_URL=target.endpoint or "",
                                   AWS_ENDPOINT_URL_S3=target.endpoint or "", S3DCP_BENCH_LOCAL_DIR=str(local_dir))
                 if target.scheme == "https":  # boto3/s3dcp/s3fs read AWS_CA_BUNDLE, the AWS CRT SSL_CERT_FILE
                     target.env.update(AWS_CA_BUNDLE=ca_file, SSL_CERT_FILE=ca_file)
@@ -373,7 +397,7 @@ class Bench:
             for target in targets:
                 if target.server == "moto" and "moto" not in servers:
                     continue  # started for --scaling only
-                target_ops = ops if target.server == "moto" else [op for op in ops if op == "save"]
+                target_ops = ops if target.server in ("moto", "rgw") else [op for op in ops if op == "save"]
                 self.log(f"{target.label}: {target.endpoint}")
                 self.rows += self.measure(target, remote, target_ops, args.size_mib, args.runs,
                                           partial=args.partial and target.server == "moto")
@@ -436,6 +460,8 @@ class Bench:
             "servers": {
                 "moto": "moto S3 server (one process) behind benchmarks/proxy.py's counting forwarder; "
                         "HTTPS terminates at the forwarder",
+                "rgw": "Ceph RGW 16 (tests/servers/ceph_rgw.py: one mon, one memstore OSD, radosgw beast) "
+                       "behind the counting forwarder; HTTPS terminates at the forwarder",
                 "sink": "benchmarks/null_sink.py in the driver process: takes uploads, stores nothing",
                 "local": "FileSystemWriter/Reader on a temporary directory (page cache, no fsync)",
             },
@@ -486,6 +512,8 @@ def _main_table(rows: list[dict[str, Any]]) -> list[str]:
 TITLES = {
     ("moto", "http"): "moto over HTTP (through the counting forwarder)",
     ("moto", "https"): "moto over HTTPS (TLS ends at the counting forwarder)",
+    ("rgw", "http"): "Ceph RGW 16 over HTTP (through the counting forwarder)",
+    ("rgw", "https"): "Ceph RGW 16 over HTTPS (TLS ends at the counting forwarder)",
     ("sink", "http"): "null sink over HTTP (client ceiling; saves only)",
     ("sink", "https"): "null sink over HTTPS (client ceiling; saves only)",
     ("local", "-"): "local disk: FileSystemWriter/Reader, no network (ratios against s3dcp on moto)",
@@ -588,7 +616,8 @@ def chart(report: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--server", choices=["moto", "sink", "both"], default="both")
+    parser.add_argument("--server", choices=["moto", "rgw", "sink", "both", "all"], default="both",
+                        help="both = moto and sink; all = moto, rgw and sink (rgw needs root: it may apt-install Ceph)")
     parser.add_argument("--scheme", choices=["http", "https", "both"], default="both")
     parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated, from {ALL_METHODS}")
     parser.add_argument("--ops", default="save,load")
