@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -81,20 +82,28 @@ def _client(region: str | None, s3client_config: S3ClientConfig | None) -> S3Cli
     return S3Client(resolve_settings(region, s3client_config))
 
 
+def list_pages(client: S3Client, bucket: str, prefix: str, **params: Any) -> Iterator[dict[str, Any]]:
+    """Every ListObjectsV2 page under ``prefix`` (each request retried on its own)."""
+    token: str | None = None
+    while True:
+        request = dict(params, Prefix=prefix)
+        if token:
+            request["ContinuationToken"] = token
+        page: dict[str, Any] = client.call("list_objects_v2", bucket, **request)
+        yield page
+        token = page.get("NextContinuationToken")
+        if not page.get("IsTruncated") or not token:
+            return
+
+
 def _child_prefixes(client: S3Client, base: S3Uri) -> list[str]:
     """The sub-prefixes directly under ``base``, as full keys ending in ``/``."""
     head = f"{base.prefix}/" if base.prefix else ""
-    children: list[str] = []
-    token: str | None = None
-    while True:
-        params: dict[str, Any] = {"Prefix": head, "Delimiter": "/"}
-        if token:
-            params["ContinuationToken"] = token
-        page = client.call("list_objects_v2", base.bucket, **params)
-        children.extend(entry["Prefix"] for entry in page.get("CommonPrefixes", []))
-        token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not token:
-            return children
+    return [
+        entry["Prefix"]
+        for page in list_pages(client, base.bucket, head, Delimiter="/")
+        for entry in page.get("CommonPrefixes", [])
+    ]
 
 
 def _describe(client: S3Client, bucket: str, prefix: str) -> CheckpointInfo | None:
@@ -102,12 +111,7 @@ def _describe(client: S3Client, bucket: str, prefix: str) -> CheckpointInfo | No
     size = count = 0
     newest: datetime | None = None
     complete = has_shards = False
-    token: str | None = None
-    while True:
-        params: dict[str, Any] = {"Prefix": prefix}
-        if token:
-            params["ContinuationToken"] = token
-        page = client.call("list_objects_v2", bucket, **params)
+    for page in list_pages(client, bucket, prefix):
         for entry in page.get("Contents", []):
             key = entry["Key"]
             size += entry["Size"]
@@ -115,9 +119,6 @@ def _describe(client: S3Client, bucket: str, prefix: str) -> CheckpointInfo | No
             newest = entry["LastModified"] if newest is None else max(newest, entry["LastModified"])
             complete = complete or key == prefix + METADATA_NAME
             has_shards = has_shards or key.endswith(SHARD_SUFFIX)
-        token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not token:
-            break
     if not (complete or has_shards):
         return None  # something else lives here (logs, configs): not a checkpoint
     path = prefix.rstrip("/")
@@ -180,17 +181,7 @@ def latest_checkpoint(
 
 
 def _keys_under(client: S3Client, bucket: str, prefix: str) -> list[str]:
-    keys: list[str] = []
-    token: str | None = None
-    while True:
-        params: dict[str, Any] = {"Prefix": prefix}
-        if token:
-            params["ContinuationToken"] = token
-        page = client.call("list_objects_v2", bucket, **params)
-        keys.extend(entry["Key"] for entry in page.get("Contents", []))
-        token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not token:
-            return keys
+    return [entry["Key"] for page in list_pages(client, bucket, prefix) for entry in page.get("Contents", [])]
 
 
 def _delete_keys(client: S3Client, bucket: str, keys: list[str]) -> None:

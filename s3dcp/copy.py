@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._torch_compat import METADATA_NAME
+from .catalog import list_pages
 from .client import S3Client
 from .commit import commit_metadata
 from .config import S3ClientConfig, resolve_settings
@@ -42,18 +43,11 @@ Progress = Callable[[str, int], Any]
 def _s3_objects(client: S3Client, uri: S3Uri) -> dict[str, int]:
     """Relative path -> size of every object under ``uri``."""
     head = f"{uri.prefix}/" if uri.prefix else ""
-    found: dict[str, int] = {}
-    token: str | None = None
-    while True:
-        params: dict[str, Any] = {"Prefix": head}
-        if token:
-            params["ContinuationToken"] = token
-        page = client.call("list_objects_v2", uri.bucket, **params)
-        for entry in page.get("Contents", []):
-            found[entry["Key"][len(head) :]] = entry["Size"]
-        token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not token:
-            return found
+    return {
+        entry["Key"][len(head) :]: entry["Size"]
+        for page in list_pages(client, uri.bucket, head)
+        for entry in page.get("Contents", [])
+    }
 
 
 def _local_files(root: Path) -> dict[str, int]:
