@@ -214,3 +214,36 @@ def test_only_the_coordinator_touches_metadata(proxied_env: Any, proxy: Any, s3:
     assert sorted(metadata_requests) == [("GET", 404), ("PUT", 200)]
     shard_puts = proxy.requests("PUT", r"/once/__\d+_0\.distcp$")
     assert sorted(r.path.rsplit("/", 1)[1] for r in shard_puts) == ["__0_0.distcp", "__1_0.distcp", "__2_0.distcp"]
+
+
+def test_ranks_upload_their_shards_without_waiting_for_rank_0(proxied_env: Any, proxy: Any, bucket: str) -> None:
+    """Rank 0's shard upload is held at the proxy; ranks 1 and 2 must still finish theirs."""
+    import threading
+    import time
+
+    hold = proxy.add_rule("hold", method="PUT", key_pattern=r"/parallel/__0_0\.distcp$", count=1)
+    failure: list[BaseException] = []
+
+    def save_on_three_ranks() -> None:
+        try:
+            run_ranks(3, save_small, f"s3://{bucket}/parallel", env=aws_env())
+        except BaseException as err:  # re-raised in the test thread below
+            failure.append(err)
+
+    ranks = threading.Thread(target=save_on_three_ranks)
+    ranks.start()
+    try:
+        assert hold.hit.wait(180), "rank 0 never reached its shard upload"
+        others = {"__1_0.distcp", "__2_0.distcp"}
+        deadline = time.monotonic() + 120
+        done: set[str] = set()
+        while done != others and time.monotonic() < deadline and ranks.is_alive():
+            done = {r.path.rsplit("/", 1)[1] for r in proxy.requests("PUT", r"/parallel/__[12]_0\.distcp$")
+                    if r.status == 200}
+            hold.released.wait(0.05)  # poll the proxy's records; nothing is released here
+        assert done == others, f"with rank 0 held, only {sorted(done)} of the other ranks' shards were stored"
+    finally:
+        hold.release()
+        ranks.join(300)
+    assert not failure, failure
+    assert [r.status for r in proxy.requests("PUT", r"/parallel/\.metadata$")] == [200]
