@@ -23,12 +23,13 @@ import logging
 import pickle
 import struct
 import threading
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from . import crc32
 
 __all__ = ["write_tensor"]
 
@@ -118,7 +119,7 @@ class _ArchiveWriter:
     def _put_with_crc(self, data: Any) -> int:
         """Write ``data`` and return its CRC-32, from the stream's own copy pass if it offers one."""
         if memoryview(data).nbytes < _SMALL:
-            crc = zlib.crc32(data)
+            crc = crc32.compute(data)
             self._put(bytes(data))
             return crc
         self._flush()
@@ -126,7 +127,7 @@ class _ArchiveWriter:
         if write_with_crc is not None:
             crc = int(write_with_crc(data))
         else:
-            crc = zlib.crc32(data)
+            crc = crc32.compute(data)
             self._stream.write(data)
         self._cursor += memoryview(data).nbytes
         return crc

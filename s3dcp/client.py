@@ -15,7 +15,6 @@ import logging
 import os
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +23,7 @@ import botocore.exceptions
 import botocore.session
 import tenacity
 
+from . import crc32
 from .config import ClientSettings, S3ClientConfig
 from .errors import (
     AccessDeniedError,
@@ -182,7 +182,7 @@ def _install_request_defaults(client: Any, config: S3ClientConfig) -> None:
 
 
 _CHECKSUMS: dict[str, Callable[[Any], bytes]] = {
-    "crc32": lambda body: zlib.crc32(body).to_bytes(4, "big"),
+    "crc32": lambda body: crc32.compute(body).to_bytes(4, "big"),
     "sha1": lambda body: hashlib.sha1(body).digest(),
     "sha256": lambda body: hashlib.sha256(body).digest(),
 }

@@ -10,13 +10,28 @@ from a single pass over the data.
 bytes (a multiplication by x^(8·len_b) modulo the CRC polynomial) and xored
 with ``crc_b``. The multiplier depends only on the length, and pieces come
 in few distinct lengths (whole parts, whole read chunks), so it is cached.
+
+``compute`` is the CRC-32 itself. It uses ISA-L (the ``isal`` package) when
+installed: its carry-less-multiply CRC runs about three times faster than
+zlib's (0.09 vs 0.28 CPU seconds per GiB here), and a save computes one CRC
+pass over every byte. Both release the GIL; the results are identical.
 """
 
 from __future__ import annotations
 
+import zlib
 from functools import lru_cache
+from typing import Callable
 
-__all__ = ["combine"]
+__all__ = ["combine", "compute"]
+
+try:
+    from isal.isal_zlib import crc32 as _isal_crc32
+except ImportError:  # no wheel for this platform: zlib's is correct, just slower
+    _isal_crc32 = None
+
+compute: Callable[..., int] = _isal_crc32 if _isal_crc32 is not None else zlib.crc32
+"""``compute(data, value=0)``: CRC-32 of ``data`` continuing from ``value``, as ``zlib.crc32``."""
 
 _POLY = 0xEDB88320  # reflected CRC-32 polynomial
 

@@ -8,11 +8,11 @@ in DCP's own format; s3dcp's reader checks it before using any item.
 
 from __future__ import annotations
 
-import zlib
 from typing import Any
 
 import xxhash
 
+from . import crc32
 from .errors import ChecksumMismatchError
 
 __all__ = ["ALGORITHM", "DigestingWriter", "digest", "set_checksum", "get_checksum", "verify"]
@@ -58,7 +58,7 @@ class DigestingWriter:
             return int(write_with_crc(data, also=self._hasher.update))
         self._hasher.update(data)
         self._stream.write(data)
-        return zlib.crc32(data)
+        return crc32.compute(data)
 
     def tell(self) -> int:
         return int(self._stream.tell())

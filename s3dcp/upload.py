@@ -14,7 +14,6 @@ import base64
 import hashlib
 import math
 import threading
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -243,14 +242,14 @@ class ObjectUpload:
                 piece = target[self._filled : self._filled + take]
                 piece[:] = view[start : start + take]
                 if want_crc:
-                    piece_crc = zlib.crc32(piece)  # just copied, still in cache
+                    piece_crc = crc32.compute(piece)  # just copied, still in cache
                     if also is not None:
                         also(piece)
                     data_crc = crc32.combine(data_crc, piece_crc, take)
                     if self._crc_parts:
                         self._part_crc = crc32.combine(self._part_crc, piece_crc, take)
                 elif self._crc_parts:
-                    self._part_crc = zlib.crc32(piece, self._part_crc)
+                    self._part_crc = crc32.compute(piece, self._part_crc)
                 piece.release()
             self._filled += take
             start += take

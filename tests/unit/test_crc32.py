@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from s3dcp.crc32 import combine
+from s3dcp.crc32 import combine, compute
 
 
 @pytest.mark.parametrize(
@@ -24,3 +24,19 @@ def test_combining_many_pieces_in_order() -> None:
     for piece in pieces:
         crc = combine(crc, zlib.crc32(piece), len(piece))
     assert crc == zlib.crc32(b"".join(pieces))
+
+
+@pytest.mark.parametrize("length", [0, 1, 15, 16, 63, 64, 4097, (1 << 20) + 3])
+def test_compute_matches_zlib_on_every_kind_of_buffer(length: int) -> None:
+    data = os.urandom(length + 5)
+    view = memoryview(data)[5:]  # unaligned start, as parts of tensors are
+    assert compute(view) == zlib.crc32(view)
+    assert compute(bytearray(view)) == zlib.crc32(view)
+    assert compute(view, 0x1234ABCD) == zlib.crc32(view, 0x1234ABCD)
+
+
+def test_compute_uses_isal_when_installed() -> None:
+    """isal is a dependency: the faster CRC-32 must be the one in use, not the fallback."""
+    from isal.isal_zlib import crc32 as isal_crc32
+
+    assert compute is isal_crc32
