@@ -23,6 +23,7 @@ from .errors import (
     S3DCPError,
     S3RequestError,
     UnsafeCheckpointError,
+    UploadFailedError,
     WrongRegionError,
     find_s3dcp_error,
 )
@@ -33,6 +34,8 @@ from .prefix import (
     S3PrefixStrategyBase,
 )
 from .reader import S3StorageReader
+from .tier_upload import UploadStatus
+from .tiered import TieredStorageReader, TieredStorageWriter, latest_tiered_checkpoint
 from .writer import S3StorageWriter
 
 __version__ = "0.1.0"
@@ -50,6 +53,7 @@ __all__ = [
     "CheckpointExistsError",
     "ChecksumMismatchError",
     "UnsafeCheckpointError",
+    "UploadFailedError",
     "S3RequestError",
     "BucketNotFoundError",
     "ObjectNotFoundError",
@@ -61,4 +65,8 @@ __all__ = [
     "CheckpointInfo",
     "list_checkpoints",
     "latest_checkpoint",
+    "TieredStorageWriter",
+    "TieredStorageReader",
+    "UploadStatus",
+    "latest_tiered_checkpoint",
 ]

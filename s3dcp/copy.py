@@ -27,10 +27,10 @@ from .config import S3ClientConfig, resolve_settings
 from .download import object_exists, read_object
 from .errors import CheckpointExistsError, CheckpointNotFoundError
 from .metadata import check_relative_key
-from .upload import ObjectUpload, TransferPool
+from .upload import ObjectUpload, TransferPool, choose_part_size
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
 
-__all__ = ["copy_checkpoint"]
+__all__ = ["copy_checkpoint", "upload_file"]
 
 _THREADS = 4
 _READ_CHUNK = 8 * 1024 * 1024
@@ -58,9 +58,11 @@ def _local_files(root: Path) -> dict[str, int]:
     }
 
 
-def _upload_file(client: S3Client, pool: TransferPool, path: Path, bucket: str, key: str, part_size: int) -> None:
-    with path.open("rb") as source, ObjectUpload(client, pool, bucket, key, part_size,
-                                                 size_hint=path.stat().st_size) as upload:
+def upload_file(client: S3Client, pool: TransferPool, path: Path, bucket: str, key: str, part_size: int) -> None:
+    """Stream the local file ``path`` to ``s3://bucket/key`` (multipart above one part)."""
+    size = path.stat().st_size
+    with path.open("rb") as source, ObjectUpload(client, pool, bucket, key, choose_part_size(size, part_size),
+                                                 size_hint=size) as upload:
         while chunk := source.read(_READ_CHUNK):
             upload.write(chunk)
 
@@ -173,7 +175,7 @@ def copy_checkpoint(
         elif src_s3:
             _download_object(client, src_uri.bucket, src_uri.key(relative), dst_dir / relative)
         else:
-            _upload_file(client, pool, src_dir / relative, dst_uri.bucket, dst_uri.key(relative), part_size)
+            upload_file(client, pool, src_dir / relative, dst_uri.bucket, dst_uri.key(relative), part_size)
         if on_object is not None:
             on_object(relative, shards[relative])
 

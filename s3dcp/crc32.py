@@ -25,13 +25,12 @@ from typing import Callable
 
 __all__ = ["combine", "compute"]
 
-try:
-    from isal.isal_zlib import crc32 as _isal_crc32
-except ImportError:  # no wheel for this platform: zlib's is correct, just slower
-    _isal_crc32 = None
-
-compute: Callable[..., int] = _isal_crc32 if _isal_crc32 is not None else zlib.crc32
+compute: Callable[..., int]
 """``compute(data, value=0)``: CRC-32 of ``data`` continuing from ``value``, as ``zlib.crc32``."""
+try:
+    from isal.isal_zlib import crc32 as compute
+except ImportError:  # no wheel for this platform: zlib's is correct, just slower
+    compute = zlib.crc32
 
 _POLY = 0xEDB88320  # reflected CRC-32 polynomial
 

@@ -9,6 +9,7 @@ second base, so ``except FileNotFoundError`` works too::
     ├── CheckpointExistsError     (+ FileExistsError)    save over a complete checkpoint
     ├── ChecksumMismatchError                            stored bytes differ from what was saved
     ├── UnsafeCheckpointError                            metadata that would run code or escape
+    ├── UploadFailedError                                a tiered checkpoint's copy to S3 failed
     └── S3RequestError                                   an S3 request failed for good
         ├── BucketNotFoundError   (+ FileNotFoundError)
         ├── ObjectNotFoundError   (+ FileNotFoundError)    no such key
@@ -35,6 +36,7 @@ __all__ = [
     "CheckpointExistsError",
     "ChecksumMismatchError",
     "UnsafeCheckpointError",
+    "UploadFailedError",
     "S3RequestError",
     "BucketNotFoundError",
     "ObjectNotFoundError",
@@ -89,6 +91,10 @@ class ChecksumMismatchError(S3DCPError):
 
 class UnsafeCheckpointError(S3DCPError):
     """Checkpoint metadata that would run code or point outside the checkpoint."""
+
+
+class UploadFailedError(S3DCPError):
+    """Copying a tiered checkpoint to S3 failed after every attempt; its local copy is intact."""
 
 
 class S3RequestError(S3DCPError):

@@ -46,7 +46,7 @@ from .shard import check_plain_data, load_tensor
 from .stats import PhaseCallback, PhaseStats, report_phase
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
 
-__all__ = ["S3StorageReader"]
+__all__ = ["S3StorageReader", "deliver_item"]
 
 
 
@@ -208,7 +208,7 @@ class S3StorageReader(StorageReader):
                             key=key,
                             item=item.storage_index.fqn,
                         )
-                    self._deliver(item, item_data, planner, planner_lock)
+                    deliver_item(item, item_data, planner, planner_lock)
                 buffers.give_back(data)
                 del data
             finally:
@@ -249,25 +249,24 @@ class S3StorageReader(StorageReader):
         info = self.storage_data[item.storage_index]
         return ByteRange(info.offset, info.offset + info.length)
 
-    @staticmethod
-    def _deliver(
-        item: ReadItem, data: memoryview, planner: LoadPlanner, planner_lock: threading.Lock
-    ) -> None:
-        if item.type == LoadItemType.BYTE_IO:
-            if isinstance(planner, DefaultLoadPlanner):
-                # it unpickles with weights_only=False: check the bytes are plain data first
-                check_plain_data(data, item.storage_index.fqn)
-            with planner_lock:
-                planner.load_bytes(item, io.BytesIO(data))
-            return
-        tensor = narrow_tensor_by_index(load_tensor(data), item.storage_offsets, item.lengths)
+
+def deliver_item(item: ReadItem, data: memoryview, planner: LoadPlanner, planner_lock: threading.Lock) -> None:
+    """Hand one verified item's bytes to the planner (tensors copied into place, bytes checked first)."""
+    if item.type == LoadItemType.BYTE_IO:
+        if isinstance(planner, DefaultLoadPlanner):
+            # it unpickles with weights_only=False: check the bytes are plain data first
+            check_plain_data(data, item.storage_index.fqn)
         with planner_lock:
-            target = planner.resolve_tensor(item).detach()
-        if target.size() != tensor.size():
-            raise UnsafeCheckpointError(
-                f"item {item.storage_index.fqn!r} has shape {tuple(tensor.size())} in the "
-                f"checkpoint but {tuple(target.size())} in the plan"
-            )
-        target.copy_(tensor)
-        with planner_lock:
-            planner.commit_tensor(item, target)
+            planner.load_bytes(item, io.BytesIO(data))
+        return
+    tensor = narrow_tensor_by_index(load_tensor(data), item.storage_offsets, item.lengths)
+    with planner_lock:
+        target = planner.resolve_tensor(item).detach()
+    if target.size() != tensor.size():
+        raise UnsafeCheckpointError(
+            f"item {item.storage_index.fqn!r} has shape {tuple(tensor.size())} in the "
+            f"checkpoint but {tuple(target.size())} in the plan"
+        )
+    target.copy_(tensor)
+    with planner_lock:
+        planner.commit_tensor(item, target)
