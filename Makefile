@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.s3dcp-installed
 
-.PHONY: all install demo demo-distributed test test-rgw typecheck unit integration clean bench-prefix
+.PHONY: all install demo demo-distributed demo-tiered test test-rgw typecheck unit integration clean bench-prefix
 
 all: test
 
@@ -26,6 +26,10 @@ demo: $(STAMP)
 # 4 ranks train with FSDP2 and checkpoint asynchronously; 2 ranks resume (torchrun, CPU)
 demo-distributed: $(STAMP)
 	$(BIN)/python examples/dcp/distributed_demo.py
+
+# tiered checkpoints: local copy every step, S3 every 3rd in the background, a damaged file, a lost node
+demo-tiered: $(STAMP)
+	$(BIN)/python examples/dcp/tiered_demo.py
 
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy
