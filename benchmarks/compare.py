@@ -25,6 +25,13 @@ requests and body bytes are counted by the forwarder or the sink, per worker.
 The partial load reads only the ``model.*`` tensors of that checkpoint and
 compares the bytes fetched with the bytes those items occupy (from the
 checkpoint's own metadata).
+
+With ``--warm`` each worker first does the same kind of operation once,
+unmeasured and uncounted (a save of a 64 MiB state dict to another path, or
+the same load), and then measures a second one: the steady state of a
+training job, whose first checkpoint alone pays for building clients and
+threads. Peak RSS growth then leaves out what the first operation kept
+(s3dcp's part buffers, for one), so compare memory on the default runs.
 """
 
 from __future__ import annotations
@@ -56,6 +63,8 @@ MIB = 1024 * 1024
 ALL_METHODS = ["s3dcp", "s3torchconnector", "fsspec-s3fs", "boto3-raw", "local-fs"]
 DCP_METHODS = {"s3dcp", "s3torchconnector", "fsspec-s3fs", "local-fs"}
 PARTIAL_PREFIX = "model."
+WARM_UP_MIB = 64
+READY = "READY"  # a warm worker's line: warm-up done, waiting for the driver to reset its counters
 BUCKET = "bench"
 CA_NOT_TRUSTED = "n/a (cannot trust a self-signed CA)"
 
@@ -70,11 +79,16 @@ def _needed_bytes(method: Any, uri: str) -> dict[str, int]:
     }
 
 
-def run_worker(op: str, method_name: str, target: str, size_mib: int) -> dict[str, Any]:
+def run_worker(op: str, method_name: str, target: str, size_mib: int, warm: bool = False) -> dict[str, Any]:
     import torch
 
     from methods import METHODS
     from workload import build_state_dict, tensor_bytes
+
+    def zero(values: dict[str, Any]) -> None:
+        for value in values.values():
+            if isinstance(value, torch.Tensor):
+                value.zero_()
 
     method = METHODS[method_name](f"s3://{BUCKET}/unused")
     state = build_state_dict(size_mib)
@@ -84,9 +98,16 @@ def run_worker(op: str, method_name: str, target: str, size_mib: int) -> dict[st
     if op in ("load", "partial"):
         if op == "partial":
             state = {k: v for k, v in state.items() if k.startswith(PARTIAL_PREFIX)}
-        for value in state.values():
-            if isinstance(value, torch.Tensor):
-                value.zero_()
+        zero(state)
+    if warm:
+        if op == "save":
+            method.save(build_state_dict(WARM_UP_MIB, seed=1), target + "-warm-up")
+            method.cleanup(target + "-warm-up")
+        else:
+            method.load(state, target)
+            zero(state)
+        print(READY, flush=True)
+        sys.stdin.readline()  # the driver has taken the warm-up's request counts
     wall, cpu, peak_growth = measure(lambda: method.save(state, target) if op == "save" else method.load(state, target))
     if op == "save":
         method.cleanup(target)
@@ -120,22 +141,45 @@ class Target:
         return self.server if self.server == "local" else f"{self.server} {self.scheme}"
 
 
-def _worker(target: Target, op: str, method: str, uri: str, size_mib: int) -> dict[str, Any]:
+def _worker(target: Target, op: str, method: str, uri: str, size_mib: int, warm: bool = False) -> dict[str, Any]:
     """One measurement in a fresh process; ``{"error": ...}`` instead of raising."""
     env = dict(os.environ, **target.env)
     command = [sys.executable, __file__, "--worker", op, "--method", method, "--target", uri, "--size-mib", str(size_mib)]
+    warm = warm and op in ("save", "load", "partial")
+    if warm:
+        command.append("--warm")
     if target.counts is not None:
         target.counts.take()
-    timeout = 120 + size_mib // 2
+    timeout = (120 + size_mib // 2) * (2 if warm else 1)
+    # stderr to a file: a pipe nobody reads during the warm-up could fill and stall the worker
+    errors = tempfile.TemporaryFile(mode="w+")
+    worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
+                              text=True, env=env)
     try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False, env=env, timeout=timeout)
+        if warm:
+            assert worker.stdout is not None and worker.stdin is not None
+            while (line := worker.stdout.readline()) and line.strip() != READY:
+                pass  # the worker's warm-up, unmeasured (its chatter is not the result)
+            if line:
+                time.sleep(0.05)  # as below: answers sent just before READY are recorded
+                if target.counts is not None:
+                    target.counts.take()
+                worker.stdin.write("\n")
+                worker.stdin.flush()
+        stdout, _ = worker.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.communicate()
         return {"error": f"timed out after {timeout} s"}
+    finally:
+        errors.seek(0)
+        stderr = errors.read()
+        errors.close()
     time.sleep(0.05)  # let a server thread finish recording an answer sent just before the worker exited
     counts = target.counts.take() if target.counts is not None else {}
-    if result.returncode != 0:
-        return {"error": _explain_failure(target, method, result.stderr), "stderr": result.stderr[-4000:]}
-    answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    if worker.returncode != 0:
+        return {"error": _explain_failure(target, method, stderr), "stderr": stderr[-4000:]}
+    answer: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
     if target.counts is not None:
         answer["requests"] = counts.get("requests", 0)
         answer["request_body_bytes"] = counts.get("request_body_bytes", 0)
@@ -269,7 +313,7 @@ class Bench:
                     if method in failed:
                         continue
                     uri = self.uri(target, method, "ref" if op == "load" else f"save-{run}", size_mib)
-                    result = _worker(target, op, method, uri, size_mib)
+                    result = _worker(target, op, method, uri, size_mib, warm=self.args.warm)
                     self._note(target, op, method, result, run)
                     if op == "save":
                         self._delete_prefix(target, uri[len(f"s3://{BUCKET}/") :] + "/")
@@ -288,7 +332,8 @@ class Bench:
             for method in methods:
                 if method not in DCP_METHODS or method in failed:
                     continue
-                result = _worker(target, "partial", method, self.uri(target, method, "ref", size_mib), size_mib)
+                result = _worker(target, "partial", method, self.uri(target, method, "ref", size_mib), size_mib,
+                                 warm=self.args.warm)
                 self._note(target, "partial", method, result)
                 self.partial.append(self._partial_row(target, method, size_mib, result))
         self._delete_prefix(target, f"{target.scheme}/")
@@ -456,6 +501,7 @@ class Bench:
                 "scheme": self.args.scheme,
                 "methods": self.args.methods,
                 "scaling_runs": self.args.scaling_runs,
+                "warm": self.args.warm,
             },
             "servers": {
                 "moto": "moto S3 server (one process) behind benchmarks/proxy.py's counting forwarder; "
@@ -525,7 +571,9 @@ def markdown(report: dict[str, Any]) -> str:
     out = [
         f"{report['date']}, {machine['machine']}, {machine['cores']} cores (shared by client and server), "
         f"Python {machine['python']}, {report['settings']['size_mib']} MiB state dict, "
-        f"median of {report['settings']['runs']} runs; (Nx) = this method / s3dcp",
+        f"median of {report['settings']['runs']} runs; (Nx) = this method / s3dcp"
+        + ("; **warm**: each figure is a process's second operation (after an unmeasured, uncounted one), "
+           "so peak RSS growth leaves out what the first kept" if report["settings"].get("warm") else ""),
     ]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in report["rows"]:
@@ -630,6 +678,8 @@ def main() -> None:
     parser.add_argument("--scaling-runs", type=int, default=1)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "compare.json",
                         help="JSON report; the .md table and .png chart go next to it")
+    parser.add_argument("--warm", action="store_true",
+                        help="measure each worker's second operation (steady state), after an unmeasured one")
     parser.add_argument("--verbose", action="store_true", help="print a failing worker's stderr")
     parser.add_argument("--worker", choices=["prepare", "save", "load", "partial"], help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -637,7 +687,7 @@ def main() -> None:
     args = parser.parse_args()
 
     if args.worker:
-        print(json.dumps(run_worker(args.worker, args.method, args.target, args.size_mib)))
+        print(json.dumps(run_worker(args.worker, args.method, args.target, args.size_mib, args.warm)))
         return
 
     bench = Bench(args)
