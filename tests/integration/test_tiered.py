@@ -375,3 +375,20 @@ def test_crash_during_background_upload(proxied_env: Any, proxy: Any, s3: Any, b
     got = {"w": torch.zeros(4096), "step": 0}
     dcp.load(got, checkpoint_id="step_1", storage_reader=reader(local, bucket))
     assert torch.equal(got["w"], torch.arange(4096, dtype=torch.float32)) and got["step"] == 1
+
+
+def test_prefix_strategy_shapes_both_tiers(s3_env: Any, s3: Any, bucket: str, local: Path) -> None:
+    from s3dcp import HexPrefixStrategy
+
+    w = writer(local, bucket, prefix_strategy=HexPrefixStrategy(min_prefix_length=2), thread_count=2)
+    want = state(12)
+    dcp.save(want, checkpoint_id="step_12", storage_writer=w)
+    w.wait_for_uploads(timeout=120)
+    local_files = sorted(p.relative_to(local / "step_12").as_posix() for p in (local / "step_12").rglob("*")
+                         if p.is_file())
+    assert local_files == [".metadata", "00/__0_0.distcp", "00/__0_1.distcp"]
+    assert sorted(list_keys(s3, bucket, "run/")) == [f"run/step_12/{name}" for name in local_files]
+    for r in (reader(local, bucket), reader(local / "elsewhere", bucket)):
+        got = blank()
+        dcp.load(got, checkpoint_id="step_12", storage_reader=r)
+        assert_same(got, want)
