@@ -188,8 +188,7 @@ def _commit(job: UploadJob) -> None:
 
 def run_job(job: UploadJob, sleep: Callable[[float], None] = time.sleep) -> UploadStatus:
     """Run ``job`` with retries; return its final status. Never raises for an S3 failure."""
-    size = sum((job.checkpoint_dir / relative).stat().st_size for relative in job.files
-               if (job.checkpoint_dir / relative).exists())
+    size = sum(_size_of(job.checkpoint_dir / relative) for relative in job.files)
     status = UploadStatus(job.name, str(job.uri), job.rank, "uploading", len(job.files), size)
     uploaded = False
     for attempt in range(1, job.attempts + 1):
@@ -221,6 +220,13 @@ def run_job(job: UploadJob, sleep: Callable[[float], None] = time.sleep) -> Uplo
                 return status
             sleep(min(60.0, 2.0 ** (attempt - 1)))
     raise AssertionError("unreachable")
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0  # the upload itself will report the missing file
 
 
 def _leave_failure_marker(job: UploadJob, reason: str) -> None:
@@ -266,10 +272,7 @@ class TierUploader:
 
     def run_now(self, job: UploadJob) -> UploadStatus:
         """Run ``job`` in the calling thread (synchronous uploads), recording its status."""
-        try:
-            status = run_job(job)
-        finally:
-            _finish(job)
+        status = _execute(job)
         with self._lock:
             self._statuses.append(status)
         return status
@@ -302,22 +305,27 @@ class TierUploader:
                 except queue.Empty:
                     self._worker = None
                     return
-            try:
-                status = run_job(job)
-            finally:
-                _finish(job)
+            status = _execute(job)
             with self._lock:
                 self._statuses.append(status)
                 del self._pending[id(job)]
                 self._lock.notify_all()
 
 
-def _finish(job: UploadJob) -> None:
-    if job.on_done is not None:
-        try:
-            job.on_done()
-        except Exception:
-            log.exception("s3dcp: cleaning up after the upload of %s failed", job.name)
+def _execute(job: UploadJob) -> UploadStatus:
+    """``run_job``, then the job's clean-up; an unexpected error becomes a failed status, not a lost job."""
+    try:
+        return run_job(job)
+    except Exception as error:
+        log.exception("s3dcp upload of %s (rank %d) failed unexpectedly", job.name, job.rank)
+        return UploadStatus(job.name, str(job.uri), job.rank, "failed", len(job.files), 0,
+                            error=f"{type(error).__name__}: {error}")
+    finally:
+        if job.on_done is not None:
+            try:
+                job.on_done()
+            except Exception:
+                log.exception("s3dcp: cleaning up after the upload of %s failed", job.name)
 
 
 _UPLOADER: tuple[int, TierUploader] | None = None
