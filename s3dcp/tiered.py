@@ -489,7 +489,7 @@ class TieredStorageReader(StorageReader):
                 for item in items:
                     info = self.storage_data[item.storage_index]
                     data = memoryview(bytearray(info.length))
-                    got = stream.readinto(data) if stream.seek(info.offset) == info.offset else 0
+                    got = _read_at(stream, info.offset, data)
                     problem = _local_problem(info, data, got, self.verify)
                     if problem:
                         log.warning("s3dcp: local copy damaged: %s item %r %s; reading it from S3", path,
@@ -548,6 +548,18 @@ class TieredStorageReader(StorageReader):
     def _local_dir(self) -> Path:
         assert self.name is not None
         return self.local_root / self.name
+
+
+def _read_at(stream: Any, offset: int, into: memoryview) -> int:
+    """Fill ``into`` from ``offset``; fewer bytes only at end of file (one read() stops near 2 GiB)."""
+    stream.seek(offset)
+    got = 0
+    while got < len(into):
+        count = stream.readinto(into[got:])
+        if not count:
+            break
+        got += count
+    return got
 
 
 def _local_problem(info: Any, data: memoryview, got: int, verify: bool) -> str | None:

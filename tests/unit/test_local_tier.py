@@ -84,3 +84,27 @@ def test_damaged_local_metadata_reads_as_absent(tmp_path: Path) -> None:
     assert read_local_metadata(tmp_path) is None
     (tmp_path / ".metadata").write_bytes(b"\x80\x04 not a pickle")
     assert read_local_metadata(tmp_path) is None
+
+
+def test_local_reads_fill_the_whole_item_even_when_the_os_returns_less(tmp_path: Path) -> None:
+    """read() returns at most about 2 GiB at once: big items need several reads, not a fallback."""
+    from s3dcp.tiered import _read_at
+
+    class ShortReads:
+        def __init__(self, data: bytes) -> None:
+            self.data, self.position = data, 0
+
+        def seek(self, offset: int) -> int:
+            self.position = offset
+            return offset
+
+        def readinto(self, into: memoryview) -> int:
+            count = min(3, len(into), len(self.data) - self.position)  # never more than 3 bytes
+            into[:count] = self.data[self.position : self.position + count]
+            self.position += count
+            return count
+
+    stream = ShortReads(b"0123456789abcdef")
+    into = memoryview(bytearray(10))
+    assert _read_at(stream, 4, into) == 10 and bytes(into) == b"456789abcd"
+    assert _read_at(stream, 12, memoryview(bytearray(10))) == 4  # cut short at end of file
