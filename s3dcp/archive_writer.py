@@ -9,6 +9,9 @@ records, then the tensor's bytes as one buffer, with exactly the bytes
 descriptors, CRC-32s, zip64 end records and serialization id), so shard
 objects stay identical to ``FileSystemWriter``'s files.
 
+Everything but the tensor's bytes and three values computed from them
+(their CRC-32, the serialization id and its CRC-32) depends only on the
+dtype, shape and strides, so it is laid out once per such key and reused.
 The layout is learnt from a template archive that ``torch.save`` itself
 writes, and the writer checks itself against ``torch.save`` once per process
 before it is used; if anything differs (another torch release, an unusual
@@ -36,7 +39,7 @@ __all__ = ["write_tensor"]
 log = logging.getLogger("s3dcp")
 
 _ALIGNMENT = 64
-_SMALL = 64 * 1024  # records below this are joined with the headers around them
+_SMALL = 64 * 1024  # tensors below this go to the stream in one write with their framing
 _U32 = 0xFFFFFFFF
 _U64 = (1 << 64) - 1
 _STORAGE_RECORD = "data/0"
@@ -97,77 +100,123 @@ def _legacy_storage_name(dtype: torch.dtype) -> str:
     return torch.storage._dtype_to_storage_type_map()[dtype]  # type: ignore[attr-defined,no-any-return]
 
 
-class _ArchiveWriter:
-    """Emits zip records the way torch's ``PyTorchStreamWriter`` lays them out."""
+_ID_DIGITS = 40  # the serialization id: 20 digits of the torch release's hash, 20 of the archive's
 
-    def __init__(self, stream: Any, prefix: str) -> None:
-        self._stream = stream
-        self._prefix = prefix
-        self._cursor = 0
-        self._central: list[bytes] = []
-        self._pending: list[bytes] = []  # small pieces, written together: fewer write calls
 
-    def _put(self, data: bytes) -> None:
-        self._pending.append(data)
-        self._cursor += len(data)
+@dataclass(frozen=True)
+class _Framing:
+    """Every byte of a one-tensor archive but the tensor's, for one dtype, shape and strides.
 
-    def _flush(self) -> None:
-        if self._pending:
-            self._stream.write(b"".join(self._pending))
-            self._pending.clear()
+    Only three things in an archive depend on the tensor's values: its
+    bytes, their CRC-32 (in the data descriptor and the central directory)
+    and the serialization id (a hash of every record's CRC-32) with its own
+    CRC-32. Everything else is laid out once per (dtype, shape, strides) and
+    reused, so a small tensor costs a few microseconds of Python, not a
+    hundred.
+    """
 
-    def _put_with_crc(self, data: Any) -> int:
-        """Write ``data`` and return its CRC-32, from the stream's own copy pass if it offers one."""
-        if memoryview(data).nbytes < _SMALL:
-            crc = crc32.compute(data)
-            self._put(bytes(data))
-            return crc
-        self._flush()
-        write_with_crc = getattr(self._stream, "write_with_crc", None)
-        if write_with_crc is not None:
-            crc = int(write_with_crc(data))
+    head: bytes  # every record before the tensor's bytes, up to and including its local header
+    tail: bytes  # everything after them, with the value-dependent fields zero
+    data_crc_at: tuple[int, ...]  # offsets in ``tail`` of the data's CRC-32
+    id_at: int  # offset in ``tail`` of the serialization id
+    id_crc_at: tuple[int, ...]  # offsets in ``tail`` of the id's CRC-32
+    hash_before: int  # ``c10::hash_combine`` of the CRC-32s of the records before the data
+    crcs_after: tuple[int, ...]  # CRC-32s of the records between the data and the id
+
+    def finish(self, data_crc: int, name_hash: str) -> bytearray:
+        """``tail`` for a tensor whose bytes have CRC-32 ``data_crc``."""
+        combined = _hash_combine(self.hash_before, data_crc)
+        for crc in self.crcs_after:
+            combined = _hash_combine(combined, crc)
+        serialization_id = f"{name_hash}{combined:020d}".encode()
+        id_crc = crc32.compute(serialization_id)
+        tail = bytearray(self.tail)
+        for at in self.data_crc_at:
+            struct.pack_into("<I", tail, at, data_crc)
+        tail[self.id_at : self.id_at + _ID_DIGITS] = serialization_id
+        for at in self.id_crc_at:
+            struct.pack_into("<I", tail, at, id_crc)
+        return tail
+
+
+def _lay_out(template: _Template, tensor: torch.Tensor) -> _Framing | None:
+    """Lay out the archive ``torch.save`` writes for ``tensor``, leaving its bytes out.
+
+    Records follow torch's ``PyTorchStreamWriter``: a local header padded so
+    the payload starts on a 64-byte boundary, the payload, a data descriptor;
+    then the central directory and the zip64 end records. Offsets count the
+    tensor's bytes although they are not here.
+    """
+    nbytes = tensor.nbytes
+    out = bytearray()
+    data_at: int | None = None
+    id_at = 0
+    crc_at: dict[str, list[int]] = {_STORAGE_RECORD: [], _ID_RECORD: []}
+    central: list[tuple[str, bytes]] = []
+    hash_before, crcs_after = 0, []
+
+    def cursor() -> int:
+        return len(out) + (nbytes if data_at is not None else 0)
+
+    for name, constant in template.records:
+        full_name = f"{template.prefix}/{name}".encode()
+        payload = _data_pkl(tensor) if name == _PICKLE_RECORD else constant
+        if name == _STORAGE_RECORD:
+            size, crc = nbytes, 0
+        elif name == _ID_RECORD:
+            size, crc = _ID_DIGITS, 0
         else:
-            crc = crc32.compute(data)
-            self._stream.write(data)
-        self._cursor += memoryview(data).nbytes
-        return crc
-
-    def record(self, name: str, payload: Any) -> int:
-        """Write one stored record; return its CRC-32."""
-        full_name = f"{self._prefix}/{name}".encode()
-        size = memoryview(payload).nbytes
-        offset = self._cursor
-        start = offset + 30 + len(full_name) + 4
-        padding = (-start) % _ALIGNMENT
-        extra = b"FB" + struct.pack("<H", padding) + b"Z" * padding
-        self._put(
-            struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 0, 0x0808, 0, 0, 0, 0, 0, 0, len(full_name), len(extra))
-            + full_name
-            + extra
+            assert payload is not None
+            size, crc = len(payload), crc32.compute(payload)
+            if data_at is None:
+                hash_before = _hash_combine(hash_before, crc)
+            else:
+                crcs_after.append(crc)
+        offset = cursor()
+        padding = (-(offset + 30 + len(full_name) + 4)) % _ALIGNMENT
+        out += struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 0, 0x0808, 0, 0, 0, 0, 0, 0, len(full_name), 4 + padding)
+        out += full_name + b"FB" + struct.pack("<H", padding) + b"Z" * padding
+        if name == _STORAGE_RECORD:
+            data_at = len(out)
+        elif name == _ID_RECORD:
+            id_at = len(out)
+            out += bytes(_ID_DIGITS)
+        else:
+            assert payload is not None
+            out += payload
+        if name in crc_at:
+            crc_at[name].append(len(out) + 4)
+        out += struct.pack("<4sIII", b"PK\x07\x08", crc, size, size)
+        entry = struct.pack(
+            "<4sHHHHHHIIIHHHHHII",
+            b"PK\x01\x02", 0, 0, 0x0808, 0, 0, 0, crc, size, size, len(full_name), 0, 0, 0, 0, 0, offset,
         )
-        crc = self._put_with_crc(payload) if size else 0
-        self._put(struct.pack("<4sIII", b"PK\x07\x08", crc, size, size))
-        self._central.append(
-            struct.pack(
-                "<4sHHHHHHIIIHHHHHII",
-                b"PK\x01\x02", 0, 0, 0x0808, 0, 0, 0, crc, size, size, len(full_name), 0, 0, 0, 0, 0, offset,
-            )
-            + full_name
-        )
-        return crc
-
-    def finish(self) -> None:
-        directory_offset = self._cursor
-        directory = b"".join(self._central)
-        self._put(directory)
-        count = len(self._central)
-        zip64_end = self._cursor
-        self._put(
-            struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 0x031E, 0x2D, 0, 0, count, count, len(directory), directory_offset)
-            + struct.pack("<4sIQI", b"PK\x06\x07", 0, zip64_end, 1)
-            + struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, count, count, len(directory), directory_offset, 0)
-        )
-        self._flush()
+        central.append((name, entry + full_name))
+    if data_at is None:
+        return None
+    directory_offset = cursor()
+    for name, entry in central:
+        if name in crc_at:
+            crc_at[name].append(len(out) + 16)
+        out += entry
+    count, directory_size = len(central), cursor() - directory_offset
+    zip64_end = cursor()
+    out += struct.pack(
+        "<4sQHHIIQQQQ", b"PK\x06\x06", 44, 0x031E, 0x2D, 0, 0, count, count, directory_size, directory_offset
+    )
+    out += struct.pack("<4sIQI", b"PK\x06\x07", 0, zip64_end, 1)
+    out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, count, count, directory_size, directory_offset, 0)
+    if min(crc_at[_STORAGE_RECORD] + crc_at[_ID_RECORD] + [id_at]) < data_at:
+        return None  # the id before the data: not a layout this writer knows
+    return _Framing(
+        head=bytes(out[:data_at]),
+        tail=bytes(out[data_at:]),
+        data_crc_at=tuple(at - data_at for at in crc_at[_STORAGE_RECORD]),
+        id_at=id_at - data_at,
+        id_crc_at=tuple(at - data_at for at in crc_at[_ID_RECORD]),
+        hash_before=hash_before,
+        crcs_after=tuple(crcs_after),
+    )
 
 
 def _learn_template() -> _Template | None:
@@ -194,25 +243,35 @@ def _learn_template() -> _Template | None:
     return _Template(prefix, tuple(records), serialization_id[:20])
 
 
-def _write(stream: Any, tensor: torch.Tensor, template: _Template) -> None:
+def _framing(tensor: torch.Tensor, template: _Template) -> _Framing | None:
+    """The framing for ``tensor``'s dtype, shape and strides, laid out once and kept."""
+    key = (tensor.dtype, tuple(tensor.size()), tuple(tensor.stride()))
+    framing = _framings.get(key)
+    if framing is None:
+        framing = _lay_out(template, tensor)
+        if framing is None:
+            return None
+        if len(_framings) >= _MAX_FRAMINGS:
+            _framings.clear()  # a model has far fewer shapes; this only bounds a pathological run
+        _framings[key] = framing
+    return framing
+
+
+def _write(stream: Any, tensor: torch.Tensor, framing: _Framing, name_hash: str) -> None:
     array: Any = tensor.reshape(-1).view(torch.uint8).numpy()
     data = memoryview(array).cast("B")  # the tensor's own bytes, not a copy
-    writer = _ArchiveWriter(stream, template.prefix)
-    combined = 0
-    for name, payload in template.records:
-        if name == _ID_RECORD:
-            serialization_id = f"{template.name_hash}{combined:020d}".encode()
-            writer.record(name, serialization_id)
-            continue
-        if name == _PICKLE_RECORD:
-            payload = _data_pkl(tensor)
-        elif name == _STORAGE_RECORD:
-            crc = writer.record(name, data)
-            combined = _hash_combine(combined, crc)
-            continue
-        assert payload is not None
-        combined = _hash_combine(combined, writer.record(name, payload))
-    writer.finish()
+    if data.nbytes < _SMALL:  # one write: fewer calls through the stream's layers
+        crc = crc32.compute(data)
+        stream.write(b"".join((framing.head, data, framing.finish(crc, name_hash))))
+        return
+    stream.write(framing.head)
+    write_with_crc = getattr(stream, "write_with_crc", None)
+    if write_with_crc is not None:  # the stream's copy pass computes the CRC-32 too
+        crc = int(write_with_crc(data))
+    else:
+        crc = crc32.compute(data)
+        stream.write(data)
+    stream.write(framing.finish(crc, name_hash))
 
 
 def _supported(tensor: torch.Tensor) -> bool:
@@ -238,6 +297,8 @@ _SUPPORTED_DTYPES = frozenset(
     }
 )
 
+_MAX_FRAMINGS = 4096
+_framings: dict[tuple[Any, ...], _Framing] = {}  # dict reads and writes are atomic: no lock
 _state_lock = threading.Lock()
 _template: _Template | None = None
 _checked = False
@@ -266,10 +327,14 @@ def _matches_torch_save(template: _Template) -> bool:
         torch.randn(7, 5, generator=generator),
         torch.randn(130, generator=generator).to(torch.bfloat16),
         torch.randint(0, 2, (9,), generator=generator).bool(),
+        torch.randn(3, 10_000, generator=generator),  # above _SMALL: head, data, tail apart
     ]
     for sample in samples:
         ours, theirs = io.BytesIO(), io.BytesIO()
-        _write(ours, sample, template)
+        framing = _lay_out(template, sample)
+        if framing is None:
+            return False
+        _write(ours, sample, framing, template.name_hash)
         torch.save(sample, theirs)
         if ours.getvalue() != theirs.getvalue():
             return False
@@ -286,5 +351,8 @@ def write_tensor(stream: Any, tensor: torch.Tensor) -> bool:
     template = _ready()
     if template is None:
         return False
-    _write(stream, tensor, template)
+    framing = _framing(tensor, template)
+    if framing is None:
+        return False
+    _write(stream, tensor, framing, template.name_hash)
     return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import zlib
 
 import pytest
 import torch
@@ -38,6 +39,31 @@ def test_bytes_equal_torch_save_for_every_dtype_and_shape(dtype: torch.dtype) ->
         assert ours == saved(tensor), (dtype, shape)
         view = tensor_view(memoryview(bytearray(ours)))
         assert view is not None and torch.equal(view, tensor)
+
+
+def test_tensors_of_one_shape_share_a_layout_but_not_values() -> None:
+    g = torch.Generator().manual_seed(5)
+    for shape in [(4, 4), (70_000,)]:  # below and above the size written in one piece
+        first, second = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+        assert written(first) == saved(first)
+        assert written(second) == saved(second)
+        assert written(second) != written(first)
+
+
+def test_a_stream_with_write_with_crc_computes_the_data_crc() -> None:
+    class CrcSink(io.BytesIO):
+        crc_calls = 0
+
+        def write_with_crc(self, data: object) -> int:
+            self.crc_calls += 1
+            self.write(data)  # type: ignore[arg-type]
+            return zlib.crc32(data)  # type: ignore[arg-type]
+
+    sink = CrcSink()
+    tensor = torch.randn(70_000, generator=torch.Generator().manual_seed(6))
+    assert write_tensor(sink, tensor)
+    assert sink.crc_calls == 1
+    assert sink.getvalue() == saved(tensor)
 
 
 def test_writes_through_a_stream_that_only_has_write() -> None:
