@@ -257,7 +257,7 @@ def _framing(tensor: torch.Tensor, template: _Template) -> _Framing | None:
     return framing
 
 
-def _write(stream: Any, tensor: torch.Tensor, framing: _Framing, name_hash: str) -> None:
+def _write(stream: Any, tensor: torch.Tensor, framing: _Framing, name_hash: str, unchanging: bool = False) -> None:
     array: Any = tensor.reshape(-1).view(torch.uint8).numpy()
     data = memoryview(array).cast("B")  # the tensor's own bytes, not a copy
     if data.nbytes < _SMALL:  # one write: fewer calls through the stream's layers
@@ -267,7 +267,7 @@ def _write(stream: Any, tensor: torch.Tensor, framing: _Framing, name_hash: str)
     stream.write(framing.head)
     write_with_crc = getattr(stream, "write_with_crc", None)
     if write_with_crc is not None:  # the stream's copy pass computes the CRC-32 too
-        crc = int(write_with_crc(data))
+        crc = int(write_with_crc(data, unchanging=True) if unchanging else write_with_crc(data))
     else:
         crc = crc32.compute(data)
         stream.write(data)
@@ -341,10 +341,12 @@ def _matches_torch_save(template: _Template) -> bool:
     return True
 
 
-def write_tensor(stream: Any, tensor: torch.Tensor) -> bool:
+def write_tensor(stream: Any, tensor: torch.Tensor, unchanging: bool = False) -> bool:
     """Write ``tensor`` to ``stream`` as ``torch.save`` would; ``False`` if not handled.
 
     On ``False`` nothing was written and the caller should use ``torch.save``.
+    ``unchanging`` promises the tensor keeps its values until the stream is
+    committed, so a stream may send its memory without copying it.
     """
     if not _supported(tensor):
         return False
@@ -354,5 +356,5 @@ def write_tensor(stream: Any, tensor: torch.Tensor) -> bool:
     framing = _framing(tensor, template)
     if framing is None:
         return False
-    _write(stream, tensor, framing, template.name_hash)
+    _write(stream, tensor, framing, template.name_hash, unchanging)
     return True

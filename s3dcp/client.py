@@ -118,7 +118,38 @@ def _create_client(settings: ClientSettings) -> Any:
         config=client_config,
     )
     _install_request_defaults(client, config)
+    _admit_memoryview_bodies(client)
     return client
+
+
+_PARKED_BODY = "s3dcp_memoryview_body"
+
+
+def _admit_memoryview_bodies(client: Any) -> None:
+    """Let ``Body`` be a ``memoryview`` (a part sent straight from tensor memory).
+
+    botocore's parameter validator takes bytes, bytearray or a file object,
+    though everything after it (signing, checksums, urllib3) sends a
+    memoryview as it is; a file object would be sent in 16 KiB reads. The
+    view is set aside before validation and put back just before the
+    request is built. Registered after the checksum handlers, which see it.
+    """
+    for operation in BODY_OPERATIONS:
+        client.meta.events.register(f"before-parameter-build.s3.{operation}", _park_memoryview_body)
+        client.meta.events.register(f"before-call.s3.{operation}", _restore_memoryview_body)
+
+
+def _park_memoryview_body(params: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
+    body = params.get("Body")
+    if isinstance(body, memoryview):
+        context[_PARKED_BODY] = body
+        params["Body"] = b""
+
+
+def _restore_memoryview_body(params: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
+    body = context.pop(_PARKED_BODY, None)
+    if body is not None:
+        params["body"] = body
 
 
 # Every S3 operation s3dcp sends; all of them accept ExpectedBucketOwner (not

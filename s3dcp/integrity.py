@@ -48,14 +48,15 @@ class DigestingWriter:
         self._hasher.update(data)
         return int(self._stream.write(data))
 
-    def write_with_crc(self, data: Any) -> int:
+    def write_with_crc(self, data: Any, unchanging: bool = False) -> int:
         """Like ``write``, returning the CRC-32 the stream computes (see ``ObjectUpload``).
 
         A stream that copies in pieces digests each piece right after copying it.
+        ``unchanging`` is passed on: ``data`` keeps its bytes until the stream is committed.
         """
         write_with_crc = getattr(self._stream, "write_with_crc", None)
         if write_with_crc is not None:
-            return int(write_with_crc(data, also=self._hasher.update))
+            return int(write_with_crc(data, also=self._hasher.update, unchanging=unchanging))
         self._hasher.update(data)
         self._stream.write(data)
         return crc32.compute(data)

@@ -107,7 +107,13 @@ def write_items(
             if not isinstance(data, torch.Tensor):
                 raise TypeError(f"tensor item {item.index.fqn!r} resolved to {type(data).__name__}")
             tensor = _as_saveable(data)
-            if not write_tensor(writer, tensor):
+            # the caller's own CPU memory (no copy made here) is left as it is until the
+            # stream is committed, so whole parts may be sent from it; a copy made here
+            # is not: it should be freed as soon as it is serialized
+            unchanging = data.device.type == "cpu" and (
+                tensor.untyped_storage().data_ptr() == data.untyped_storage().data_ptr()
+            )
+            if not write_tensor(writer, tensor, unchanging=unchanging):
                 torch.save(tensor, writer)  # type: ignore[arg-type]
         length = writer.tell() - offset
         info = StorageInfo(relative_path, offset, length)

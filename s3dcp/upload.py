@@ -216,15 +216,27 @@ class ObjectUpload:
         self._copy_in(memoryview(data).cast("B"), want_crc=False)
         return memoryview(data).nbytes
 
-    def write_with_crc(self, data: Any, also: Callable[[memoryview], Any] | None = None) -> int:
+    def write_with_crc(
+        self, data: Any, also: Callable[[memoryview], Any] | None = None, unchanging: bool = False
+    ) -> int:
         """Write ``data`` and return its CRC-32, from the same pass that copies it.
 
         ``also`` (e.g. a digest's ``update``) sees each copied piece while it is
         still in cache, so a caller's digest costs no extra pass over memory.
+        ``unchanging`` is the caller's promise that ``data`` keeps its bytes
+        until :meth:`commit` returns: whole parts are then sent straight from
+        it, not copied into part buffers (the memory stays referenced until
+        its parts are sent).
         """
-        return self._copy_in(memoryview(data).cast("B"), want_crc=True, also=also)
+        return self._copy_in(memoryview(data).cast("B"), want_crc=True, also=also, unchanging=unchanging)
 
-    def _copy_in(self, view: memoryview, want_crc: bool, also: Callable[[memoryview], Any] | None = None) -> int:
+    def _copy_in(
+        self,
+        view: memoryview,
+        want_crc: bool,
+        also: Callable[[memoryview], Any] | None = None,
+        unchanging: bool = False,
+    ) -> int:
         if self._closed:
             raise ValueError(f"write to a finished upload of s3://{self.bucket}/{self.key}")
         size = view.nbytes
@@ -236,6 +248,12 @@ class ObjectUpload:
                     self._grow(size - start)
                 else:
                     self._send_part()
+            if unchanging and self._filled == 0 and size - start >= self.part_size:
+                part = view[start : start + self.part_size]
+                part_crc = self._send_view(part, also)
+                data_crc = crc32.combine(data_crc, part_crc, self.part_size)
+                start += self.part_size
+                continue
             take = min(len(self._buffer) - self._filled, size - start, _CRC_PIECE)
             # through a memoryview: bytearray slice assignment is several times slower
             with memoryview(self._buffer) as target:
@@ -384,6 +402,14 @@ class ObjectUpload:
                     raise error
 
     def _send_part(self) -> None:
+        """Send the bytes filled so far as the next part."""
+        number = self._next_part_number()
+        checksum = self._take_part_checksum()
+        body = self._take_buffer(0 if self._closed else self.part_size)
+        self._submit_part(number, body, checksum, recycle=len(body) == self.part_size)
+
+    def _next_part_number(self) -> int:
+        """Start the multipart upload if need be; the number the next part gets."""
         self._raise_if_a_part_failed()
         if self._upload_id is None:
             response = self._client.call(
@@ -398,18 +424,36 @@ class ObjectUpload:
                 bucket=self.bucket,
                 key=self.key,
             )
-        upload_id = self._upload_id
-        checksum = self._take_part_checksum()
-        body = self._take_buffer(0 if self._closed else self.part_size)
-        client, bucket, key = self._client, self.bucket, self.key
+        return number
 
-        pool, full_part = self._pool, len(body) == self.part_size
+    def _send_view(self, part: memoryview, also: Callable[[memoryview], Any] | None) -> int:
+        """Send ``part`` (a whole part of the caller's memory) as is; return its CRC-32.
+
+        The CRC-32 and ``also`` go over it in cache-sized pieces, as on the copying path.
+        """
+        crc = 0
+        for at in range(0, part.nbytes, _CRC_PIECE):
+            piece = part[at : at + _CRC_PIECE]
+            crc = crc32.combine(crc, crc32.compute(piece), piece.nbytes)
+            if also is not None:
+                also(piece)
+        number = self._next_part_number()
+        checksum = {}
+        if self._crc_parts:
+            checksum = {"ChecksumCRC32": base64.b64encode(crc.to_bytes(4, "big")).decode("ascii")}
+        self._submit_part(number, part, checksum, recycle=False)
+        return crc
+
+    def _submit_part(self, number: int, body: Any, checksum: dict[str, str], recycle: bool) -> None:
+        """Queue part ``number``; ``recycle`` gives its buffer back for reuse once sent."""
+        upload_id = self._upload_id
+        client, bucket, key, pool = self._client, self.bucket, self.key, self._pool
 
         def send() -> dict[str, Any]:
             response = client.call(
                 "upload_part", bucket, key, UploadId=upload_id, PartNumber=number, Body=body, **checksum
             )
-            if full_part:
+            if recycle:
                 pool.give_back_buffer(body)
             part = {"PartNumber": number, "ETag": response["ETag"]}
             part.update((name, response[name]) for name in _PART_CHECKSUMS if response.get(name))

@@ -158,6 +158,7 @@ class Record:
     headers: dict[str, str] = field(default_factory=dict)  # request headers, names lowercased
     body_crc32: str = ""  # base64 CRC32 and MD5 of the request body as received,
     body_md5: str = ""  # to compare with the checksum headers the client sent
+    body_sha256: str = ""  # hex, to compare with a signed x-amz-content-sha256
 
 
 class FaultProxy:
@@ -354,6 +355,7 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
                 headers={k.lower(): v for k, v in self.headers.items()},
                 body_crc32=base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode(),
                 body_md5=base64.b64encode(hashlib.md5(body).digest()).decode(),
+                body_sha256=hashlib.sha256(body).hexdigest(),
             )
             if rule is not None and rule.action == "reset":
                 record.status = -1
