@@ -8,8 +8,9 @@ next attempt asks only for the bytes still missing.
 
 from __future__ import annotations
 
+import http.client
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ from .retry import TruncatedBodyError, error_code
 __all__ = ["ByteRange", "Fetch", "ByteBudget", "DownloadBuffers", "coalesce", "read_range", "read_object", "object_exists"]
 
 # A body that breaks off loses the chunk being read; the retry asks for the rest.
-_READ_CHUNK = 256 * 1024
+_READ_CHUNK = 1024 * 1024
 _BUFFER_UNIT = 1024 * 1024
 
 
@@ -177,20 +178,57 @@ def read_range(
         )
         body: Any = response["Body"]
         _check_served_range(response, bucket, key, first, span.end)
+        read_into, release = _body_reader(body, f"s3://{bucket}/{key}")
         try:
             while filled < span.length:
-                chunk = body.read(min(_READ_CHUNK, span.length - filled))
-                if not chunk:
+                count = read_into(view[filled : filled + min(_READ_CHUNK, span.length - filled)])
+                if not count:
                     raise TruncatedBodyError(
                         f"body of s3://{bucket}/{key} ended {span.length - filled} bytes early"
                     )
-                view[filled : filled + len(chunk)] = chunk
-                filled += len(chunk)
+                filled += count
+            release()
         finally:
             body.close()
 
     client.run(attempt, "get_object", bucket, key)
     return view
+
+
+def _body_reader(body: Any, where: str) -> tuple[Callable[[memoryview], int], Callable[[], None]]:
+    """``read_into(view) -> count`` (0 at the end) for a GetObject body, and ``release()``.
+
+    Reads straight from the HTTP response under urllib3 (``http.client``'s
+    ``readinto``), so bytes go from the socket (or TLS) into ``view`` with no
+    copy in between; urllib3's own ``read`` hands out a new ``bytes`` for
+    every chunk, copied again into the buffer. ``release()`` after the last
+    byte gives the connection back to urllib3's pool, as urllib3 does when
+    it reads a body to its end; without it, closing the body would close
+    the connection. Where the body is not laid out that way (another
+    urllib3 or botocore), bytes are read through ``body.read`` and copied.
+    """
+    stream: Any = getattr(body, "_raw_stream", None)
+    response: Any = getattr(stream, "_fp", None)
+    if not (hasattr(response, "readinto") and hasattr(response, "isclosed") and hasattr(stream, "release_conn")):
+
+        def read_copy(view: memoryview) -> int:
+            chunk = body.read(view.nbytes)
+            view[: len(chunk)] = chunk
+            return len(chunk)
+
+        return read_copy, lambda: None
+
+    def read_into(view: memoryview) -> int:
+        try:
+            return int(response.readinto(view))
+        except (OSError, http.client.HTTPException) as err:  # reset, timeout, TLS error
+            raise TruncatedBodyError(f"reading the body of {where} failed: {err!r}") from err
+
+    def release() -> None:
+        if response.isclosed():  # read to its last byte: the connection can serve another request
+            stream.release_conn()
+
+    return read_into, release
 
 
 def _check_served_range(response: dict[str, Any], bucket: str, key: str, first: int, end: int) -> None:

@@ -118,6 +118,23 @@ def test_parts_in_flight_are_bounded_by_max_concurrency(
     assert proxy.max_in_flight == 2
 
 
+def test_loads_reuse_their_connections(proxied_env: Any, proxy: FaultProxy, bucket: str) -> None:
+    """Bodies are read below urllib3 into the load's buffers; each connection then goes
+    back to the pool for the next GET instead of being closed."""
+    config = S3ClientConfig(max_concurrency=2)
+    state = {f"t{i}": torch.randn(64 * 1024) for i in range(4)}
+    path = f"s3://{bucket}/reuse"
+    dcp.save(state, storage_writer=S3StorageWriter(REGION, path, config, thread_count=4))
+    proxy.clear()
+    for _ in range(5):
+        loaded = blank_like(state)
+        dcp.load(loaded, storage_reader=S3StorageReader(REGION, path, config))
+        assert_same(state, loaded)
+    gets = proxy.requests("GET", r"\.distcp$")
+    assert len(gets) >= 20  # four shard objects, five loads
+    assert proxy.connections <= 2 * config.max_concurrency, (proxy.connections, len(gets))
+
+
 def test_small_objects_go_in_one_put(proxied_env: Any, proxy: FaultProxy, bucket: str) -> None:
     dcp.save({"w": torch.ones(10)}, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/small"))
     assert [r.query for r in proxy.requests("PUT", r"__0_0\.distcp$")] == [""]

@@ -177,6 +177,7 @@ class FaultProxy:
         self.endpoint_url = ""
         self.in_flight = 0
         self.max_in_flight = 0
+        self.connections = 0  # TCP connections accepted from clients since the last clear()
 
     # -- control -------------------------------------------------------------------
     def add_rule(self, action: str, **options: Any) -> Rule:
@@ -203,6 +204,7 @@ class FaultProxy:
             self.rules.clear()
             self.records.clear()
             self.max_in_flight = self.in_flight
+            self.connections = 0
 
     def _enter(self) -> None:
         with self._lock:
@@ -212,6 +214,10 @@ class FaultProxy:
     def _leave(self) -> None:
         with self._lock:
             self.in_flight -= 1
+
+    def _connected(self) -> None:
+        with self._lock:
+            self.connections += 1
 
     def requests(self, method: str | None = None, path_pattern: str | None = None) -> list[Record]:
         with self._lock:
@@ -284,6 +290,10 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            proxy._connected()
 
         def log_message(self, *args: Any) -> None:
             pass
