@@ -34,7 +34,7 @@ import torch
 
 from . import crc32
 
-__all__ = ["write_tensor"]
+__all__ = ["Framing", "framing_for", "write_tensor"]
 
 log = logging.getLogger("s3dcp")
 
@@ -104,7 +104,7 @@ _ID_DIGITS = 40  # the serialization id: 20 digits of the torch release's hash, 
 
 
 @dataclass(frozen=True)
-class _Framing:
+class Framing:
     """Every byte of a one-tensor archive but the tensor's, for one dtype, shape and strides.
 
     Only three things in an archive depend on the tensor's values: its
@@ -123,6 +123,20 @@ class _Framing:
     hash_before: int  # ``c10::hash_combine`` of the CRC-32s of the records before the data
     crcs_after: tuple[int, ...]  # CRC-32s of the records between the data and the id
 
+    def matches(self, head: Any, tail: Any) -> bool:
+        """Whether ``head`` and ``tail`` are this framing, whatever the tensor's values.
+
+        An archive that matches holds a plain tensor of this dtype and shape
+        whose bytes are exactly the ones between them.
+        """
+        if bytes(head) != self.head or len(tail) != len(self.tail):
+            return False
+        masked = bytearray(tail)
+        for at in (*self.data_crc_at, *self.id_crc_at):
+            masked[at : at + 4] = bytes(4)
+        masked[self.id_at : self.id_at + _ID_DIGITS] = bytes(_ID_DIGITS)
+        return masked == self.tail
+
     def finish(self, data_crc: int, name_hash: str) -> bytearray:
         """``tail`` for a tensor whose bytes have CRC-32 ``data_crc``."""
         combined = _hash_combine(self.hash_before, data_crc)
@@ -139,7 +153,7 @@ class _Framing:
         return tail
 
 
-def _lay_out(template: _Template, tensor: torch.Tensor) -> _Framing | None:
+def _lay_out(template: _Template, tensor: torch.Tensor) -> Framing | None:
     """Lay out the archive ``torch.save`` writes for ``tensor``, leaving its bytes out.
 
     Records follow torch's ``PyTorchStreamWriter``: a local header padded so
@@ -208,7 +222,7 @@ def _lay_out(template: _Template, tensor: torch.Tensor) -> _Framing | None:
     out += struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, count, count, directory_size, directory_offset, 0)
     if min(crc_at[_STORAGE_RECORD] + crc_at[_ID_RECORD] + [id_at]) < data_at:
         return None  # the id before the data: not a layout this writer knows
-    return _Framing(
+    return Framing(
         head=bytes(out[:data_at]),
         tail=bytes(out[data_at:]),
         data_crc_at=tuple(at - data_at for at in crc_at[_STORAGE_RECORD]),
@@ -243,7 +257,7 @@ def _learn_template() -> _Template | None:
     return _Template(prefix, tuple(records), serialization_id[:20])
 
 
-def _framing(tensor: torch.Tensor, template: _Template) -> _Framing | None:
+def _framing(tensor: torch.Tensor, template: _Template) -> Framing | None:
     """The framing for ``tensor``'s dtype, shape and strides, laid out once and kept."""
     key = (tensor.dtype, tuple(tensor.size()), tuple(tensor.stride()))
     framing = _framings.get(key)
@@ -257,7 +271,7 @@ def _framing(tensor: torch.Tensor, template: _Template) -> _Framing | None:
     return framing
 
 
-def _write(stream: Any, tensor: torch.Tensor, framing: _Framing, name_hash: str, unchanging: bool = False) -> None:
+def _write(stream: Any, tensor: torch.Tensor, framing: Framing, name_hash: str, unchanging: bool = False) -> None:
     array: Any = tensor.reshape(-1).view(torch.uint8).numpy()
     data = memoryview(array).cast("B")  # the tensor's own bytes, not a copy
     if data.nbytes < _SMALL:  # one write: fewer calls through the stream's layers
@@ -298,7 +312,7 @@ _SUPPORTED_DTYPES = frozenset(
 )
 
 _MAX_FRAMINGS = 4096
-_framings: dict[tuple[Any, ...], _Framing] = {}  # dict reads and writes are atomic: no lock
+_framings: dict[tuple[Any, ...], Framing] = {}  # dict reads and writes are atomic: no lock
 _state_lock = threading.Lock()
 _template: _Template | None = None
 _checked = False
@@ -339,6 +353,22 @@ def _matches_torch_save(template: _Template) -> bool:
         if ours.getvalue() != theirs.getvalue():
             return False
     return True
+
+
+def framing_for(dtype: torch.dtype, size: tuple[int, ...]) -> Framing | None:
+    """The framing ``write_tensor`` (and ``torch.save``) gives a contiguous tensor of this dtype and shape.
+
+    ``None`` when such a tensor is not one ``write_tensor`` handles.
+    """
+    if dtype not in _SUPPORTED_DTYPES:
+        return None
+    shape = torch.empty(size, dtype=dtype, device="meta")  # sizes and strides, no memory
+    if shape.numel() == 0 or shape.nbytes >= _U32 - (1 << 20):
+        return None
+    template = _ready()
+    if template is None:
+        return None
+    return _framing(shape, template)
 
 
 def write_tensor(stream: Any, tensor: torch.Tensor, unchanging: bool = False) -> bool:

@@ -1,7 +1,7 @@
 """Ranged reads: plan which byte ranges to fetch, then fetch them exactly.
 
 :func:`coalesce` is pure arithmetic: it merges the ranges a load needs into
-fewer requests when the gaps between them are small. :func:`read_range`
+fewer requests when the gaps between them are small. :func:`read_range_into`
 fetches one range into a preallocated buffer; when a body breaks off, the
 next attempt asks only for the bytes still missing.
 """
@@ -21,7 +21,7 @@ from .client import S3Client
 from .errors import ObjectNotFoundError, S3RequestError
 from .retry import TruncatedBodyError, error_code
 
-__all__ = ["ByteRange", "Fetch", "ByteBudget", "DownloadBuffers", "coalesce", "read_range", "read_object", "object_exists"]
+__all__ = ["ByteRange", "Fetch", "ByteBudget", "DownloadBuffers", "coalesce", "read_range_into", "read_object", "object_exists"]
 
 # A body that breaks off loses the chunk being read; the retry asks for the rest.
 _READ_CHUNK = 1024 * 1024
@@ -158,20 +158,22 @@ class DownloadBuffers:
         return sum(buffer.nbytes for buffer in self._free)
 
 
-def read_range(
-    client: S3Client, bucket: str, key: str, span: ByteRange, into: memoryview | None = None
-) -> memoryview:
-    """Fetch ``span`` of ``s3://bucket/key`` (into ``into`` if given, else a new buffer).
+def read_range_into(client: S3Client, bucket: str, key: str, span: ByteRange, targets: Sequence[memoryview]) -> None:
+    """Fetch ``span`` of ``s3://bucket/key`` into ``targets``, filled one after another.
 
-    When a body breaks off, the next attempt asks only for the bytes still missing.
+    Their lengths add up to the span's. One GET (more only if a body breaks off:
+    each retry asks for the bytes still missing).
     """
-    view = allocate(span.length) if into is None else into
+    if sum(target.nbytes for target in targets) != span.length:
+        raise ValueError("targets must hold exactly the span's bytes")
     if span.length == 0:
-        return view
-    filled = 0
+        return
+    pieces = [(target, target.nbytes) for target in targets if target.nbytes]
+    filled = 0  # bytes of the span received so far
+    piece, piece_filled = 0, 0  # the target being filled, and how far
 
     def attempt() -> None:
-        nonlocal filled
+        nonlocal filled, piece, piece_filled
         first = span.start + filled
         response = client.raw.get_object(
             Bucket=bucket, Key=key, Range=f"bytes={first}-{span.end - 1}"
@@ -181,18 +183,21 @@ def read_range(
         read_into, release = _body_reader(body, f"s3://{bucket}/{key}")
         try:
             while filled < span.length:
-                count = read_into(view[filled : filled + min(_READ_CHUNK, span.length - filled)])
+                target, size = pieces[piece]
+                count = read_into(target[piece_filled : piece_filled + min(_READ_CHUNK, size - piece_filled)])
                 if not count:
                     raise TruncatedBodyError(
                         f"body of s3://{bucket}/{key} ended {span.length - filled} bytes early"
                     )
                 filled += count
+                piece_filled += count
+                if piece_filled == size:
+                    piece, piece_filled = piece + 1, 0
             release()
         finally:
             body.close()
 
     client.run(attempt, "get_object", bucket, key)
-    return view
 
 
 def _body_reader(body: Any, where: str) -> tuple[Callable[[memoryview], int], Callable[[], None]]:

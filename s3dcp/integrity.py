@@ -22,7 +22,12 @@ _ATTRIBUTE = "s3dcp_checksum"
 
 
 def digest(data: Any) -> str:
-    """``"xxh3_64:<16 hex digits>"`` of a bytes-like object."""
+    """``"xxh3_64:<16 hex digits>"`` of a bytes-like object, or of a tuple of them end to end."""
+    if isinstance(data, tuple):
+        hasher = xxhash.xxh3_64()
+        for piece in data:
+            hasher.update(piece)
+        return f"{ALGORITHM}:{hasher.hexdigest()}"
     return f"{ALGORITHM}:{xxhash.xxh3_64_hexdigest(data)}"
 
 
@@ -87,6 +92,8 @@ def get_checksum(storage_info: Any) -> str | None:
 
 def verify(storage_info: Any, data: Any, *, bucket: str, key: str, item: str) -> None:
     """Raise :class:`ChecksumMismatchError` unless ``data`` has the recorded digest.
+
+    ``data`` is the item's bytes, or a tuple of buffers holding them in order.
 
     Items with no recorded checksum pass: there is nothing to compare with.
     """

@@ -20,6 +20,7 @@ its type and message intact. Direct callers get the error at once.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import threading
 import time
@@ -28,6 +29,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import torch
 from torch.distributed._shard._utils import narrow_tensor_by_index
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
@@ -38,15 +40,18 @@ from torch.futures import Future
 from ._torch_compat import METADATA_NAME, called_from_dcp_load
 from .client import S3Client
 from .config import S3ClientConfig, resolve_settings
-from .download import ByteBudget, ByteRange, DownloadBuffers, Fetch, coalesce, read_object, read_range
+from .download import ByteBudget, ByteRange, DownloadBuffers, Fetch, coalesce, read_object, read_range_into
 from .errors import CheckpointNotFoundError, ObjectNotFoundError, S3DCPError, UnsafeCheckpointError
 from .metadata import check_relative_key, load_metadata
+from .in_place import InPlaceRead, StoredChunks, destination_bytes, plan_in_place
 from .integrity import verify
 from .shard import check_plain_data, load_tensor
 from .stats import PhaseCallback, PhaseStats, report_phase
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
 
 __all__ = ["S3StorageReader", "deliver_item"]
+
+log = logging.getLogger("s3dcp")
 
 
 
@@ -83,6 +88,7 @@ class S3StorageReader(StorageReader):
         self._client = S3Client(resolve_settings(region, s3client_config))
         self.load_id = str(uuid.uuid4())
         self.storage_data: dict[MetadataIndex, Any] = {}
+        self._chunks: StoredChunks | None = None
         self._kept_error: S3DCPError | None = None
         self.on_phase = on_phase
         self.last_stats: list[PhaseStats] = []
@@ -151,6 +157,7 @@ class S3StorageReader(StorageReader):
                     "does not read"
                 )
         self.storage_data = storage_data
+        self._chunks = StoredChunks(metadata)
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
         return plan
@@ -160,59 +167,63 @@ class S3StorageReader(StorageReader):
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         config = self._client.settings.config
-        by_object: dict[str, list[ReadItem]] = defaultdict(list)
-        for item in plan.items:
-            by_object[self.storage_data[item.storage_index].relative_path].append(item)
-        jobs: list[tuple[str, Fetch, list[ReadItem]]] = []
+        planner_lock = threading.Lock()
+        in_place, targets, by_object = self._plan_reads(plan, planner, planner_lock)
+        jobs: list[tuple[str, Fetch, list[ReadItem]] | InPlaceRead] = list(in_place)
         for relative, items in by_object.items():
             ranges = [self._range_of(item) for item in items]
             for fetch in coalesce(ranges, config.coalesce_gap, config.max_read_size):
                 jobs.append((relative, fetch, [items[i] for i in fetch.members]))
 
-        planner_lock = threading.Lock()
         started = time.monotonic()
         fetched = 0
-
         budget = ByteBudget(config.max_concurrency * config.max_read_size)
         buffers = DownloadBuffers(config.max_concurrency * config.max_read_size)
 
-        def run(job: tuple[str, Fetch, list[ReadItem]]) -> None:
+        def fetch_and_deliver(relative: str, span: ByteRange, items: list[ReadItem]) -> None:
             nonlocal fetched
-            relative, fetch, items = job
-            key = self.uri.key(relative)
-            held = DownloadBuffers.capacity_for(fetch.span.length)
+            held = DownloadBuffers.capacity_for(span.length)
             budget.acquire(held)
             try:
-                try:
-                    data = read_range(
-                        self._client, self.uri.bucket, key, fetch.span, buffers.take(fetch.span.length)
-                    )
-                except ObjectNotFoundError as err:
-                    raise CheckpointNotFoundError(
-                        f"{self.uri} is damaged: its metadata lists {relative!r} but that object "
-                        "is missing",
-                        bucket=self.uri.bucket,
-                        key=key,
-                    ) from err
+                data = buffers.take(span.length)
+                self._read(relative, span, [data])
                 with planner_lock:
-                    fetched += len(data)
+                    fetched += span.length
                 for item in items:
                     item_range = self._range_of(item)
-                    start = item_range.start - fetch.span.start
+                    start = item_range.start - span.start
                     item_data = data[start : start + item_range.length]
-                    if self.verify:
-                        verify(
-                            self.storage_data[item.storage_index],
-                            item_data,
-                            bucket=self.uri.bucket,
-                            key=key,
-                            item=item.storage_index.fqn,
-                        )
-                    deliver_item(item, item_data, planner, planner_lock)
+                    self._verify(item, relative, item_data)
+                    deliver_item(item, item_data, planner, planner_lock, targets.get(item))
                 buffers.give_back(data)
                 del data
             finally:
                 budget.release(held)
+
+        def read_in_place(read: InPlaceRead) -> None:
+            nonlocal fetched
+            relative = self.storage_data[read.item.storage_index].relative_path
+            head = memoryview(bytearray(len(read.framing.head)))
+            tail = memoryview(bytearray(len(read.framing.tail)))
+            tensor_bytes = destination_bytes(read.target)
+            self._read(relative, read.span, [head, tensor_bytes, tail])
+            with planner_lock:
+                fetched += read.span.length
+            if not read.framing.matches(head, tail):
+                log.debug("%s: item %r is not laid out as expected; reading it again the ordinary way",
+                          self.uri.child(relative), read.item.storage_index.fqn)
+                fetch_and_deliver(relative, read.span, [read.item])
+                return
+            self._verify(read.item, relative, (head, tensor_bytes, tail))
+            with planner_lock:
+                planner.commit_tensor(read.item, read.target)
+
+        def run(job: tuple[str, Fetch, list[ReadItem]] | InPlaceRead) -> None:
+            if isinstance(job, InPlaceRead):
+                read_in_place(job)
+            else:
+                relative, fetch, items = job
+                fetch_and_deliver(relative, fetch.span, items)
 
         workers = max(1, min(config.max_concurrency, len(jobs)))
         with ThreadPoolExecutor(workers, thread_name_prefix="s3dcp-read") as pool:
@@ -223,6 +234,54 @@ class S3StorageReader(StorageReader):
         future: Future[None] = Future()
         future.set_result(None)
         return future
+
+    def _plan_reads(
+        self, plan: LoadPlan, planner: LoadPlanner, planner_lock: threading.Lock
+    ) -> tuple[list[InPlaceRead], dict[ReadItem, torch.Tensor], dict[str, list[ReadItem]]]:
+        """Split ``plan``: items read into their destination in place, and the rest by object.
+
+        Only items larger than one coalesced read go in place, so the number
+        of GETs does not change. Destinations resolved here and found unfit
+        are kept, so the planner is asked for each destination once.
+        """
+        max_read_size = self._client.settings.config.max_read_size
+        in_place: list[InPlaceRead] = []
+        targets: dict[ReadItem, torch.Tensor] = {}
+        by_object: dict[str, list[ReadItem]] = defaultdict(list)
+        for item in plan.items:
+            span = self._range_of(item)
+            if item.type == LoadItemType.TENSOR and span.length > max_read_size and self._chunks is not None:
+                with planner_lock:
+                    target = planner.resolve_tensor(item).detach()
+                read = plan_in_place(item, span, self._chunks.get(item.storage_index), target)
+                if read is not None:
+                    in_place.append(read)
+                    continue
+                targets[item] = target
+            by_object[self.storage_data[item.storage_index].relative_path].append(item)
+        return in_place, targets, by_object
+
+    def _read(self, relative: str, span: ByteRange, into: list[memoryview]) -> None:
+        key = self.uri.key(relative)
+        try:
+            read_range_into(self._client, self.uri.bucket, key, span, into)
+        except ObjectNotFoundError as err:
+            raise CheckpointNotFoundError(
+                f"{self.uri} is damaged: its metadata lists {relative!r} but that object "
+                "is missing",
+                bucket=self.uri.bucket,
+                key=key,
+            ) from err
+
+    def _verify(self, item: ReadItem, relative: str, data: Any) -> None:
+        if self.verify:
+            verify(
+                self.storage_data[item.storage_index],
+                data,
+                bucket=self.uri.bucket,
+                key=self.uri.key(relative),
+                item=item.storage_index.fqn,
+            )
 
     # -- helpers -------------------------------------------------------------------
     def _report(self, phase: str, *, items: int, objects: int, requests: int, size: int, started: float) -> None:
@@ -250,8 +309,17 @@ class S3StorageReader(StorageReader):
         return ByteRange(info.offset, info.offset + info.length)
 
 
-def deliver_item(item: ReadItem, data: memoryview, planner: LoadPlanner, planner_lock: threading.Lock) -> None:
-    """Hand one verified item's bytes to the planner (tensors copied into place, bytes checked first)."""
+def deliver_item(
+    item: ReadItem,
+    data: memoryview,
+    planner: LoadPlanner,
+    planner_lock: threading.Lock,
+    target: torch.Tensor | None = None,
+) -> None:
+    """Hand one verified item's bytes to the planner (tensors copied into place, bytes checked first).
+
+    ``target`` is the item's destination if the planner was already asked for it.
+    """
     if item.type == LoadItemType.BYTE_IO:
         if isinstance(planner, DefaultLoadPlanner):
             # it unpickles with weights_only=False: check the bytes are plain data first
@@ -260,8 +328,9 @@ def deliver_item(item: ReadItem, data: memoryview, planner: LoadPlanner, planner
             planner.load_bytes(item, io.BytesIO(data))
         return
     tensor = narrow_tensor_by_index(load_tensor(data), item.storage_offsets, item.lengths)
-    with planner_lock:
-        target = planner.resolve_tensor(item).detach()
+    if target is None:
+        with planner_lock:
+            target = planner.resolve_tensor(item).detach()
     if target.size() != tensor.size():
         raise UnsafeCheckpointError(
             f"item {item.storage_index.fqn!r} has shape {tuple(tensor.size())} in the "

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import io
 import zlib
+from typing import Any
 
 import pytest
 import torch
 
 from s3dcp.archive import tensor_view
-from s3dcp.archive_writer import write_tensor
+from s3dcp.archive_writer import framing_for, write_tensor
 
 DTYPES = [
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
@@ -98,3 +99,33 @@ def test_unusual_tensors_are_left_to_torch_save(tensor: torch.Tensor) -> None:
     buffer = io.BytesIO()
     assert not write_tensor(buffer, tensor)
     assert buffer.getvalue() == b""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.bool, torch.int64], ids=str)
+def test_framing_for_a_shape_brackets_the_tensor_bytes_torch_save_writes(dtype: torch.dtype) -> None:
+    tensor = (torch.randn(33, 17, generator=torch.Generator().manual_seed(8)) * 100).to(dtype)
+    archive = saved(tensor)
+    framing = framing_for(dtype, (33, 17))
+    assert framing is not None
+    head, rest = archive[: len(framing.head)], archive[len(framing.head) :]
+    data, tail = rest[: tensor.nbytes], rest[tensor.nbytes :]
+    assert data == tensor.view(torch.uint8).numpy().tobytes()
+    assert framing.matches(head, tail)
+    values = _value_bytes(framing)  # CRC-32s and serialization id: the tensor's own, not checked
+    for at in (0, 5, len(tail) // 2, min(values), max(values), len(tail) - 1):
+        changed = bytearray(tail)
+        changed[at] ^= 0xFF
+        assert framing.matches(head, bytes(changed)) == (at in values), at
+    assert not framing.matches(head[:-1] + b"\x00", tail)
+    assert framing_for(dtype, (17, 33)) is not None and not framing_for(dtype, (17, 33)).matches(head, tail)  # type: ignore[union-attr]
+
+
+def _value_bytes(framing: Any) -> set[int]:
+    spots = {at + i for at in (*framing.data_crc_at, *framing.id_crc_at) for i in range(4)}
+    return spots | set(range(framing.id_at, framing.id_at + 40))
+
+
+def test_no_framing_for_shapes_write_tensor_leaves_to_torch_save() -> None:
+    assert framing_for(torch.float32, (0,)) is None
+    if hasattr(torch, "float8_e4m3fn"):
+        assert framing_for(torch.float8_e4m3fn, (4,)) is None
