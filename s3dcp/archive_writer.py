@@ -362,6 +362,13 @@ def framing_for(dtype: torch.dtype, size: tuple[int, ...]) -> Framing | None:
     """
     if dtype not in _SUPPORTED_DTYPES:
         return None
+    strides, step = [], 1
+    for dim in reversed(size):
+        strides.append(step)
+        step *= max(dim, 1)
+    known = _framings.get((dtype, tuple(size), tuple(reversed(strides))))
+    if known is not None:
+        return known
     shape = torch.empty(size, dtype=dtype, device="meta")  # sizes and strides, no memory
     if shape.numel() == 0 or shape.nbytes >= _U32 - (1 << 20):
         return None

@@ -8,15 +8,15 @@ next attempt asks only for the bytes still missing.
 
 from __future__ import annotations
 
-import http.client
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import botocore.exceptions
 import torch
 
+from .body import open_body
 from .client import S3Client
 from .errors import ObjectNotFoundError, S3RequestError
 from .retry import TruncatedBodyError, error_code
@@ -180,11 +180,11 @@ def read_range_into(client: S3Client, bucket: str, key: str, span: ByteRange, ta
         )
         body: Any = response["Body"]
         _check_served_range(response, bucket, key, first, span.end)
-        read_into, release = _body_reader(body, f"s3://{bucket}/{key}")
+        reader = open_body(body, f"s3://{bucket}/{key}")
         try:
             while filled < span.length:
                 target, size = pieces[piece]
-                count = read_into(target[piece_filled : piece_filled + min(_READ_CHUNK, size - piece_filled)])
+                count = reader.read_into(target[piece_filled : piece_filled + min(_READ_CHUNK, size - piece_filled)])
                 if not count:
                     raise TruncatedBodyError(
                         f"body of s3://{bucket}/{key} ended {span.length - filled} bytes early"
@@ -193,47 +193,11 @@ def read_range_into(client: S3Client, bucket: str, key: str, span: ByteRange, ta
                 piece_filled += count
                 if piece_filled == size:
                     piece, piece_filled = piece + 1, 0
-            release()
+            reader.release()
         finally:
             body.close()
 
     client.run(attempt, "get_object", bucket, key)
-
-
-def _body_reader(body: Any, where: str) -> tuple[Callable[[memoryview], int], Callable[[], None]]:
-    """``read_into(view) -> count`` (0 at the end) for a GetObject body, and ``release()``.
-
-    Reads straight from the HTTP response under urllib3 (``http.client``'s
-    ``readinto``), so bytes go from the socket (or TLS) into ``view`` with no
-    copy in between; urllib3's own ``read`` hands out a new ``bytes`` for
-    every chunk, copied again into the buffer. ``release()`` after the last
-    byte gives the connection back to urllib3's pool, as urllib3 does when
-    it reads a body to its end; without it, closing the body would close
-    the connection. Where the body is not laid out that way (another
-    urllib3 or botocore), bytes are read through ``body.read`` and copied.
-    """
-    stream: Any = getattr(body, "_raw_stream", None)
-    response: Any = getattr(stream, "_fp", None)
-    if not (hasattr(response, "readinto") and hasattr(response, "isclosed") and hasattr(stream, "release_conn")):
-
-        def read_copy(view: memoryview) -> int:
-            chunk = body.read(view.nbytes)
-            view[: len(chunk)] = chunk
-            return len(chunk)
-
-        return read_copy, lambda: None
-
-    def read_into(view: memoryview) -> int:
-        try:
-            return int(response.readinto(view))
-        except (OSError, http.client.HTTPException) as err:  # reset, timeout, TLS error
-            raise TruncatedBodyError(f"reading the body of {where} failed: {err!r}") from err
-
-    def release() -> None:
-        if response.isclosed():  # read to its last byte: the connection can serve another request
-            stream.release_conn()
-
-    return read_into, release
 
 
 def _check_served_range(response: dict[str, Any], bucket: str, key: str, first: int, end: int) -> None:

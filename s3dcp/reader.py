@@ -43,7 +43,7 @@ from .config import S3ClientConfig, resolve_settings
 from .download import ByteBudget, ByteRange, DownloadBuffers, Fetch, coalesce, read_object, read_range_into
 from .errors import CheckpointNotFoundError, ObjectNotFoundError, S3DCPError, UnsafeCheckpointError
 from .metadata import check_relative_key, load_metadata
-from .in_place import InPlaceRead, StoredChunks, destination_bytes, plan_in_place
+from .in_place import InPlaceRead, StoredChunks, destination_bytes, framed_tensor, plan_in_place
 from .integrity import verify
 from .shard import check_plain_data, load_tensor
 from .stats import PhaseCallback, PhaseStats, report_phase
@@ -194,7 +194,7 @@ class S3StorageReader(StorageReader):
                     start = item_range.start - span.start
                     item_data = data[start : start + item_range.length]
                     self._verify(item, relative, item_data)
-                    deliver_item(item, item_data, planner, planner_lock, targets.get(item))
+                    deliver_item(item, item_data, planner, planner_lock, targets.get(item), self._chunk_of(item))
                 buffers.give_back(data)
                 del data
             finally:
@@ -253,13 +253,16 @@ class S3StorageReader(StorageReader):
             if item.type == LoadItemType.TENSOR and span.length > max_read_size and self._chunks is not None:
                 with planner_lock:
                     target = planner.resolve_tensor(item).detach()
-                read = plan_in_place(item, span, self._chunks.get(item.storage_index), target)
+                read = plan_in_place(item, span, self._chunk_of(item), target)
                 if read is not None:
                     in_place.append(read)
                     continue
                 targets[item] = target
             by_object[self.storage_data[item.storage_index].relative_path].append(item)
         return in_place, targets, by_object
+
+    def _chunk_of(self, item: ReadItem) -> tuple[torch.dtype, tuple[int, ...]] | None:
+        return self._chunks.get(item.storage_index) if self._chunks is not None else None
 
     def _read(self, relative: str, span: ByteRange, into: list[memoryview]) -> None:
         key = self.uri.key(relative)
@@ -315,10 +318,12 @@ def deliver_item(
     planner: LoadPlanner,
     planner_lock: threading.Lock,
     target: torch.Tensor | None = None,
+    chunk: tuple[torch.dtype, tuple[int, ...]] | None = None,
 ) -> None:
     """Hand one verified item's bytes to the planner (tensors copied into place, bytes checked first).
 
-    ``target`` is the item's destination if the planner was already asked for it.
+    ``target`` is the item's destination if the planner was already asked for
+    it; ``chunk`` the stored tensor's dtype and shape from the metadata.
     """
     if item.type == LoadItemType.BYTE_IO:
         if isinstance(planner, DefaultLoadPlanner):
@@ -327,7 +332,10 @@ def deliver_item(
         with planner_lock:
             planner.load_bytes(item, io.BytesIO(data))
         return
-    tensor = narrow_tensor_by_index(load_tensor(data), item.storage_offsets, item.lengths)
+    stored = framed_tensor(data, chunk)
+    if stored is None:
+        stored = load_tensor(data)
+    tensor = narrow_tensor_by_index(stored, item.storage_offsets, item.lengths)
     if target is None:
         with planner_lock:
             target = planner.resolve_tensor(item).detach()
