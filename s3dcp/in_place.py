@@ -29,7 +29,15 @@ from torch.distributed.checkpoint.planner import LoadItemType, ReadItem
 from .archive_writer import Framing, framing_for
 from .download import ByteRange
 
-__all__ = ["InPlaceRead", "StoredChunks", "plan_in_place", "destination_bytes", "framed_tensor"]
+__all__ = [
+    "InPlaceRead",
+    "SpanLayout",
+    "StoredChunks",
+    "destination_bytes",
+    "disjoint",
+    "framed_tensor",
+    "plan_in_place",
+]
 
 
 class StoredChunks:
@@ -47,6 +55,10 @@ class StoredChunks:
         return self._chunks.get(MetadataIndex(index.fqn, index.offset))
 
 
+# Below this, a tensor is copied out of the download buffer: cheaper than a piece of its own.
+IN_PLACE_MIN_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class InPlaceRead:
     """One item to read into ``target``: ``framing.head``, the tensor's bytes, ``framing.tail``."""
@@ -54,7 +66,13 @@ class InPlaceRead:
     item: ReadItem
     target: torch.Tensor
     framing: Framing
-    span: ByteRange
+    span: ByteRange  # the whole item in its object
+
+    @property
+    def data(self) -> ByteRange:
+        """Where the tensor's bytes are in the object."""
+        start = self.span.start + len(self.framing.head)
+        return ByteRange(start, start + self.target.nbytes)
 
 
 def plan_in_place(
@@ -72,12 +90,57 @@ def plan_in_place(
         or tuple(target.size()) != size
         or not target.is_contiguous()
         or type(target) is not torch.Tensor
+        or target.nbytes < IN_PLACE_MIN_BYTES
     ):
         return None
     framing = framing_for(dtype, size)
     if framing is None or len(framing.head) + target.nbytes + len(framing.tail) != span.length:
         return None
     return InPlaceRead(item, target, framing, span)
+
+
+class SpanLayout:
+    """Where each byte of one GET goes: in-place tensors' bytes to their destinations, the rest to one buffer.
+
+    ``reads`` lie inside ``span``, in order, and no other item of the GET
+    overlaps their tensor bytes. The buffer holds the other bytes end to
+    end (``buffered`` of them).
+    """
+
+    def __init__(self, span: ByteRange, reads: list[InPlaceRead]) -> None:
+        self.reads = reads
+        self._gaps: list[tuple[int, int]] = []  # object ranges that go to the buffer
+        at = span.start
+        for read in reads:
+            self._gaps.append((at, read.data.start))
+            at = read.data.end
+        self._gaps.append((at, span.end))
+        self.buffered = sum(end - start for start, end in self._gaps)
+
+    def targets(self, buffer: memoryview) -> list[memoryview]:
+        """What ``read_range_into`` fills, in order."""
+        pieces, at = [], 0
+        for index, (start, end) in enumerate(self._gaps):
+            pieces.append(buffer[at : at + end - start])
+            at += end - start
+            if index < len(self.reads):
+                pieces.append(destination_bytes(self.reads[index].target))
+        return pieces
+
+    def view(self, buffer: memoryview, start: int, end: int) -> memoryview:
+        """Object bytes ``[start, end)`` in the buffer; they must not cross an in-place tensor."""
+        at = 0
+        for gap_start, gap_end in self._gaps:
+            if gap_start <= start and end <= gap_end:
+                return buffer[at + start - gap_start : at + end - gap_start]
+            at += gap_end - gap_start
+        raise ValueError(f"bytes {start}-{end} are not in the buffer")
+
+
+def disjoint(ranges: list[ByteRange]) -> bool:
+    """Whether no two of ``ranges`` share a byte."""
+    ordered = sorted(ranges)
+    return all(a.end <= b.start for a, b in zip(ordered, ordered[1:]))
 
 
 def destination_bytes(target: torch.Tensor) -> memoryview:

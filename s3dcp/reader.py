@@ -40,10 +40,10 @@ from torch.futures import Future
 from ._torch_compat import METADATA_NAME, called_from_dcp_load
 from .client import S3Client
 from .config import S3ClientConfig, resolve_settings
-from .download import ByteBudget, ByteRange, DownloadBuffers, Fetch, coalesce, read_object, read_range_into
+from .download import ByteBudget, ByteRange, DownloadBuffers, coalesce, read_object, read_range_into
 from .errors import CheckpointNotFoundError, ObjectNotFoundError, S3DCPError, UnsafeCheckpointError
 from .metadata import check_relative_key, load_metadata
-from .in_place import InPlaceRead, StoredChunks, destination_bytes, framed_tensor, plan_in_place
+from .in_place import InPlaceRead, SpanLayout, StoredChunks, destination_bytes, disjoint, framed_tensor, plan_in_place
 from .integrity import verify
 from .shard import check_plain_data, load_tensor
 from .stats import PhaseCallback, PhaseStats, report_phase
@@ -168,62 +168,67 @@ class S3StorageReader(StorageReader):
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         config = self._client.settings.config
         planner_lock = threading.Lock()
-        in_place, targets, by_object = self._plan_reads(plan, planner, planner_lock)
-        jobs: list[tuple[str, Fetch, list[ReadItem]] | InPlaceRead] = list(in_place)
+        in_place, targets = self._resolve_targets(plan, planner, planner_lock)
+        by_object: dict[str, list[ReadItem]] = defaultdict(list)
+        for item in plan.items:
+            by_object[self.storage_data[item.storage_index].relative_path].append(item)
+        jobs: list[tuple[str, ByteRange, list[ReadItem]]] = []
         for relative, items in by_object.items():
             ranges = [self._range_of(item) for item in items]
             for fetch in coalesce(ranges, config.coalesce_gap, config.max_read_size):
-                jobs.append((relative, fetch, [items[i] for i in fetch.members]))
+                jobs.append((relative, fetch.span, [items[i] for i in fetch.members]))
 
         started = time.monotonic()
         fetched = 0
         budget = ByteBudget(config.max_concurrency * config.max_read_size)
         buffers = DownloadBuffers(config.max_concurrency * config.max_read_size)
 
-        def fetch_and_deliver(relative: str, span: ByteRange, items: list[ReadItem]) -> None:
+        def fetch_and_deliver(relative: str, span: ByteRange, items: list[ReadItem], allow_in_place: bool) -> None:
+            """One GET of ``span``; tensors of ``in_place`` items land in their destinations."""
             nonlocal fetched
-            held = DownloadBuffers.capacity_for(span.length)
+            reads = [in_place[item] for item in items if item in in_place] if allow_in_place else []
+            if reads and not disjoint([self._range_of(item) for item in items]):
+                reads = []  # items sharing bytes: each needs all of its own in the buffer
+            reads.sort(key=lambda read: read.span.start)
+            layout = SpanLayout(span, reads)
+            laid_out_otherwise: list[ReadItem] = []
+            held = DownloadBuffers.capacity_for(layout.buffered)
             budget.acquire(held)
             try:
-                data = buffers.take(span.length)
-                self._read(relative, span, [data])
+                buffer = buffers.take(layout.buffered)
+                self._read(relative, span, layout.targets(buffer))
                 with planner_lock:
                     fetched += span.length
+                placed = {id(read.item): read for read in reads}
                 for item in items:
-                    item_range = self._range_of(item)
-                    start = item_range.start - span.start
-                    item_data = data[start : start + item_range.length]
-                    self._verify(item, relative, item_data)
-                    deliver_item(item, item_data, planner, planner_lock, targets.get(item), self._chunk_of(item))
-                buffers.give_back(data)
-                del data
+                    read = placed.get(id(item))
+                    if read is None:
+                        item_range = self._range_of(item)
+                        item_data = layout.view(buffer, item_range.start, item_range.end)
+                        self._verify(item, relative, item_data)
+                        target = targets[item] if item in targets else in_place[item].target if item in in_place else None
+                        deliver_item(item, item_data, planner, planner_lock, target, self._chunk_of(item))
+                        continue
+                    head = layout.view(buffer, read.span.start, read.data.start)
+                    tail = layout.view(buffer, read.data.end, read.span.end)
+                    if not read.framing.matches(head, tail):
+                        laid_out_otherwise.append(item)
+                        continue
+                    self._verify(item, relative, (head, destination_bytes(read.target), tail))
+                    with planner_lock:
+                        planner.commit_tensor(item, read.target)
+                buffers.give_back(buffer)
+                del buffer
             finally:
                 budget.release(held)
-
-        def read_in_place(read: InPlaceRead) -> None:
-            nonlocal fetched
-            relative = self.storage_data[read.item.storage_index].relative_path
-            head = memoryview(bytearray(len(read.framing.head)))
-            tail = memoryview(bytearray(len(read.framing.tail)))
-            tensor_bytes = destination_bytes(read.target)
-            self._read(relative, read.span, [head, tensor_bytes, tail])
-            with planner_lock:
-                fetched += read.span.length
-            if not read.framing.matches(head, tail):
+            for item in laid_out_otherwise:  # after releasing the budget: these need buffers of their own
                 log.debug("%s: item %r is not laid out as expected; reading it again the ordinary way",
-                          self.uri.child(relative), read.item.storage_index.fqn)
-                fetch_and_deliver(relative, read.span, [read.item])
-                return
-            self._verify(read.item, relative, (head, tensor_bytes, tail))
-            with planner_lock:
-                planner.commit_tensor(read.item, read.target)
+                          self.uri.child(relative), item.storage_index.fqn)
+                fetch_and_deliver(relative, self._range_of(item), [item], allow_in_place=False)
 
-        def run(job: tuple[str, Fetch, list[ReadItem]] | InPlaceRead) -> None:
-            if isinstance(job, InPlaceRead):
-                read_in_place(job)
-            else:
-                relative, fetch, items = job
-                fetch_and_deliver(relative, fetch.span, items)
+        def run(job: tuple[str, ByteRange, list[ReadItem]]) -> None:
+            relative, span, items = job
+            fetch_and_deliver(relative, span, items, allow_in_place=True)
 
         workers = max(1, min(config.max_concurrency, len(jobs)))
         with ThreadPoolExecutor(workers, thread_name_prefix="s3dcp-read") as pool:
@@ -235,31 +240,30 @@ class S3StorageReader(StorageReader):
         future.set_result(None)
         return future
 
-    def _plan_reads(
+    def _resolve_targets(
         self, plan: LoadPlan, planner: LoadPlanner, planner_lock: threading.Lock
-    ) -> tuple[list[InPlaceRead], dict[ReadItem, torch.Tensor], dict[str, list[ReadItem]]]:
-        """Split ``plan``: items read into their destination in place, and the rest by object.
+    ) -> tuple[dict[ReadItem, InPlaceRead], dict[ReadItem, torch.Tensor]]:
+        """Ask the planner for each whole stored tensor's destination, once.
 
-        Only items larger than one coalesced read go in place, so the number
-        of GETs does not change. Destinations resolved here and found unfit
-        are kept, so the planner is asked for each destination once.
+        Those that can be read in place are returned as such; the others are
+        kept for delivery, so the planner is never asked twice for one item.
         """
-        max_read_size = self._client.settings.config.max_read_size
-        in_place: list[InPlaceRead] = []
+        in_place: dict[ReadItem, InPlaceRead] = {}
         targets: dict[ReadItem, torch.Tensor] = {}
-        by_object: dict[str, list[ReadItem]] = defaultdict(list)
+        if self._chunks is None:
+            return in_place, targets
         for item in plan.items:
-            span = self._range_of(item)
-            if item.type == LoadItemType.TENSOR and span.length > max_read_size and self._chunks is not None:
-                with planner_lock:
-                    target = planner.resolve_tensor(item).detach()
-                read = plan_in_place(item, span, self._chunk_of(item), target)
-                if read is not None:
-                    in_place.append(read)
-                    continue
+            chunk = self._chunk_of(item)
+            if item.type != LoadItemType.TENSOR or chunk is None or chunk[1] != tuple(item.lengths):
+                continue
+            with planner_lock:
+                target = planner.resolve_tensor(item).detach()
+            read = plan_in_place(item, self._range_of(item), chunk, target)
+            if read is not None:
+                in_place[item] = read
+            else:
                 targets[item] = target
-            by_object[self.storage_data[item.storage_index].relative_path].append(item)
-        return in_place, targets, by_object
+        return in_place, targets
 
     def _chunk_of(self, item: ReadItem) -> tuple[torch.dtype, tuple[int, ...]] | None:
         return self._chunks.get(item.storage_index) if self._chunks is not None else None
