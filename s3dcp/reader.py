@@ -179,13 +179,13 @@ class S3StorageReader(StorageReader):
                 jobs.append((relative, fetch.span, [items[i] for i in fetch.members]))
 
         started = time.monotonic()
-        fetched = 0
+        fetched = requests = 0
         budget = ByteBudget(config.max_concurrency * config.max_read_size)
         buffers = DownloadBuffers(config.max_concurrency * config.max_read_size)
 
         def fetch_and_deliver(relative: str, span: ByteRange, items: list[ReadItem], allow_in_place: bool) -> None:
             """One GET of ``span``; tensors of ``in_place`` items land in their destinations."""
-            nonlocal fetched
+            nonlocal fetched, requests
             reads = [in_place[item] for item in items if item in in_place] if allow_in_place else []
             if reads and not disjoint([self._range_of(item) for item in items]):
                 reads = []  # items sharing bytes: each needs all of its own in the buffer
@@ -199,6 +199,7 @@ class S3StorageReader(StorageReader):
                 self._read(relative, span, layout.targets(buffer))
                 with planner_lock:
                     fetched += span.length
+                    requests += 1
                 placed = {id(read.item): read for read in reads}
                 for item in items:
                     read = placed.get(id(item))
@@ -206,8 +207,7 @@ class S3StorageReader(StorageReader):
                         item_range = self._range_of(item)
                         item_data = layout.view(buffer, item_range.start, item_range.end)
                         self._verify(item, relative, item_data)
-                        target = targets[item] if item in targets else in_place[item].target if item in in_place else None
-                        deliver_item(item, item_data, planner, planner_lock, target, self._chunk_of(item))
+                        deliver_item(item, item_data, planner, planner_lock, targets.get(item), self._chunk_of(item))
                         continue
                     head = layout.view(buffer, read.span.start, read.data.start)
                     tail = layout.view(buffer, read.data.end, read.span.end)
@@ -234,7 +234,7 @@ class S3StorageReader(StorageReader):
         with ThreadPoolExecutor(workers, thread_name_prefix="s3dcp-read") as pool:
             for _ in pool.map(run, jobs):
                 pass
-        self._report("load.read", items=len(plan.items), objects=len(by_object), requests=len(jobs), size=fetched,
+        self._report("load.read", items=len(plan.items), objects=len(by_object), requests=requests, size=fetched,
                      started=started)
         future: Future[None] = Future()
         future.set_result(None)
@@ -245,8 +245,8 @@ class S3StorageReader(StorageReader):
     ) -> tuple[dict[ReadItem, InPlaceRead], dict[ReadItem, torch.Tensor]]:
         """Ask the planner for each whole stored tensor's destination, once.
 
-        Those that can be read in place are returned as such; the others are
-        kept for delivery, so the planner is never asked twice for one item.
+        Returns the items that can be read in place, and every destination
+        asked for (kept for delivery, so the planner is never asked twice).
         """
         in_place: dict[ReadItem, InPlaceRead] = {}
         targets: dict[ReadItem, torch.Tensor] = {}
@@ -258,11 +258,10 @@ class S3StorageReader(StorageReader):
                 continue
             with planner_lock:
                 target = planner.resolve_tensor(item).detach()
+            targets[item] = target
             read = plan_in_place(item, self._range_of(item), chunk, target)
             if read is not None:
                 in_place[item] = read
-            else:
-                targets[item] = target
         return in_place, targets
 
     def _chunk_of(self, item: ReadItem) -> tuple[torch.dtype, tuple[int, ...]] | None:
