@@ -60,8 +60,9 @@ sys.path.insert(0, str(HERE.parent))
 from transfer import check_loaded, measure  # noqa: E402
 
 MIB = 1024 * 1024
-ALL_METHODS = ["s3dcp", "s3torchconnector", "fsspec-s3fs", "boto3-raw", "local-fs"]
-DCP_METHODS = {"s3dcp", "s3torchconnector", "fsspec-s3fs", "local-fs"}
+ALL_METHODS = ["s3dcp", "s3dcp-unsigned", "s3torchconnector", "fsspec-s3fs", "boto3-raw", "local-fs"]
+DEFAULT_METHODS = [m for m in ALL_METHODS if m != "s3dcp-unsigned"]  # that one on request only
+DCP_METHODS = {"s3dcp", "s3dcp-unsigned", "s3torchconnector", "fsspec-s3fs", "local-fs"}
 PARTIAL_PREFIX = "model."
 WARM_UP_MIB = 64
 READY = "READY"  # a warm worker's line: warm-up done, waiting for the driver to reset its counters
@@ -667,7 +668,8 @@ def main() -> None:
     parser.add_argument("--server", choices=["moto", "rgw", "sink", "both", "all"], default="both",
                         help="both = moto and sink; all = moto, rgw and sink (rgw needs root: it may apt-install Ceph)")
     parser.add_argument("--scheme", choices=["http", "https", "both"], default="both")
-    parser.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma-separated, from {ALL_METHODS}")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, from {ALL_METHODS} (default: all but s3dcp-unsigned)")
     parser.add_argument("--ops", default="save,load")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=1024)

@@ -88,6 +88,16 @@ class S3DCP(DCPMethod):
         return S3StorageReader(None, uri, self._config())
 
 
+class S3DCPUnsigned(S3DCP):
+    """s3dcp with ``sign_payload=False``: no SigV4 SHA-256 of each body over plain HTTP, as
+    s3torchconnector's client does (``UNSIGNED-PAYLOAD``); the same as ``s3dcp`` over HTTPS."""
+
+    name = "s3dcp-unsigned"
+
+    def _config(self) -> S3ClientConfig:
+        return S3ClientConfig(part_size=PART_SIZE, max_concurrency=CONCURRENCY, sign_payload=False)
+
+
 class S3TorchConnector(DCPMethod):
     """s3torchconnector's DCP writer/reader (AWS CRT client). Its client takes the
     endpoint from ``AWS_ENDPOINT_URL``; path-style addressing for local servers."""
@@ -238,7 +248,7 @@ class Boto3Raw(Method):
 
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (S3DCP, S3TorchConnector, FsspecS3fs, Boto3Raw, LocalFileSystem)
+    m.name: m for m in (S3DCP, S3DCPUnsigned, S3TorchConnector, FsspecS3fs, Boto3Raw, LocalFileSystem)
 }
 
 
