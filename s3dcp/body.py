@@ -75,6 +75,12 @@ def _http_client_reader(stream: Any, response: http.client.HTTPResponse, where: 
             raise TruncatedBodyError(f"reading the body of {where} failed: {err!r}") from err
 
     def release() -> None:
+        if not response.isclosed():  # a chunked body still has its closing, empty chunk
+            try:
+                if response.read(1):
+                    return  # more than was asked for: the connection is left to be closed
+            except (OSError, http.client.HTTPException):
+                return
         if response.isclosed():  # read to its last byte: the connection can serve another request
             stream.release_conn()
 
@@ -105,7 +111,10 @@ def _socket_reader(
 ) -> BodyReader:
     buffered: Any = response.fp  # the BufferedReader http.client read the headers through
     left = int(response.length or 0)
-    ahead = len(buffered.peek()) if left else 0  # body bytes it already holds (reads once if none)
+    try:
+        ahead = len(buffered.peek()) if left else 0  # body bytes it already holds (reads once if none)
+    except (OSError, http.client.HTTPException) as err:
+        raise TruncatedBodyError(f"reading the body of {where} failed: {err!r}") from err
 
     def read_into(view: memoryview) -> int:
         nonlocal left, ahead

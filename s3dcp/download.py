@@ -180,8 +180,8 @@ def read_range_into(client: S3Client, bucket: str, key: str, span: ByteRange, ta
         )
         body: Any = response["Body"]
         _check_served_range(response, bucket, key, first, span.end)
-        reader = open_body(body, f"s3://{bucket}/{key}")
         try:
+            reader = open_body(body, f"s3://{bucket}/{key}")
             while filled < span.length:
                 target, size = pieces[piece]
                 count = reader.read_into(target[piece_filled : piece_filled + min(_READ_CHUNK, size - piece_filled)])

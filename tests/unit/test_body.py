@@ -1,0 +1,120 @@
+"""GET bodies land in the caller's buffers whichever reader fits, and connections are reused."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import urllib3
+from botocore.response import StreamingBody
+
+from s3dcp.body import open_body
+from s3dcp.retry import TruncatedBodyError
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    connections = 0
+
+    def setup(self) -> None:
+        super().setup()
+        type(self).connections += 1
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        if self.path == "/chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for start in range(0, len(PAYLOAD), 300_000):
+                piece = PAYLOAD[start : start + 300_000]
+                self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            self.wfile.write(b"0\r\n\r\n")
+        elif self.path == "/short":  # promises more than it sends, then hangs up
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD[:1000])
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    _Handler.connections = 0
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def read_all(body: StreamingBody, size: int, step: int = 70_000) -> bytes:
+    reader = open_body(body, "test")
+    target = memoryview(bytearray(size))
+    filled = 0
+    while filled < size:
+        count = reader.read_into(target[filled : filled + step])
+        if not count:
+            break
+        filled += count
+    reader.release()
+    body.close()
+    return bytes(target[:filled])
+
+
+def streaming(pool: urllib3.PoolManager, url: str) -> StreamingBody:
+    response = pool.request("GET", url, preload_content=False, decode_content=False)
+    return StreamingBody(response, response.headers.get("Content-Length"))
+
+
+@pytest.mark.parametrize("path", ["/plain", "/chunked"])
+def test_bodies_arrive_whole_and_the_connection_serves_the_next_request(server: str, path: str) -> None:
+    pool = urllib3.PoolManager(maxsize=1)
+    for _ in range(3):
+        assert read_all(streaming(pool, server + path), len(PAYLOAD)) == PAYLOAD
+    assert _Handler.connections == 1
+
+
+def test_a_body_cut_short_reads_what_came_then_reports_the_end(server: str) -> None:
+    pool = urllib3.PoolManager(maxsize=1)
+    body = streaming(pool, server + "/short")
+    reader = open_body(body, "test")
+    target = memoryview(bytearray(len(PAYLOAD)))
+    filled = 0
+    while True:
+        try:
+            count = reader.read_into(target[filled:])
+        except TruncatedBodyError:
+            break
+        if not count:
+            break
+        filled += count
+    body.close()
+    assert bytes(target[:filled]) == PAYLOAD[:filled] and filled <= 1000
+
+
+def test_a_body_of_another_kind_is_read_and_copied() -> None:
+    class Plain:
+        def __init__(self) -> None:
+            self._at = 0
+
+        def read(self, size: int) -> bytes:
+            chunk = PAYLOAD[self._at : self._at + size]
+            self._at += len(chunk)
+            return chunk
+
+        def close(self) -> None:
+            pass
+
+    assert read_all(Plain(), len(PAYLOAD)) == PAYLOAD  # type: ignore[arg-type]
