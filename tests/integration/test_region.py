@@ -7,9 +7,8 @@ region (400 AuthorizationHeaderMalformed naming the bucket's region).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -18,7 +17,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter, WrongRegionError
-from tests.helpers import s3dcp_error
+from tests.helpers import s3dcp_error, serve_on_loopback
 
 pytestmark = [pytest.mark.s3, pytest.mark.moto_only("uses its own loopback server, not the store under test")]
 
@@ -51,12 +50,8 @@ class WrongRegionHandler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def wrong_region_endpoint() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), WrongRegionHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_on_loopback(WrongRegionHandler) as url:
+        yield url
 
 
 def test_wrong_region_says_which_region_to_use(s3_env: Any, wrong_region_endpoint: str) -> None:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -13,6 +12,7 @@ from botocore.response import StreamingBody
 
 from s3dcp.body import open_body
 from s3dcp.retry import TruncatedBodyError
+from tests.helpers import serve_on_loopback
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 
@@ -51,12 +51,8 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[str]:
     _Handler.connections = 0
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_on_loopback(_Handler) as url:
+        yield url
 
 
 def read_all(body: StreamingBody, size: int, step: int = 70_000) -> bytes:
