@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -41,6 +43,25 @@ def _rank_main(
         dist.barrier()
     finally:
         dist.destroy_process_group()
+    _exit_cleanly()
+
+
+def _exit_cleanly() -> None:
+    """End a rank that finished its work: wait for its threads as Python would, then exit at once.
+
+    Interpreter finalization in a rank process that used gloo (and DTensor,
+    or DCP's async save) now and then tears down torch's C++ threads in an
+    order that aborts ("terminate called without an active exception")
+    after everything the rank did has succeeded. Skipping finalization keeps
+    that from failing a test whose ranks all did their work; a rank that
+    fails still raises, and its traceback reaches the caller as before.
+    """
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()  # e.g. a tiered writer's upload thread, as interpreter exit would
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ranks(world_size: int, fn: Callable[..., None], *args: Any, env: Mapping[str, str] | None = None) -> None:
