@@ -14,6 +14,7 @@ from .config import S3ClientConfig
 from .errors import (
     AccessDeniedError,
     BucketNotFoundError,
+    CheckpointDamagedError,
     CheckpointExistsError,
     CheckpointNotFoundError,
     ChecksumMismatchError,
@@ -51,6 +52,7 @@ __all__ = [
     "S3DCPError",
     "CheckpointNotFoundError",
     "CheckpointExistsError",
+    "CheckpointDamagedError",
     "ChecksumMismatchError",
     "UnsafeCheckpointError",
     "UploadFailedError",

@@ -13,14 +13,14 @@ import sys
 
 from torch.distributed.checkpoint.filesystem import CURRENT_DCP_VERSION, _StorageInfo
 
+from .layout import METADATA_NAME, SHARD_SUFFIX
+
 __all__ = ["StorageInfo", "DCP_VERSION", "METADATA_NAME", "SHARD_SUFFIX", "called_from_dcp_load"]
 
 StorageInfo = _StorageInfo
 """Per-item location: ``relative_path``, ``offset``, ``length`` (and transforms)."""
 
 DCP_VERSION: str = CURRENT_DCP_VERSION
-METADATA_NAME = ".metadata"
-SHARD_SUFFIX = ".distcp"
 
 
 def called_from_dcp_load(depth: int = 2) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from ._torch_compat import METADATA_NAME, SHARD_SUFFIX
+from .layout import METADATA_NAME, SHARD_SUFFIX
 from .client import S3Client
 from .config import S3ClientConfig, resolve_settings
 from .download import object_exists
@@ -39,6 +39,8 @@ __all__ = [
     "prune",
     "gc",
     "parse_step",
+    "list_pages",
+    "delete_keys",
 ]
 
 _STEP = re.compile(r"^step_(\d+)$")
@@ -184,7 +186,7 @@ def _keys_under(client: S3Client, bucket: str, prefix: str) -> list[str]:
     return [entry["Key"] for page in list_pages(client, bucket, prefix) for entry in page.get("Contents", [])]
 
 
-def _delete_keys(client: S3Client, bucket: str, keys: list[str]) -> None:
+def delete_keys(client: S3Client, bucket: str, keys: list[str]) -> None:
     """Delete ``keys`` with batched DeleteObjects; raise if S3 refused any."""
     for start in range(0, len(keys), _DELETE_BATCH):
         batch = keys[start : start + _DELETE_BATCH]
@@ -209,8 +211,8 @@ def _remove(client: S3Client, uri: S3Uri) -> int:
     keys = _keys_under(client, uri.bucket, head)
     metadata = head + METADATA_NAME
     if metadata in keys:
-        _delete_keys(client, uri.bucket, [metadata])
-    _delete_keys(client, uri.bucket, [key for key in keys if key != metadata])
+        delete_keys(client, uri.bucket, [metadata])
+    delete_keys(client, uri.bucket, [key for key in keys if key != metadata])
     return len(keys)
 
 

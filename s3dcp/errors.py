@@ -7,6 +7,7 @@ second base, so ``except FileNotFoundError`` works too::
     S3DCPError (Exception)
     ├── CheckpointNotFoundError   (+ FileNotFoundError)  no .metadata at the path
     ├── CheckpointExistsError     (+ FileExistsError)    save over a complete checkpoint
+    ├── CheckpointDamagedError                           committed, but objects missing, short or unreadable
     ├── ChecksumMismatchError                            stored bytes differ from what was saved
     ├── UnsafeCheckpointError                            metadata that would run code or escape
     ├── UploadFailedError                                a tiered checkpoint's copy to S3 failed
@@ -34,6 +35,7 @@ __all__ = [
     "S3DCPError",
     "CheckpointNotFoundError",
     "CheckpointExistsError",
+    "CheckpointDamagedError",
     "ChecksumMismatchError",
     "UnsafeCheckpointError",
     "UploadFailedError",
@@ -68,6 +70,17 @@ class CheckpointNotFoundError(S3DCPError, FileNotFoundError):
 
 class CheckpointExistsError(S3DCPError, FileExistsError):
     """A complete checkpoint already exists and ``overwrite`` was not set."""
+
+
+class CheckpointDamagedError(S3DCPError):
+    """A committed checkpoint (its ``.metadata`` exists) that cannot be loaded as saved.
+
+    Objects its metadata lists are missing or shorter than recorded, or the
+    ``.metadata`` itself does not unpickle. Unlike
+    :class:`CheckpointNotFoundError` this is never a reason to start from
+    scratch: the checkpoint was written, and its data is gone or broken.
+    Restore the objects, or load an older checkpoint on purpose.
+    """
 
 
 class ChecksumMismatchError(S3DCPError):
