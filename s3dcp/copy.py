@@ -108,6 +108,31 @@ def _copy_object(client: S3Client, source: S3Uri, key: str, size: int, target: S
         raise
 
 
+def _overlap(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> str | None:
+    """Why ``destination`` cannot receive a copy of ``source`` (the same place, or one inside the other), or None."""
+    if is_s3_uri(source) and is_s3_uri(destination):
+        src, dst = parse_s3_uri(source), parse_s3_uri(destination)
+        if src.bucket != dst.bucket:
+            return None
+        src_parts, dst_parts = _parts(src.prefix), _parts(dst.prefix)
+    elif not is_s3_uri(source) and not is_s3_uri(destination):
+        src_parts = Path(source).resolve().parts
+        dst_parts = Path(destination).resolve().parts
+    else:
+        return None
+    if src_parts == dst_parts:
+        return "the destination is the source itself"
+    if dst_parts[: len(src_parts)] == src_parts:
+        return "the destination lies inside the source"
+    if src_parts[: len(dst_parts)] == dst_parts:
+        return "the source lies inside the destination"
+    return None
+
+
+def _parts(prefix: str) -> tuple[str, ...]:
+    return tuple(prefix.split("/")) if prefix else ()
+
+
 def copy_checkpoint(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -123,6 +148,12 @@ def copy_checkpoint(
     ``FileSystemWriter`` writes it); local to local is left to ``cp -r``.
     ``on_object(relative_path, size)`` is called as each object is done.
     """
+    overlap = _overlap(source, destination)
+    if overlap is not None:
+        raise ValueError(
+            f"cannot copy {source} to {destination}: {overlap}; copy to a path outside the source "
+            "(to rename a checkpoint, copy it to a new path, then remove the old one)"
+        )
     src_s3, dst_s3 = is_s3_uri(source), is_s3_uri(destination)
     if not (src_s3 or dst_s3):
         raise ValueError("one side of a copy must be an s3:// URI (for local to local, use cp -r)")
