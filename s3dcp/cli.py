@@ -146,9 +146,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_cp(args: argparse.Namespace) -> int:
     progress = Progress("copied", None, None, sys.stderr)
-    copied = copy_checkpoint(args.source, args.destination, overwrite=args.overwrite, on_object=progress, **_s3(args))
+    report = copy_checkpoint(args.source, args.destination, overwrite=args.overwrite, on_object=progress, **_s3(args))
     progress.done()
-    print(f"copied {args.source} -> {args.destination}: {progress.objects} objects, {human_bytes(copied)}")
+    print(f"copied {args.source} -> {args.destination}: {report.objects} objects, {human_bytes(report.bytes_copied)}")
+    if report.strays_left:
+        print(f"left behind {report.strays_left} stray object(s), {human_bytes(report.stray_bytes_left)}, "
+              f"under {args.source}: shard objects its .metadata does not reference (leftovers of earlier saves)")
+    if report.strays_removed:
+        print(f"removed {report.strays_removed} stray object(s), {human_bytes(report.stray_bytes_removed)}, "
+              f"from {args.destination}: shard objects of the replaced checkpoint the new one does not reference")
     return 0
 
 

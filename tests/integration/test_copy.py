@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from s3dcp import S3StorageReader, S3StorageWriter
+from s3dcp import RoundRobinPrefixStrategy, S3StorageReader, S3StorageWriter
 from s3dcp.cli import main
 from tests.conftest import REGION, list_keys
 from tests.helpers import assert_same, blank_like
@@ -109,3 +111,32 @@ def test_cp_to_a_sibling_whose_name_extends_the_source_is_not_an_overlap(
     save(f"s3://{bucket}/run/x", state)
     assert run(capsys, "cp", f"s3://{bucket}/run/x", f"s3://{bucket}/run/x2")[0] == 0
     assert_loads(f"s3://{bucket}/run/x2", state)
+
+
+@pytest.fixture
+def umask_027() -> Any:
+    """The process umask set to 027 for the test, then put back."""
+    previous = os.umask(0o027)
+    try:
+        yield 0o027
+    finally:
+        os.umask(previous)
+
+
+def test_cp_to_a_directory_creates_files_with_the_mode_of_a_plain_create(
+    s3_env: Any, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], umask_027: int
+) -> None:
+    state = {"w": torch.arange(16, dtype=torch.float32)}
+    dcp.save(state, storage_writer=S3StorageWriter(
+        REGION, f"s3://{bucket}/src", prefix_strategy=RoundRobinPrefixStrategy(["group"])
+    ))
+    assert run(capsys, "cp", f"s3://{bucket}/src", str(tmp_path / "out"))[0] == 0
+    files = [path for path in (tmp_path / "out").rglob("*") if path.is_file()]
+    assert sorted(path.relative_to(tmp_path / "out").as_posix() for path in files) == [
+        ".metadata", "group/__0_0.distcp",
+    ]
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask_027, path
+    # and the same as torch's own writer gives its files under this umask
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp_path / "torch"))
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "torch").iterdir()} == {0o640}
