@@ -19,8 +19,8 @@ from typing import Any, TextIO
 from . import __version__
 from .catalog import delete_checkpoint, gc, list_checkpoints, prune
 from .config import S3ClientConfig
-from .copy import copy_checkpoint
-from .errors import S3DCPError
+from .copy import plan_copy, run_copy
+from .errors import CheckpointExistsError, S3DCPError
 from .integrity import get_checksum
 from .reader import S3StorageReader
 from .verify import verify_checkpoint
@@ -145,8 +145,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
+    try:
+        plan = plan_copy(args.source, args.destination, overwrite=args.overwrite, **_s3(args))
+    except CheckpointExistsError as err:
+        raise CheckpointExistsError(
+            f"{args.destination} already holds a complete checkpoint; copy to a new path, or add --overwrite "
+            "to replace it", bucket=err.bucket, key=err.key,
+        ) from err
     progress = Progress("copied", None, None, sys.stderr)
-    report = copy_checkpoint(args.source, args.destination, overwrite=args.overwrite, on_object=progress, **_s3(args))
+    report = run_copy(plan, on_object=progress)
     progress.done()
     print(f"copied {args.source} -> {args.destination}: {report.objects} objects, {human_bytes(report.bytes_copied)}")
     if report.strays_left:

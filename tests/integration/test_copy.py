@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from s3dcp import RoundRobinPrefixStrategy, S3StorageReader, S3StorageWriter
+from s3dcp import CheckpointExistsError, RoundRobinPrefixStrategy, S3StorageReader, S3StorageWriter
 from s3dcp.cli import main
+from s3dcp.copy import copy_checkpoint
 from tests.conftest import REGION, list_keys
 from tests.helpers import assert_same, blank_like
 from tests.integration.test_roundtrip import mixed_state_dict
@@ -55,6 +56,9 @@ def test_cp_round_trip_local_s3_local_loads_with_both_readers(
 
     code, _, err = run(capsys, "cp", str(local), f"s3://{bucket}/uploaded")
     assert code == 1 and "already holds a complete checkpoint" in err
+    assert "add --overwrite" in err and "overwrite=True" not in err
+    with pytest.raises(CheckpointExistsError, match="overwrite=True"):
+        copy_checkpoint(local, f"s3://{bucket}/uploaded")  # API callers get advice in API terms
     assert run(capsys, "cp", str(local), f"s3://{bucket}/uploaded", "--overwrite")[0] == 0
 
 
