@@ -11,10 +11,9 @@ import argparse
 import logging
 import re
 import sys
-import threading
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, TextIO
+from typing import Any
 
 from . import __version__
 from .catalog import delete_checkpoint, gc, list_checkpoints, prune
@@ -22,46 +21,13 @@ from .config import S3ClientConfig
 from .copy import plan_copy, run_copy
 from .errors import CheckpointExistsError, S3DCPError
 from .integrity import get_checksum
+from .progress import Progress, human_bytes
 from .reader import S3StorageReader
 from .verify import verify_checkpoint
 
 EXIT_FAILED = 1
 EXIT_DAMAGED = 3
 _RANK_OF_SHARD = re.compile(r"__(\d+)_\d+\.distcp$")
-
-
-def human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-class Progress:
-    """One self-rewriting line on stderr while objects are done; silent when stderr is not a terminal."""
-
-    def __init__(self, verb: str, total_objects: int | None, total_bytes: int | None, stream: TextIO) -> None:
-        self.verb, self.total_objects, self.total_bytes, self.stream = verb, total_objects, total_bytes, stream
-        self.objects = self.bytes = 0
-        self._lock = threading.Lock()
-        self._live = stream.isatty()
-
-    def __call__(self, _name: str, size: int) -> None:
-        with self._lock:
-            self.objects += 1
-            self.bytes += size
-            if self._live:
-                of_objects = f"/{self.total_objects}" if self.total_objects else ""
-                of_bytes = f" / {human_bytes(self.total_bytes)}" if self.total_bytes else ""
-                self.stream.write(
-                    f"\r{self.verb} {self.objects}{of_objects} objects, {human_bytes(self.bytes)}{of_bytes}   "
-                )
-                self.stream.flush()
-
-    def done(self) -> None:
-        if self._live and self.objects:
-            self.stream.write("\n")
 
 
 def _config(args: argparse.Namespace) -> S3ClientConfig | None:
@@ -128,8 +94,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    progress = Progress("read", None, None, sys.stderr)
-    report = verify_checkpoint(args.uri, on_object=progress, **_s3(args))
+    progress = Progress("verified", None, None, sys.stderr)
+    report = verify_checkpoint(args.uri, on_object=progress.object_done, on_bytes=progress.add_bytes,
+                               on_totals=progress.set_totals, **_s3(args))
     progress.done()
     for problem in report.problems:
         print(f"s3dcp: damaged: {problem}", file=sys.stderr)
@@ -152,8 +119,8 @@ def cmd_cp(args: argparse.Namespace) -> int:
             f"{args.destination} already holds a complete checkpoint; copy to a new path, or add --overwrite "
             "to replace it", bucket=err.bucket, key=err.key,
         ) from err
-    progress = Progress("copied", None, None, sys.stderr)
-    report = run_copy(plan, on_object=progress)
+    progress = Progress("copied", len(plan.objects) + 1, plan.total_bytes, sys.stderr)
+    report = run_copy(plan, on_object=progress.object_done, on_bytes=progress.add_bytes)
     progress.done()
     print(f"copied {args.source} -> {args.destination}: {report.objects} objects, {human_bytes(report.bytes_copied)}")
     if report.strays_left:
