@@ -8,6 +8,7 @@ checkpoint, S3 refused, ...), with one line on stderr; 2 bad arguments;
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -98,6 +99,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_checkpoint(args.uri, on_object=progress.object_done, on_bytes=progress.add_bytes,
                                on_totals=progress.set_totals, **_s3(args))
     progress.done()
+    if getattr(args, "json", False):
+        document = {
+            "uri": report.uri, "items": report.items, "checked": report.checked, "unchecked": report.unchecked,
+            "bytes_read": report.bytes_read,
+            "problems": [{"key": p.key, "item": p.item, "detail": p.detail} for p in report.problems],
+            "ok": report.ok,
+        }
+        print(json.dumps(document, indent=2))
+        return EXIT_DAMAGED if report.problems else 0
     for problem in report.problems:
         print(f"s3dcp: damaged: {problem}", file=sys.stderr)
     summary = (f"{report.uri}: {report.checked} of {report.items} items match their digests, "
