@@ -20,7 +20,7 @@ from . import __version__
 from .catalog import delete_checkpoint, gc, list_checkpoints, prune
 from .config import S3ClientConfig
 from .copy import plan_copy, run_copy
-from .errors import CheckpointExistsError, S3DCPError
+from .errors import S3DCPError
 from .integrity import get_checksum
 from .progress import Progress, human_bytes
 from .reader import S3StorageReader
@@ -122,13 +122,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
-    try:
-        plan = plan_copy(args.source, args.destination, overwrite=args.overwrite, **_s3(args))
-    except CheckpointExistsError as err:
-        raise CheckpointExistsError(
-            f"{args.destination} already holds a complete checkpoint; copy to a new path, or add --overwrite "
-            "to replace it", bucket=err.bucket, key=err.key,
-        ) from err
+    plan = plan_copy(args.source, args.destination, overwrite=args.overwrite, overwrite_advice="add --overwrite",
+                     **_s3(args))
     progress = Progress("copied", len(plan.objects) + 1, plan.total_bytes, sys.stderr)
     report = run_copy(plan, on_object=progress.object_done, on_bytes=progress.add_bytes)
     progress.done()

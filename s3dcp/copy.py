@@ -39,7 +39,7 @@ from .commit import commit_metadata
 from .config import S3ClientConfig, resolve_settings
 from .download import read_object
 from .errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError
-from .layout import METADATA_NAME, SAVING_MARKER, is_shard_name
+from .layout import METADATA_NAME, SAVING_MARKER, is_own_object, is_shard_name
 from .metadata import check_relative_key
 from .references import referenced_objects
 from .upload import ObjectUpload, TransferPool, choose_part_size
@@ -66,6 +66,8 @@ class CopyPlan:
         objects: relative path -> size of each object to copy, ``.metadata`` not included.
         metadata: the source's ``.metadata`` bytes, the commit record to write last.
         replaces_commit: the destination holds a complete checkpoint (``overwrite`` was given).
+        replaces_save: the destination holds the marker of an unfinished save (``overwrite``
+            was given); it is removed with the strays.
         replaced: objects to copy that already exist at the destination and will be replaced.
         source_strays: relative path -> size of the source's strays, which are not copied.
         destination_strays: relative path -> size of the destination's strays, removed after the commit.
@@ -76,6 +78,7 @@ class CopyPlan:
     objects: Mapping[str, int]
     metadata: bytes
     replaces_commit: bool
+    replaces_save: bool
     replaced: frozenset[str]
     source_strays: Mapping[str, int]
     destination_strays: Mapping[str, int]
@@ -102,9 +105,10 @@ class CopyReport:
 def strays(objects: Mapping[str, int], referenced: Collection[str]) -> dict[str, int]:
     """The strays among ``objects`` (relative path -> size) of the checkpoint that references ``referenced``.
 
-    A stray is a shard-named object the metadata does not reference and that
-    is not inside a nested checkpoint (a sub-prefix holding its own
-    ``.metadata`` or save marker), which belongs to that checkpoint instead.
+    A stray is a shard-named object the metadata does not reference, that
+    is not one of s3dcp's ``.s3dcp-*`` objects and not inside a nested
+    checkpoint (a sub-prefix holding its own ``.metadata`` or save marker),
+    which belongs to that checkpoint instead.
     """
     nested = {
         relative.rsplit("/", 1)[0]
@@ -119,7 +123,10 @@ def strays(objects: Mapping[str, int], referenced: Collection[str]) -> dict[str,
     return {
         relative: size
         for relative, size in objects.items()
-        if is_shard_name(relative) and relative not in referenced and not in_nested(relative)
+        if is_shard_name(relative)
+        and relative not in referenced
+        and not is_own_object(relative)
+        and not in_nested(relative)
     }
 
 
@@ -171,8 +178,12 @@ def plan_copy(
     overwrite: bool = False,
     region: str | None = None,
     s3client_config: S3ClientConfig | None = None,
+    overwrite_advice: str = "pass overwrite=True",
 ) -> CopyPlan:
     """Check everything a copy of ``source`` to ``destination`` needs, changing nothing.
+
+    ``overwrite_advice`` is how refusals tell the caller to overwrite (the
+    command line says ``add --overwrite``).
 
     Raises:
         ValueError: both sides are local, or the destination overlaps the source.
@@ -180,8 +191,9 @@ def plan_copy(
         CheckpointDamagedError: the source's ``.metadata`` does not read, or an
             object it references is missing or shorter than recorded.
         UnsafeCheckpointError: the metadata references a path outside the source.
-        CheckpointExistsError: the destination holds a complete checkpoint and
-            ``overwrite`` is not set.
+        CheckpointExistsError: the destination holds a complete checkpoint, or
+            the marker of a save that may still be running, and ``overwrite``
+            is not set.
     """
     overlap = _overlap(source, destination)
     if overlap is not None:
@@ -226,12 +238,15 @@ def plan_copy(
         objects[relative] = size
 
     existing = _listing(client, dst)
-    replaces_commit = METADATA_NAME in existing
-    if replaces_commit and not overwrite:
+    replaces_commit, replaces_save = METADATA_NAME in existing, SAVING_MARKER in existing
+    if (replaces_commit or replaces_save) and not overwrite:
+        found_name, what = (METADATA_NAME, "a complete checkpoint") if replaces_commit else (
+            SAVING_MARKER, f"an unfinished save ({SAVING_MARKER}: one may be running there, or one died)"
+        )
         raise CheckpointExistsError(
-            f"{dst} already holds a complete checkpoint; copy to a new path or pass overwrite=True to replace it",
+            f"{dst} already holds {what}; copy to a new path, or {overwrite_advice} to replace it",
             bucket=dst.bucket if isinstance(dst, S3Uri) else None,
-            key=dst.key(METADATA_NAME) if isinstance(dst, S3Uri) else None,
+            key=dst.key(found_name) if isinstance(dst, S3Uri) else None,
         )
     return CopyPlan(
         source=src,
@@ -239,6 +254,7 @@ def plan_copy(
         objects=objects,
         metadata=metadata,
         replaces_commit=replaces_commit,
+        replaces_save=replaces_save,
         replaced=frozenset(objects) & frozenset(existing),
         source_strays=strays(found, needed),
         destination_strays=strays(existing, needed),
@@ -379,7 +395,7 @@ def run_copy(plan: CopyPlan, *, on_object: OnObject | None = None, on_bytes: OnB
         on_bytes(len(plan.metadata))
     if on_object is not None:
         on_object(METADATA_NAME, len(plan.metadata))
-    _remove(client, dst, sorted(plan.destination_strays))
+    _remove(client, dst, sorted(plan.destination_strays) + ([SAVING_MARKER] if plan.replaces_save else []))
     return CopyReport(
         objects=len(plan.objects) + 1,
         bytes_copied=plan.total_bytes,
@@ -410,7 +426,7 @@ def _commit(plan: CopyPlan) -> None:
 
 
 def _remove(client: S3Client, dst: Side, relatives: list[str]) -> None:
-    """Delete the destination's strays (and, locally, the directories they leave empty)."""
+    """Delete the destination's strays and an old save marker (locally, also the directories left empty)."""
     if isinstance(dst, S3Uri):
         delete_keys(client, dst.bucket, [dst.key(relative) for relative in relatives])
         return

@@ -142,3 +142,21 @@ def test_local_overwrite_with_replaced_files_uncommits_first(
     proxy.clear()
     assert run(capsys, "cp", "--overwrite", f"s3://{bucket}/src", str(destination))[0] == 0
     loads_as(NEW, dcp.FileSystemReader(destination))
+
+
+def test_an_unfinished_save_at_the_destination_is_replaced_only_with_overwrite(
+    s3_env: Any, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save(f"s3://{bucket}/src", NEW)
+    s3.put_object(Bucket=bucket, Key="dst/.s3dcp-saving", Body=b"a save that died, or is running")
+    s3.put_object(Bucket=bucket, Key="dst/__3_0.distcp", Body=b"its shard")
+    before = list_keys(s3, bucket, "dst/")
+
+    code, out, err = run(capsys, "cp", f"s3://{bucket}/src", f"s3://{bucket}/dst")
+    assert code == 1 and out == "" and "unfinished save" in err and "add --overwrite" in err
+    assert list_keys(s3, bucket, "dst/") == before
+
+    code, out, _ = run(capsys, "cp", "--overwrite", f"s3://{bucket}/src", f"s3://{bucket}/dst")
+    assert code == 0 and "removed 1 stray object(s)" in out
+    assert sorted(list_keys(s3, bucket, "dst/")) == ["dst/.metadata", "dst/__0_0.distcp"]
+    loads_as(NEW, S3StorageReader(REGION, f"s3://{bucket}/dst"))

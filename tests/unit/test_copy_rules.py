@@ -17,6 +17,7 @@ def test_strays_are_unreferenced_shards_outside_nested_checkpoints() -> None:
         "0000/__3_2.distcp": 7,  # stray below a strategy prefix
         "notes.txt": 1,  # not a shard
         ".s3dcp-saving": 0,  # bookkeeping, not a shard
+        ".s3dcp-uploads/id/__0_0.distcp": 0,  # bookkeeping with a shard's name
         "step_2/.metadata": 1,  # a nested checkpoint ...
         "step_2/__0_0.distcp": 5,  # ... owns this
         "step_3/.s3dcp-saving": 0,  # a nested save in progress ...
