@@ -124,6 +124,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_cp(args: argparse.Namespace) -> int:
     plan = plan_copy(args.source, args.destination, overwrite=args.overwrite, overwrite_advice="add --overwrite",
                      **_s3(args))
+    if getattr(args, "dry_run", False):
+        for line in plan.describe():
+            print(line)
+        return 0
     progress = Progress("copied", len(plan.objects) + 1, plan.total_bytes, sys.stderr)
     report = run_copy(plan, on_object=progress.object_done, on_bytes=progress.add_bytes)
     progress.done()

@@ -41,6 +41,7 @@ from .download import read_object
 from .errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError
 from .layout import METADATA_NAME, SAVING_MARKER, is_own_object, is_shard_name
 from .metadata import check_relative_key
+from .progress import human_bytes
 from .references import referenced_objects
 from .upload import ObjectUpload, TransferPool, choose_part_size
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
@@ -88,6 +89,22 @@ class CopyPlan:
     def total_bytes(self) -> int:
         """Bytes the copy moves, ``.metadata`` included."""
         return sum(self.objects.values()) + len(self.metadata)
+
+    def describe(self) -> list[str]:
+        """What the copy would do, one line each (for a dry run): copied, replaced, left behind, removed."""
+        lines = [f"would copy {len(self.objects) + 1} objects ({human_bytes(self.total_bytes)}) "
+                 f"from {self.source} to {self.destination}"]
+        if self.replaces_commit:
+            how = (f"{len(self.replaced)} of its objects replaced" if self.replaced
+                   else f"its {METADATA_NAME} replaced last, in one write")
+            lines.append(f"would replace the complete checkpoint at {self.destination} ({how})")
+        if self.source_strays:
+            lines.append(f"would leave behind {len(self.source_strays)} stray object(s) "
+                         f"({human_bytes(sum(self.source_strays.values()))}) under {self.source}")
+        removed = dict(self.destination_strays, **({SAVING_MARKER: 0} if self.replaces_save else {}))
+        lines.extend(f"would remove {self.destination}/{relative} ({human_bytes(size)})"
+                     for relative, size in sorted(removed.items()))
+        return lines
 
 
 @dataclass(frozen=True)
@@ -167,7 +184,7 @@ def _listing(client: S3Client, side: Side) -> dict[str, int]:
     if not side.exists():
         return {}
     if not side.is_dir():
-        raise ValueError(f"{side} is not a directory; give a DCP checkpoint directory")
+        raise ValueError(f"{side} exists and is not a directory; give a directory to copy the checkpoint into")
     return {path.relative_to(side).as_posix(): path.stat().st_size for path in side.rglob("*") if path.is_file()}
 
 

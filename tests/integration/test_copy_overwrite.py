@@ -6,6 +6,7 @@ a known point and check what a crash there would leave behind.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import RoundRobinPrefixStrategy, S3StorageReader, S3StorageWriter
-from s3dcp.cli import main
+from s3dcp.cli import cmd_cp, human_bytes, main
 from tests.conftest import REGION, list_keys
 from tests.helpers import assert_same, blank_like
 from tests.servers.fault_proxy import FaultProxy
@@ -160,3 +161,24 @@ def test_an_unfinished_save_at_the_destination_is_replaced_only_with_overwrite(
     assert code == 0 and "removed 1 stray object(s)" in out
     assert sorted(list_keys(s3, bucket, "dst/")) == ["dst/.metadata", "dst/__0_0.distcp"]
     loads_as(NEW, S3StorageReader(REGION, f"s3://{bucket}/dst"))
+
+
+def test_a_dry_run_says_what_would_be_copied_replaced_and_removed_and_changes_nothing(
+    s3_env: Any, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    save(f"s3://{bucket}/src", NEW)
+    s3.put_object(Bucket=bucket, Key="src/__1_0.distcp", Body=b"s" * 2048)
+    save(f"s3://{bucket}/dst", OLD, group="old")
+    before = {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in list_keys(s3, bucket)}
+    args = argparse.Namespace(source=f"s3://{bucket}/src", destination=f"s3://{bucket}/dst", overwrite=True,
+                              dry_run=True, region=None, endpoint_url=None, profile=None)
+    assert cmd_cp(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    stray = human_bytes(list_keys(s3, bucket)["dst/old/__0_0.distcp"])
+    assert lines[0].startswith("would copy 2 objects (") and lines[0].endswith(f"to s3://{bucket}/dst")
+    assert lines[1:] == [
+        f"would replace the complete checkpoint at s3://{bucket}/dst (its .metadata replaced last, in one write)",
+        f"would leave behind 1 stray object(s) (2.0 KiB) under s3://{bucket}/src",
+        f"would remove s3://{bucket}/dst/old/__0_0.distcp ({stray})",
+    ]
+    assert {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in list_keys(s3, bucket)} == before
