@@ -101,9 +101,10 @@ class CopyPlan:
         if self.source_strays:
             lines.append(f"would leave behind {len(self.source_strays)} stray object(s) "
                          f"({human_bytes(sum(self.source_strays.values()))}) under {self.source}")
-        removed = dict(self.destination_strays, **({SAVING_MARKER: 0} if self.replaces_save else {}))
         lines.extend(f"would remove {self.destination}/{relative} ({human_bytes(size)})"
-                     for relative, size in sorted(removed.items()))
+                     for relative, size in sorted(self.destination_strays.items()))
+        if self.replaces_save:
+            lines.append(f"would remove {self.destination}/{SAVING_MARKER}, the marker of an unfinished save")
         return lines
 
 
@@ -242,14 +243,16 @@ def plan_copy(
         size = found.get(relative)
         if size is None:
             raise CheckpointDamagedError(
-                f"{src} is damaged: its {METADATA_NAME} references {relative}, which is missing; "
+                f"{src} is damaged: its {METADATA_NAME} references {src}/{relative}, which is missing; "
                 "restore it, or copy another checkpoint",
+                bucket=src.bucket if isinstance(src, S3Uri) else None,
                 key=src.key(relative) if isinstance(src, S3Uri) else None,
             )
         if size < needed[relative]:
             raise CheckpointDamagedError(
-                f"{src} is damaged: {relative} holds {size} bytes, its {METADATA_NAME} records "
+                f"{src} is damaged: {src}/{relative} holds {size} bytes, its {METADATA_NAME} records "
                 f"{needed[relative]}; restore it, or copy another checkpoint",
+                bucket=src.bucket if isinstance(src, S3Uri) else None,
                 key=src.key(relative) if isinstance(src, S3Uri) else None,
             )
         objects[relative] = size
