@@ -8,60 +8,27 @@ checkpoint, S3 refused, ...), with one line on stderr; 2 bad arguments;
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
-import threading
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any, TextIO
+from typing import Any
 
 from . import __version__
 from .catalog import delete_checkpoint, gc, list_checkpoints, prune
 from .config import S3ClientConfig
-from .copy import copy_checkpoint
+from .copy import plan_copy, run_copy
 from .errors import S3DCPError
 from .integrity import get_checksum
+from .progress import Progress, human_bytes
 from .reader import S3StorageReader
 from .verify import verify_checkpoint
 
 EXIT_FAILED = 1
 EXIT_DAMAGED = 3
 _RANK_OF_SHARD = re.compile(r"__(\d+)_\d+\.distcp$")
-
-
-def human_bytes(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
-
-
-class Progress:
-    """One self-rewriting line on stderr while objects are done; silent when stderr is not a terminal."""
-
-    def __init__(self, verb: str, total_objects: int | None, total_bytes: int | None, stream: TextIO) -> None:
-        self.verb, self.total_objects, self.total_bytes, self.stream = verb, total_objects, total_bytes, stream
-        self.objects = self.bytes = 0
-        self._lock = threading.Lock()
-        self._live = stream.isatty()
-
-    def __call__(self, _name: str, size: int) -> None:
-        with self._lock:
-            self.objects += 1
-            self.bytes += size
-            if self._live:
-                of_objects = f"/{self.total_objects}" if self.total_objects else ""
-                of_bytes = f" / {human_bytes(self.total_bytes)}" if self.total_bytes else ""
-                self.stream.write(
-                    f"\r{self.verb} {self.objects}{of_objects} objects, {human_bytes(self.bytes)}{of_bytes}   "
-                )
-                self.stream.flush()
-
-    def done(self) -> None:
-        if self._live and self.objects:
-            self.stream.write("\n")
 
 
 def _config(args: argparse.Namespace) -> S3ClientConfig | None:
@@ -128,9 +95,19 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    progress = Progress("read", None, None, sys.stderr)
-    report = verify_checkpoint(args.uri, on_object=progress, **_s3(args))
+    progress = Progress("verified", None, None, sys.stderr)
+    report = verify_checkpoint(args.uri, on_object=progress.object_done, on_bytes=progress.add_bytes,
+                               on_totals=progress.set_totals, **_s3(args))
     progress.done()
+    if getattr(args, "json", False):
+        document = {
+            "uri": report.uri, "items": report.items, "checked": report.checked, "unchecked": report.unchecked,
+            "bytes_read": report.bytes_read,
+            "problems": [{"key": p.key, "item": p.item, "detail": p.detail} for p in report.problems],
+            "ok": report.ok,
+        }
+        print(json.dumps(document, indent=2))
+        return EXIT_DAMAGED if report.problems else 0
     for problem in report.problems:
         print(f"s3dcp: damaged: {problem}", file=sys.stderr)
     summary = (f"{report.uri}: {report.checked} of {report.items} items match their digests, "
@@ -145,10 +122,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
-    progress = Progress("copied", None, None, sys.stderr)
-    copied = copy_checkpoint(args.source, args.destination, overwrite=args.overwrite, on_object=progress, **_s3(args))
+    plan = plan_copy(args.source, args.destination, overwrite=args.overwrite, overwrite_advice="add --overwrite",
+                     **_s3(args))
+    if getattr(args, "dry_run", False):
+        for line in plan.describe():
+            print(line)
+        return 0
+    progress = Progress("copied", len(plan.objects) + 1, plan.total_bytes, sys.stderr)
+    report = run_copy(plan, on_object=progress.object_done, on_bytes=progress.add_bytes)
     progress.done()
-    print(f"copied {args.source} -> {args.destination}: {progress.objects} objects, {human_bytes(copied)}")
+    print(f"copied {args.source} -> {args.destination}: {report.objects} objects, {human_bytes(report.bytes_copied)}")
+    if report.strays_left:
+        print(f"left behind {report.strays_left} stray object(s), {human_bytes(report.stray_bytes_left)}, "
+              f"under {args.source}: shard objects its .metadata does not reference (leftovers of earlier saves)")
+    if report.strays_removed:
+        print(f"removed {report.strays_removed} stray object(s), {human_bytes(report.stray_bytes_removed)}, "
+              f"from {args.destination}: shard objects of the replaced checkpoint the new one does not reference")
     return 0
 
 

@@ -1,94 +1,358 @@
 """Copy a whole checkpoint: local DCP directory <-> S3, and S3 -> S3.
 
-The copy follows the same rule as a save: shard objects first, in
-parallel, and ``.metadata`` last, so an interrupted copy leaves an
-incomplete checkpoint (no ``.metadata``) that nothing loads by mistake. An
-existing complete checkpoint at the destination is refused unless
-``overwrite``; with ``overwrite`` its ``.metadata`` is removed before any
-shard is replaced. S3 -> S3 copies are server-side (CopyObject, or
-UploadPartCopy above 5 GiB): no bytes pass through this machine.
+A copy is planned before anything at the destination changes: the source
+must be a complete checkpoint whose ``.metadata`` reads and whose every
+referenced object exists at its recorded length, and the destination must
+be somewhere else than the source. Only ``.metadata`` and the objects it
+references are copied; shard-named leftovers of earlier saves (strays) stay
+behind and are counted.
+
+The copy then follows the rule of a save: data first, in parallel, and
+``.metadata`` last, so an interrupted copy leaves an incomplete checkpoint
+that nothing loads by mistake. Replacing a complete checkpoint
+(``overwrite``) keeps it loadable as long as possible: while no copied
+object replaces one of its objects, its ``.metadata`` stays until the new
+one replaces it in one PUT (or one rename); otherwise it is removed right
+before the first object is replaced, never earlier, so a crash never leaves
+the old ``.metadata`` over new data. Once the new ``.metadata`` is in place,
+the destination's strays (shard objects it does not reference) are removed,
+and nothing else.
+
+S3 -> S3 copies are server-side (CopyObject, or UploadPartCopy above 5 GiB):
+no bytes pass through this machine. Files written locally get the mode any
+new file gets (``0o666`` less the umask), like ``FileSystemWriter``'s.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Callable
+import secrets
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._torch_compat import METADATA_NAME
-from .catalog import list_pages
+from .catalog import delete_keys, list_pages
 from .client import S3Client
 from .commit import commit_metadata
 from .config import S3ClientConfig, resolve_settings
-from .download import object_exists, read_object
-from .errors import CheckpointExistsError, CheckpointNotFoundError
+from .download import read_object
+from .errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError
+from .layout import METADATA_NAME, SAVING_MARKER, is_own_object, is_shard_name
 from .metadata import check_relative_key
+from .progress import human_bytes
+from .references import referenced_objects
 from .upload import ObjectUpload, TransferPool, choose_part_size
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
 
-__all__ = ["copy_checkpoint", "upload_file"]
+__all__ = ["CopyPlan", "CopyReport", "plan_copy", "run_copy", "copy_checkpoint", "upload_file", "strays"]
 
 _THREADS = 4
 _READ_CHUNK = 8 * 1024 * 1024
 _COPY_OBJECT_LIMIT = 5 * 1024**3  # larger objects are copied part by part
 _COPY_PART = 512 * 1024 * 1024
 
-Progress = Callable[[str, int], Any]
+OnObject = Callable[[str, int], Any]
+OnBytes = Callable[[int], Any]
+Side = S3Uri | Path
 
 
-def _s3_objects(client: S3Client, uri: S3Uri) -> dict[str, int]:
-    """Relative path -> size of every object under ``uri``."""
-    head = f"{uri.prefix}/" if uri.prefix else ""
+@dataclass(frozen=True)
+class CopyPlan:
+    """What a copy will do, found out before the destination is touched.
+
+    Attributes:
+        source, destination: where from and where to.
+        objects: relative path -> size of each object to copy, ``.metadata`` not included.
+        metadata: the source's ``.metadata`` bytes, the commit record to write last.
+        replaces_commit: the destination holds a complete checkpoint (``overwrite`` was given).
+        replaces_save: the destination holds the marker of an unfinished save (``overwrite``
+            was given); it is removed with the strays.
+        replaced: objects to copy that already exist at the destination and will be replaced.
+        source_strays: relative path -> size of the source's strays, which are not copied.
+        destination_strays: relative path -> size of the destination's strays, removed after the commit.
+    """
+
+    source: Side
+    destination: Side
+    objects: Mapping[str, int]
+    metadata: bytes
+    replaces_commit: bool
+    replaces_save: bool
+    replaced: frozenset[str]
+    source_strays: Mapping[str, int]
+    destination_strays: Mapping[str, int]
+    client: S3Client
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes the copy moves, ``.metadata`` included."""
+        return sum(self.objects.values()) + len(self.metadata)
+
+    def describe(self) -> list[str]:
+        """What the copy would do, one line each (for a dry run): copied, replaced, left behind, removed."""
+        lines = [f"would copy {len(self.objects) + 1} objects ({human_bytes(self.total_bytes)}) "
+                 f"from {self.source} to {self.destination}"]
+        if self.replaces_commit:
+            how = (f"{len(self.replaced)} of its objects replaced" if self.replaced
+                   else f"its {METADATA_NAME} replaced last, in one write")
+            lines.append(f"would replace the complete checkpoint at {self.destination} ({how})")
+        if self.source_strays:
+            lines.append(f"would leave behind {len(self.source_strays)} stray object(s) "
+                         f"({human_bytes(sum(self.source_strays.values()))}) under {self.source}")
+        lines.extend(f"would remove {self.destination}/{relative} ({human_bytes(size)})"
+                     for relative, size in sorted(self.destination_strays.items()))
+        if self.replaces_save:
+            lines.append(f"would remove {self.destination}/{SAVING_MARKER}, the marker of an unfinished save")
+        return lines
+
+
+@dataclass(frozen=True)
+class CopyReport:
+    """What :func:`run_copy` did."""
+
+    objects: int  # objects copied, .metadata included
+    bytes_copied: int
+    strays_left: int  # source strays not copied
+    stray_bytes_left: int
+    strays_removed: int  # destination strays removed after the commit
+    stray_bytes_removed: int
+
+
+def strays(objects: Mapping[str, int], referenced: Collection[str]) -> dict[str, int]:
+    """The strays among ``objects`` (relative path -> size) of the checkpoint that references ``referenced``.
+
+    A stray is a shard-named object the metadata does not reference, that
+    is not one of s3dcp's ``.s3dcp-*`` objects and not inside a nested
+    checkpoint (a sub-prefix holding its own ``.metadata`` or save marker),
+    which belongs to that checkpoint instead.
+    """
+    nested = {
+        relative.rsplit("/", 1)[0]
+        for relative in objects
+        if "/" in relative and relative.rsplit("/", 1)[1] in (METADATA_NAME, SAVING_MARKER)
+    }
+
+    def in_nested(relative: str) -> bool:
+        parts = relative.split("/")
+        return any("/".join(parts[:depth]) in nested for depth in range(1, len(parts)))
+
     return {
-        entry["Key"][len(head) :]: entry["Size"]
-        for page in list_pages(client, uri.bucket, head)
-        for entry in page.get("Contents", [])
+        relative: size
+        for relative, size in objects.items()
+        if is_shard_name(relative)
+        and relative not in referenced
+        and not is_own_object(relative)
+        and not in_nested(relative)
     }
 
 
-def _local_files(root: Path) -> dict[str, int]:
-    return {
-        path.relative_to(root).as_posix(): path.stat().st_size
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
+def _overlap(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> str | None:
+    """Why ``destination`` cannot receive a copy of ``source`` (the same place, or one inside the other), or None."""
+    if is_s3_uri(source) and is_s3_uri(destination):
+        src, dst = parse_s3_uri(source), parse_s3_uri(destination)
+        if src.bucket != dst.bucket:
+            return None
+        src_parts, dst_parts = _parts(src.prefix), _parts(dst.prefix)
+    elif not is_s3_uri(source) and not is_s3_uri(destination):
+        src_parts = Path(source).resolve().parts
+        dst_parts = Path(destination).resolve().parts
+    else:
+        return None
+    if src_parts == dst_parts:
+        return "the destination is the source itself"
+    if dst_parts[: len(src_parts)] == src_parts:
+        return "the destination lies inside the source"
+    if src_parts[: len(dst_parts)] == dst_parts:
+        return "the source lies inside the destination"
+    return None
 
 
-def upload_file(client: S3Client, pool: TransferPool, path: Path, bucket: str, key: str, part_size: int) -> None:
+def _parts(prefix: str) -> tuple[str, ...]:
+    return tuple(prefix.split("/")) if prefix else ()
+
+
+def _listing(client: S3Client, side: Side) -> dict[str, int]:
+    """Relative path -> size of every object under ``side`` (nothing if it does not exist)."""
+    if isinstance(side, S3Uri):
+        head = f"{side.prefix}/" if side.prefix else ""
+        return {
+            entry["Key"][len(head) :]: entry["Size"]
+            for page in list_pages(client, side.bucket, head)
+            for entry in page.get("Contents", [])
+        }
+    if not side.exists():
+        return {}
+    if not side.is_dir():
+        raise ValueError(f"{side} exists and is not a directory; give a directory to copy the checkpoint into")
+    return {path.relative_to(side).as_posix(): path.stat().st_size for path in side.rglob("*") if path.is_file()}
+
+
+def plan_copy(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    region: str | None = None,
+    s3client_config: S3ClientConfig | None = None,
+    overwrite_advice: str = "pass overwrite=True",
+) -> CopyPlan:
+    """Check everything a copy of ``source`` to ``destination`` needs, changing nothing.
+
+    ``overwrite_advice`` is how refusals tell the caller to overwrite (the
+    command line says ``add --overwrite``).
+
+    Raises:
+        ValueError: both sides are local, or the destination overlaps the source.
+        CheckpointNotFoundError: the source has no ``.metadata``.
+        CheckpointDamagedError: the source's ``.metadata`` does not read, or an
+            object it references is missing or shorter than recorded.
+        UnsafeCheckpointError: the metadata references a path outside the source.
+        CheckpointExistsError: the destination holds a complete checkpoint, or
+            the marker of a save that may still be running, and ``overwrite``
+            is not set.
+    """
+    overlap = _overlap(source, destination)
+    if overlap is not None:
+        raise ValueError(
+            f"cannot copy {source} to {destination}: {overlap}; copy to a path outside the source "
+            "(to rename a checkpoint, copy it to a new path, then remove the old one)"
+        )
+    if not (is_s3_uri(source) or is_s3_uri(destination)):
+        raise ValueError("one side of a copy must be an s3:// URI (for local to local, use cp -r)")
+    src: Side = parse_s3_uri(source) if is_s3_uri(source) else Path(source)
+    dst: Side = parse_s3_uri(destination) if is_s3_uri(destination) else Path(destination)
+    client = S3Client(resolve_settings(region, s3client_config))
+
+    if isinstance(src, Path) and not src.is_dir():
+        raise CheckpointNotFoundError(f"{src} is not a directory; give a DCP checkpoint directory")
+    found = _listing(client, src)
+    if METADATA_NAME not in found:
+        raise CheckpointNotFoundError(
+            f"no complete checkpoint at {src}: {METADATA_NAME} is missing (wrong path, or the save never finished)"
+        )
+    where = f"{src}/{METADATA_NAME}"
+    metadata = read_object(client, src.bucket, src.key(METADATA_NAME)) if isinstance(src, S3Uri) else (
+        (src / METADATA_NAME).read_bytes()
+    )
+    needed = referenced_objects(metadata, where)
+    objects: dict[str, int] = {}
+    for relative in sorted(needed):
+        check_relative_key(relative, where)
+        size = found.get(relative)
+        if size is None:
+            raise CheckpointDamagedError(
+                f"{src} is damaged: its {METADATA_NAME} references {src}/{relative}, which is missing; "
+                "restore it, or copy another checkpoint",
+                bucket=src.bucket if isinstance(src, S3Uri) else None,
+                key=src.key(relative) if isinstance(src, S3Uri) else None,
+            )
+        if size < needed[relative]:
+            raise CheckpointDamagedError(
+                f"{src} is damaged: {src}/{relative} holds {size} bytes, its {METADATA_NAME} records "
+                f"{needed[relative]}; restore it, or copy another checkpoint",
+                bucket=src.bucket if isinstance(src, S3Uri) else None,
+                key=src.key(relative) if isinstance(src, S3Uri) else None,
+            )
+        objects[relative] = size
+
+    existing = _listing(client, dst)
+    replaces_commit, replaces_save = METADATA_NAME in existing, SAVING_MARKER in existing
+    if (replaces_commit or replaces_save) and not overwrite:
+        found_name, what = (METADATA_NAME, "a complete checkpoint") if replaces_commit else (
+            SAVING_MARKER, f"an unfinished save ({SAVING_MARKER}: one may be running there, or one died)"
+        )
+        raise CheckpointExistsError(
+            f"{dst} already holds {what}; copy to a new path, or {overwrite_advice} to replace it",
+            bucket=dst.bucket if isinstance(dst, S3Uri) else None,
+            key=dst.key(found_name) if isinstance(dst, S3Uri) else None,
+        )
+    return CopyPlan(
+        source=src,
+        destination=dst,
+        objects=objects,
+        metadata=metadata,
+        replaces_commit=replaces_commit,
+        replaces_save=replaces_save,
+        replaced=frozenset(objects) & frozenset(existing),
+        source_strays=strays(found, needed),
+        destination_strays=strays(existing, needed),
+        client=client,
+    )
+
+
+def upload_file(
+    client: S3Client,
+    pool: TransferPool,
+    path: Path,
+    bucket: str,
+    key: str,
+    part_size: int,
+    on_bytes: OnBytes | None = None,
+) -> None:
     """Stream the local file ``path`` to ``s3://bucket/key`` (multipart above one part)."""
     size = path.stat().st_size
     with path.open("rb") as source, ObjectUpload(client, pool, bucket, key, choose_part_size(size, part_size),
                                                  size_hint=size) as upload:
         while chunk := source.read(_READ_CHUNK):
             upload.write(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
 
 
-def _download_object(client: S3Client, bucket: str, key: str, target: Path) -> None:
+def _write_file(target: Path, chunks: Iterable[bytes], on_bytes: OnBytes | None = None) -> None:
+    """Write ``target`` through a temporary name beside it, then rename: a reader sees all of it or none.
+
+    The file is created with mode ``0o666`` and the kernel applies the
+    umask, exactly as for any new file. If writing fails, the temporary file
+    is removed and the bytes reported to ``on_bytes`` are taken back.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.part")
+        try:
+            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    written = 0
+    try:
+        with os.fdopen(handle, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+                written += len(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        if on_bytes is not None and written:
+            on_bytes(-written)
+        raise
 
+
+def _download_object(client: S3Client, bucket: str, key: str, target: Path, on_bytes: OnBytes | None) -> None:
     def attempt() -> None:
         body = client.raw.get_object(Bucket=bucket, Key=key)["Body"]
-        with body, tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", delete=False) as out:
-            try:
-                shutil.copyfileobj(body, out, _READ_CHUNK)
-            except BaseException:
-                os.unlink(out.name)
-                raise
-        os.replace(out.name, target)
+        with body:
+            _write_file(target, body.iter_chunks(_READ_CHUNK), on_bytes)
 
     client.run(attempt, "get_object", bucket, key)
 
 
-def _copy_object(client: S3Client, source: S3Uri, key: str, size: int, target: S3Uri, part_size: int) -> None:
+def _copy_object(
+    client: S3Client, source: S3Uri, key: str, size: int, target: S3Uri, part_size: int, on_bytes: OnBytes | None
+) -> None:
     """Server-side copy of ``source/key`` to ``target/key``."""
     from_key, to_key = source.key(key), target.key(key)
     copy_source = {"Bucket": source.bucket, "Key": from_key}
     if size <= _COPY_OBJECT_LIMIT:
         client.call("copy_object", target.bucket, to_key, CopySource=copy_source)
+        if on_bytes is not None:
+            on_bytes(size)
         return
     upload_id = client.call("create_multipart_upload", target.bucket, to_key)["UploadId"]
     try:
@@ -101,11 +365,98 @@ def _copy_object(client: S3Client, source: S3Uri, key: str, size: int, target: S
                 CopySource=copy_source, CopySourceRange=f"bytes={first}-{last}",
             )
             parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
+            if on_bytes is not None:
+                on_bytes(last + 1 - first)
         client.call("complete_multipart_upload", target.bucket, to_key, UploadId=upload_id,
                     MultipartUpload={"Parts": parts})
     except BaseException:
         client.call("abort_multipart_upload", target.bucket, to_key, UploadId=upload_id)
         raise
+
+
+def run_copy(plan: CopyPlan, *, on_object: OnObject | None = None, on_bytes: OnBytes | None = None) -> CopyReport:
+    """Carry out ``plan``: data, then ``.metadata``, then the destination's strays go.
+
+    ``on_bytes(n)`` is called as bytes are moved (``n`` is negative when a
+    failed attempt's bytes are taken back), ``on_object(relative_path,
+    size)`` as each object is done; both may be called from worker threads.
+    """
+    client, src, dst = plan.client, plan.source, plan.destination
+    part_size = client.settings.config.part_size
+    pool = TransferPool(client.settings.config.max_concurrency)
+
+    def copy_one(relative: str) -> None:
+        if isinstance(src, S3Uri) and isinstance(dst, S3Uri):
+            _copy_object(client, src, relative, plan.objects[relative], dst, part_size, on_bytes)
+        elif isinstance(src, S3Uri) and isinstance(dst, Path):
+            _download_object(client, src.bucket, src.key(relative), dst / relative, on_bytes)
+        elif isinstance(src, Path) and isinstance(dst, S3Uri):
+            upload_file(client, pool, src / relative, dst.bucket, dst.key(relative), part_size, on_bytes)
+        else:
+            raise AssertionError("local to local copies are refused when planned")
+        if on_object is not None:
+            on_object(relative, plan.objects[relative])
+
+    def copy_all(relatives: list[str]) -> None:
+        with ThreadPoolExecutor(_THREADS, thread_name_prefix="s3dcp-copy") as workers:
+            list(workers.map(copy_one, relatives))
+
+    try:
+        # new objects cannot harm the checkpoint being replaced: they go first, under its commit
+        copy_all(sorted(set(plan.objects) - plan.replaced))
+        if plan.replaced:
+            if plan.replaces_commit:
+                _uncommit(client, dst)
+            copy_all(sorted(plan.replaced))
+    finally:
+        pool.shutdown()
+    _commit(plan)
+    if on_bytes is not None:
+        on_bytes(len(plan.metadata))
+    if on_object is not None:
+        on_object(METADATA_NAME, len(plan.metadata))
+    _remove(client, dst, sorted(plan.destination_strays) + ([SAVING_MARKER] if plan.replaces_save else []))
+    return CopyReport(
+        objects=len(plan.objects) + 1,
+        bytes_copied=plan.total_bytes,
+        strays_left=len(plan.source_strays),
+        stray_bytes_left=sum(plan.source_strays.values()),
+        strays_removed=len(plan.destination_strays),
+        stray_bytes_removed=sum(plan.destination_strays.values()),
+    )
+
+
+def _uncommit(client: S3Client, dst: Side) -> None:
+    """Remove the destination's ``.metadata``: what follows replaces objects the old one references."""
+    if isinstance(dst, S3Uri):
+        client.call("delete_object", dst.bucket, dst.key(METADATA_NAME))
+    else:
+        (dst / METADATA_NAME).unlink(missing_ok=True)
+
+
+def _commit(plan: CopyPlan) -> None:
+    """Write the new ``.metadata`` in one PUT or one rename, replacing the old one if it is still there."""
+    dst = plan.destination
+    if isinstance(dst, S3Uri):
+        # create-only unless an old commit record is meant to be replaced in this very PUT
+        in_place = plan.replaces_commit and not plan.replaced
+        commit_metadata(plan.client, dst.bucket, dst.key(METADATA_NAME), plan.metadata, exclusive=not in_place)
+    else:
+        _write_file(dst / METADATA_NAME, [plan.metadata])
+
+
+def _remove(client: S3Client, dst: Side, relatives: list[str]) -> None:
+    """Delete the destination's strays and an old save marker (locally, also the directories left empty)."""
+    if isinstance(dst, S3Uri):
+        delete_keys(client, dst.bucket, [dst.key(relative) for relative in relatives])
+        return
+    for relative in relatives:
+        path = dst / relative
+        path.unlink(missing_ok=True)
+        for parent in path.parents:
+            if parent == dst or not parent.is_relative_to(dst) or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 def copy_checkpoint(
@@ -115,87 +466,15 @@ def copy_checkpoint(
     overwrite: bool = False,
     region: str | None = None,
     s3client_config: S3ClientConfig | None = None,
-    on_object: Progress | None = None,
-) -> int:
-    """Copy the complete checkpoint at ``source`` to ``destination``; return the bytes copied.
+    on_object: OnObject | None = None,
+    on_bytes: OnBytes | None = None,
+) -> CopyReport:
+    """Copy the complete checkpoint at ``source`` to ``destination``.
 
     Each side is an ``s3://bucket/prefix`` URI or a local directory (as
     ``FileSystemWriter`` writes it); local to local is left to ``cp -r``.
-    ``on_object(relative_path, size)`` is called as each object is done.
+    See :func:`plan_copy` for what is refused and :func:`run_copy` for the
+    callbacks.
     """
-    src_s3, dst_s3 = is_s3_uri(source), is_s3_uri(destination)
-    if not (src_s3 or dst_s3):
-        raise ValueError("one side of a copy must be an s3:// URI (for local to local, use cp -r)")
-    client = S3Client(resolve_settings(region, s3client_config))
-    part_size = client.settings.config.part_size
-
-    if src_s3:
-        src_uri = parse_s3_uri(source)
-        objects = _s3_objects(client, src_uri)
-        where = str(src_uri)
-    else:
-        src_dir = Path(source)
-        if not src_dir.is_dir():
-            raise CheckpointNotFoundError(f"{src_dir} is not a directory; give a DCP checkpoint directory")
-        objects = _local_files(src_dir)
-        where = str(src_dir)
-    if METADATA_NAME not in objects:
-        raise CheckpointNotFoundError(
-            f"no complete checkpoint at {where}: {METADATA_NAME} is missing (wrong path, or the save never finished)"
-        )
-    for relative in objects:
-        check_relative_key(relative, where)
-    shards = {relative: size for relative, size in objects.items() if relative != METADATA_NAME}
-
-    if dst_s3:
-        dst_uri = parse_s3_uri(destination)
-        metadata_key = dst_uri.key(METADATA_NAME)
-        if object_exists(client, dst_uri.bucket, metadata_key):
-            if not overwrite:
-                raise CheckpointExistsError(
-                    f"{dst_uri} already holds a complete checkpoint; copy to a new path or pass overwrite",
-                    bucket=dst_uri.bucket, key=metadata_key,
-                )
-            client.call("delete_object", dst_uri.bucket, metadata_key)
-    else:
-        dst_dir = Path(destination)
-        if (dst_dir / METADATA_NAME).exists():
-            if not overwrite:
-                raise CheckpointExistsError(
-                    f"{dst_dir} already holds a checkpoint; copy to a new directory or pass overwrite"
-                )
-            (dst_dir / METADATA_NAME).unlink()
-        dst_dir.mkdir(parents=True, exist_ok=True)
-
-    pool = TransferPool(client.settings.config.max_concurrency)
-
-    def copy_one(relative: str) -> None:
-        if src_s3 and dst_s3:
-            _copy_object(client, src_uri, relative, shards[relative], dst_uri, part_size)
-        elif src_s3:
-            _download_object(client, src_uri.bucket, src_uri.key(relative), dst_dir / relative)
-        else:
-            upload_file(client, pool, src_dir / relative, dst_uri.bucket, dst_uri.key(relative), part_size)
-        if on_object is not None:
-            on_object(relative, shards[relative])
-
-    try:
-        with ThreadPoolExecutor(_THREADS, thread_name_prefix="s3dcp-copy") as workers:
-            list(workers.map(copy_one, sorted(shards)))
-    finally:
-        pool.shutdown()
-
-    # the commit: .metadata last, only after every shard is stored
-    if src_s3:
-        metadata = read_object(client, src_uri.bucket, src_uri.key(METADATA_NAME))
-    else:
-        metadata = (src_dir / METADATA_NAME).read_bytes()
-    if dst_s3:
-        commit_metadata(client, dst_uri.bucket, dst_uri.key(METADATA_NAME), bytes(metadata), exclusive=not overwrite)
-    else:
-        temporary = dst_dir / f"{METADATA_NAME}.tmp"
-        temporary.write_bytes(metadata)
-        os.replace(temporary, dst_dir / METADATA_NAME)
-    if on_object is not None:
-        on_object(METADATA_NAME, len(metadata))
-    return sum(objects.values())
+    plan = plan_copy(source, destination, overwrite=overwrite, region=region, s3client_config=s3client_config)
+    return run_copy(plan, on_object=on_object, on_bytes=on_bytes)

@@ -67,8 +67,14 @@ class _Item:
     checksum: str | None
 
 
-def _verify_object(client: S3Client, bucket: str, key: str, items: list[_Item]) -> tuple[int, list[Problem], int]:
-    """Stream one object and digest its items; return (bytes read, problems, items checked)."""
+def _verify_object(
+    client: S3Client, bucket: str, key: str, items: list[_Item], on_bytes: Callable[[int], Any] | None = None
+) -> tuple[int, list[Problem], int]:
+    """Stream one object and digest its items; return (bytes read, problems, items checked).
+
+    ``on_bytes(n)`` hears of each chunk as it is read, and of ``-n`` when a
+    failed attempt's bytes are taken back before a retry.
+    """
     items = sorted(items, key=lambda item: item.offset)
 
     def attempt() -> tuple[int, list[Problem], int]:
@@ -96,18 +102,25 @@ def _verify_object(client: S3Client, bucket: str, key: str, items: list[_Item]) 
             hasher.reset()
             index += 1
 
-        with body:
-            for chunk in body.iter_chunks(_CHUNK):
-                view = memoryview(chunk)
-                start, position = position, position + len(view)
-                while index < len(items) and items[index].offset < position:
-                    item = items[index]
-                    lo, hi = max(item.offset, start), min(item.offset + item.length, position)
-                    if hi > lo:
-                        hasher.update(view[lo - start : hi - start])
-                    if item.offset + item.length > position:
-                        break  # the item goes on in the next chunk
-                    finish_current()
+        try:
+            with body:
+                for chunk in body.iter_chunks(_CHUNK):
+                    view = memoryview(chunk)
+                    start, position = position, position + len(view)
+                    while index < len(items) and items[index].offset < position:
+                        item = items[index]
+                        lo, hi = max(item.offset, start), min(item.offset + item.length, position)
+                        if hi > lo:
+                            hasher.update(view[lo - start : hi - start])
+                        if item.offset + item.length > position:
+                            break  # the item goes on in the next chunk
+                        finish_current()
+                    if on_bytes is not None:
+                        on_bytes(len(view))
+        except BaseException:
+            if on_bytes is not None and position:
+                on_bytes(-position)  # this attempt's bytes are read again by the next
+            raise
         while index < len(items) and items[index].length == 0 and items[index].offset <= position:
             finish_current()  # empty items at the very end
         for item in items[index:]:
@@ -125,13 +138,19 @@ def verify_checkpoint(
     region: str | None = None,
     s3client_config: S3ClientConfig | None = None,
     on_object: Callable[[str, int], Any] | None = None,
+    on_bytes: Callable[[int], Any] | None = None,
+    on_totals: Callable[[int, int], Any] | None = None,
 ) -> VerifyReport:
     """Read back every item of the checkpoint at ``uri`` and check its digest.
 
     Raises what loading would (``CheckpointNotFoundError`` when there is no
     ``.metadata``, ``UnsafeCheckpointError`` for hostile metadata); damage
     to the data is returned in the report's ``problems``. ``on_object(key,
-    bytes)`` is called as each object is done (for progress displays).
+    bytes)`` is called as each object is done, ``on_bytes(n)`` as bytes
+    are read (negative when a failed attempt's are taken back), and
+    ``on_totals(objects, bytes)`` once, before reading, with the objects
+    to read and the bytes the metadata says they hold at least (all for
+    progress displays).
     """
     reader = S3StorageReader(region, uri, s3client_config)
     metadata = reader.read_metadata()
@@ -143,9 +162,12 @@ def verify_checkpoint(
     report = VerifyReport(str(reader.uri), items=sum(len(items) for items in by_key.values()))
     report.unchecked = sum(1 for items in by_key.values() for item in items if item.checksum is None)
     client = reader._client
+    if on_totals is not None:
+        ends = [max(item.offset + item.length for item in items) for items in by_key.values()]
+        on_totals(len(by_key), sum(ends))
 
     def run(key: str) -> tuple[int, list[Problem], int]:
-        outcome = _verify_object(client, reader.uri.bucket, key, by_key[key])
+        outcome = _verify_object(client, reader.uri.bucket, key, by_key[key], on_bytes)
         if on_object is not None:
             on_object(key, outcome[0])
         return outcome

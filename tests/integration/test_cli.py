@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +18,6 @@ import torch.distributed.checkpoint as dcp
 from s3dcp import S3StorageReader, S3StorageWriter
 from s3dcp.cli import main
 from tests.conftest import REGION, list_keys
-from tests.helpers import assert_same, blank_like
 from tests.integration.test_roundtrip import mixed_state_dict
 
 pytestmark = pytest.mark.s3
@@ -89,39 +87,6 @@ def test_verify_passes_a_good_checkpoint_and_names_damage(
     s3.delete_object(Bucket=bucket, Key=key)
     code, _, err = run(capsys, "verify", f"s3://{bucket}/bad")
     assert code == 3 and f"{key}: object is missing" in err
-
-
-def test_cp_round_trip_local_s3_local_loads_with_both_readers(
-    s3_env: Any, s3: Any, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    state = mixed_state_dict()
-    local = tmp_path / "original"
-    dcp.save(state, storage_writer=dcp.FileSystemWriter(local))
-
-    assert run(capsys, "cp", str(local), f"s3://{bucket}/uploaded")[0] == 0
-    loaded = blank_like(state)
-    dcp.load(loaded, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/uploaded"))
-    assert_same(state, loaded)
-
-    assert run(capsys, "cp", f"s3://{bucket}/uploaded", f"s3://{bucket}/copied")[0] == 0
-    assert run(capsys, "cp", f"s3://{bucket}/copied", str(tmp_path / "downloaded"))[0] == 0
-    loaded = blank_like(state)
-    dcp.load(loaded, storage_reader=dcp.FileSystemReader(tmp_path / "downloaded"))
-    assert_same(state, loaded)
-    assert sorted(p.name for p in (tmp_path / "downloaded").iterdir()) == sorted(p.name for p in local.iterdir())
-
-    code, _, err = run(capsys, "cp", str(local), f"s3://{bucket}/uploaded")
-    assert code == 1 and "already holds a complete checkpoint" in err
-    assert run(capsys, "cp", str(local), f"s3://{bucket}/uploaded", "--overwrite")[0] == 0
-
-
-def test_cp_refuses_an_incomplete_source(
-    s3_env: Any, s3: Any, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    s3.put_object(Bucket=bucket, Key="partial/__0_0.distcp", Body=b"x")
-    code, _, err = run(capsys, "cp", f"s3://{bucket}/partial", str(tmp_path / "out"))
-    assert code == 1 and ".metadata is missing" in err
-    assert not (tmp_path / "out").exists()
 
 
 def test_rm_deletes_one_checkpoint(s3_env: Any, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
