@@ -98,8 +98,9 @@ def test_metadata_that_does_not_unpickle_is_damage(s3_env: Any, s3: Any, bucket:
     assert_damaged(error, uri, f"{uri}/.metadata")
     with pytest.raises(CheckpointDamagedError):
         S3StorageReader(REGION, uri).read_metadata()
-    with pytest.raises(CheckpointDamagedError):
-        verify_checkpoint(uri, region=REGION)
+    report = verify_checkpoint(uri, region=REGION)  # damage is what verify reports, not raises
+    assert [(problem.key, problem.item) for problem in report.problems] == [("ckpt/.metadata", "")]
+    assert "older checkpoint" in report.problems[0].detail
 
 
 def test_metadata_naming_a_callable_is_still_unsafe_not_damaged(s3_env: Any, s3: Any, bucket: str) -> None:
