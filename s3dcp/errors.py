@@ -5,7 +5,7 @@ catches all of them. Where a built-in exception means the same thing it is a
 second base, so ``except FileNotFoundError`` works too::
 
     S3DCPError (Exception)
-    ├── CheckpointNotFoundError   (+ FileNotFoundError)  no .metadata at the path (start from scratch)
+    ├── CheckpointNotFoundError   (+ FileNotFoundError)  no .metadata at the path: nothing was saved there
     ├── CheckpointExistsError     (+ FileExistsError)    save over a complete checkpoint
     ├── CheckpointDamagedError                           committed, but objects missing, short or unreadable
     │                                                    (never a reason to start from scratch)
