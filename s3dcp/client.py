@@ -422,7 +422,8 @@ def translate_error(
     code_text = code or str(status)
     # botocore makes the code up from the status when the body held no S3 error document
     problem = non_s3_answer(status or 0, headers, None if not code or code.isdigit() else True)
-    if problem is not None:
+    server_side = status in THROTTLING_STATUSES or status in TRANSIENT_STATUSES
+    if problem is not None and not server_side:  # normally caught before parsing already
         return _endpoint_is_not_s3(operation, where, endpoint, status or 0, _content_type(headers), problem, context)
     if code == "NoSuchBucket":
         return BucketNotFoundError(
@@ -468,6 +469,12 @@ def translate_error(
         detail += f": {server_message}"
     if attempts > 1:
         detail += f" (after {attempts} attempts)"
+    if problem is not None:
+        # a store's own server error, or some other server answering for it: cannot tell which
+        detail += (
+            f". The answer did not look like S3 ({problem}, content type {_content_type(headers) or 'none'}): "
+            "if this persists, check the endpoint URL, any HTTP proxy, and the port"
+        )
     if kind is FailureKind.THROTTLED:
         detail += (
             ". The store kept throttling: spread shard objects over key prefixes "
@@ -529,9 +536,10 @@ def non_s3_answer(status: int, headers: Mapping[str, str], error_document: bool 
 def _refuse_non_s3_answer(response_dict: dict[str, Any], **kwargs: Any) -> None:
     """botocore ``before-parse`` hook: stop at an answer no S3 store would give.
 
-    Throttling and server-error statuses are left to the retry policy (a load
-    balancer may answer them for a store that is restarting); if they persist,
-    :func:`translate_error` applies the same rule.
+    Throttling and server-error statuses are left to the retry policy and
+    reported as server errors: a load balancer may answer them for a store
+    that is restarting, and a store that crashes on a request may answer a
+    generic page (moto's server does, for some bad upload ids).
     """
     status = int(response_dict.get("status_code") or 0)
     if status in THROTTLING_STATUSES or status in TRANSIENT_STATUSES:

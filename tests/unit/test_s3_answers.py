@@ -86,12 +86,22 @@ def test_translation_says_what_was_answered_and_what_to_check() -> None:
         assert words in text, text
 
 
-def test_a_retried_status_that_stays_non_s3_is_an_endpoint_error_in_the_end() -> None:
+def test_a_server_error_stays_a_server_error_and_says_the_answer_was_not_s3() -> None:
+    """A 5xx page may come from a load balancer or from the store itself crashing: not called "not S3"."""
     html_503 = botocore.exceptions.ClientError(
         {"Error": {"Code": "503", "Message": "Service Unavailable"},
          "ResponseMetadata": {"HTTPStatusCode": 503, "HTTPHeaders": {"content-type": "text/html"}}}, "GetObject")
-    assert type(translate_error(html_503, "get_object", "bkt", "k", SETTINGS, attempts=3)) is s3dcp.EndpointError
+    error = translate_error(html_503, "get_object", "bkt", "k", SETTINGS, attempts=3)
+    assert type(error) is s3dcp.S3RequestError and "did not look like S3" in str(error)
     slow_down = botocore.exceptions.ClientError(
         {"Error": {"Code": "SlowDown", "Message": "Reduce"},
          "ResponseMetadata": {"HTTPStatusCode": 503, "HTTPHeaders": {"x-amz-request-id": "R"}}}, "GetObject")
-    assert type(translate_error(slow_down, "get_object", "bkt", "k", SETTINGS, attempts=3)) is s3dcp.S3RequestError
+    error = translate_error(slow_down, "get_object", "bkt", "k", SETTINGS, attempts=3)
+    assert type(error) is s3dcp.S3RequestError and "did not look like S3" not in str(error)
+
+
+def test_a_client_error_that_escaped_the_hook_is_judged_the_same() -> None:
+    html_404 = botocore.exceptions.ClientError(
+        {"Error": {"Code": "404", "Message": "Not Found"},
+         "ResponseMetadata": {"HTTPStatusCode": 404, "HTTPHeaders": {"content-type": "text/html"}}}, "GetObject")
+    assert type(translate_error(html_404, "get_object", "bkt", "k", SETTINGS)) is s3dcp.EndpointError
