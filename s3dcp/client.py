@@ -5,6 +5,10 @@ request goes through :meth:`S3Client.call`, which retries by the
 :class:`~s3dcp.retry.RetryPolicy` and turns failures into s3dcp errors.
 It pickles as its settings alone; the botocore client is created on first use
 in each process, so writers survive ``pickle`` and ``fork``.
+
+Every answer is checked to come from an S3 store at all (:func:`non_s3_answer`)
+before botocore parses it: a web server's 404 page must not read as "no such
+object", nor its HTML as an empty listing.
 """
 
 from __future__ import annotations
@@ -526,7 +530,7 @@ def non_s3_answer(status: int, headers: Mapping[str, str], error_document: bool 
         if error_document:
             return None
         if error_document is None and xml:
-            return None  # a HEAD error has no body to check; S3 stores label it XML
+            return None  # a HEAD error has no body to check: one labelled XML is taken as S3's
         return "no S3 request id header and no S3 error document"
     if "etag" in names or xml or status == 204:
         return None

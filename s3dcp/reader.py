@@ -70,7 +70,7 @@ from .shard import check_plain_data, load_tensor
 from .stats import PhaseCallback, PhaseStats, report_phase
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
 
-__all__ = ["S3StorageReader", "deliver_item"]
+__all__ = ["S3StorageReader", "deliver_item", "name_items"]
 
 log = logging.getLogger("s3dcp")
 
@@ -315,12 +315,10 @@ class S3StorageReader(StorageReader):
             ) from err
 
     def _damaged(self, relative: str, items: list[ReadItem], problem: str) -> CheckpointDamagedError:
-        names = sorted({item.storage_index.fqn for item in items})
-        shown = ", ".join(repr(name) for name in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         key = self.uri.key(relative)
         return CheckpointDamagedError(
             f"checkpoint {self.uri} is damaged: its {METADATA_NAME} lists s3://{self.uri.bucket}/{key} "
-            f"for {shown}, but {problem}. {_DAMAGED_ADVICE}",
+            f"for {name_items(items)}, but {problem}. {_DAMAGED_ADVICE}",
             bucket=self.uri.bucket,
             key=key,
         )
@@ -359,6 +357,13 @@ class S3StorageReader(StorageReader):
     def _range_of(self, item: ReadItem) -> ByteRange:
         info = self.storage_data[item.storage_index]
         return ByteRange(info.offset, info.offset + info.length)
+
+
+def name_items(items: list[ReadItem], shown: int = 5) -> str:
+    """The items' state-dict names for a message: the first few, and how many more."""
+    names = sorted({item.storage_index.fqn for item in items})
+    text = ", ".join(repr(name) for name in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def deliver_item(

@@ -39,7 +39,7 @@ from .local_tier import complete_local_checkpoints, mark_uploading, prune_local,
     write_local_metadata, write_shard_file
 from .metadata import check_relative_key, dump_metadata
 from .prefix import DefaultPrefixStrategy, PrefixStrategy, is_prefix_strategy, stems_for
-from .reader import S3StorageReader, deliver_item
+from .reader import S3StorageReader, deliver_item, name_items
 from .shard import split_items
 from .stats import PhaseCallback, PhaseStats, report_phase
 from .tier_upload import UploadJob, UploadStatus, uploader
@@ -529,36 +529,36 @@ class TieredStorageReader(StorageReader):
     def _read_from_s3(self, items: list[ReadItem], planner: LoadPlanner) -> None:
         """Read the items the local copy lacks from S3; with no usable S3 copy the checkpoint is damaged."""
         assert self._s3 is not None
-        names = sorted({item.storage_index.fqn for item in items})
         try:
             if self.source == "local":
-                self._check_same_save(names)
+                self._check_same_save(items)
             self._s3.read_data(LoadPlan(items), planner).wait()
         except S3DCPError:
             log.error("s3dcp: %d item(s) of the local copy %s are missing or damaged, and the S3 copy "
                       "could not supply them", len(items), self._local_dir)
             raise
 
-    def _check_same_save(self, names: list[str]) -> None:
+    def _check_same_save(self, items: list[ReadItem]) -> None:
         """The S3 copy must be the save the local metadata describes, or its items would be mixed in."""
         assert self._s3 is not None
         try:
             s3_metadata = self._s3.read_metadata()
         except CheckpointNotFoundError as err:
-            raise self._local_damaged(names, f"S3 holds no copy of it ({err})") from err
+            raise self._local_damaged(
+                items, f"S3 holds no copy of it ({self._s3.uri}/{METADATA_NAME} does not exist)"
+            ) from err
         theirs = s3_metadata.storage_meta.save_id if s3_metadata.storage_meta else None
         if self._save_id and theirs != self._save_id:
             raise self._local_damaged(
-                names, f"the S3 copy {self._s3.uri} is from another save (different save ids), so it cannot "
+                items, f"the S3 copy {self._s3.uri} is from another save (different save ids), so it cannot "
                 "stand in for them"
             )
 
-    def _local_damaged(self, names: list[str], why: str) -> CheckpointDamagedError:
+    def _local_damaged(self, items: list[ReadItem], why: str) -> CheckpointDamagedError:
         """The local checkpoint is committed (its .metadata exists) but items of it cannot be read."""
-        shown = ", ".join(repr(name) for name in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         return CheckpointDamagedError(
             f"checkpoint {self.name!r} is damaged: its local copy {self._local_dir} is committed, but items "
-            f"{shown} are missing or damaged in it, and {why}. Restore the local files, or load an older "
+            f"{name_items(items)} are missing or damaged in it, and {why}. Restore the local files, or load an older "
             "checkpoint explicitly; the checkpoint was saved, so this is no reason to start from scratch",
             key=str(self._local_dir / METADATA_NAME),
         )
