@@ -5,6 +5,10 @@ request goes through :meth:`S3Client.call`, which retries by the
 :class:`~s3dcp.retry.RetryPolicy` and turns failures into s3dcp errors.
 It pickles as its settings alone; the botocore client is created on first use
 in each process, so writers survive ``pickle`` and ``fork``.
+
+Every answer is checked to come from an S3 store at all (:func:`non_s3_answer`)
+before botocore parses it: a web server's 404 page must not read as "no such
+object", nor its HTML as an empty listing.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import botocore.config
@@ -35,9 +40,17 @@ from .errors import (
     S3RequestError,
     WrongRegionError,
 )
-from .retry import FailureKind, RetryPolicy, classify, error_code, is_untrusted_certificate
+from .retry import (
+    THROTTLING_STATUSES,
+    TRANSIENT_STATUSES,
+    FailureKind,
+    RetryPolicy,
+    classify,
+    error_code,
+    is_untrusted_certificate,
+)
 
-__all__ = ["S3Client", "translate_error"]
+__all__ = ["S3Client", "NotS3AnswerError", "translate_error", "non_s3_answer"]
 
 log = logging.getLogger("s3dcp")
 
@@ -119,6 +132,7 @@ def _create_client(settings: ClientSettings) -> Any:
     )
     _install_request_defaults(client, config)
     _admit_memoryview_bodies(client)
+    client.meta.events.register("before-parse.s3", _refuse_non_s3_answer)
     return client
 
 
@@ -397,6 +411,9 @@ def translate_error(
             "the server is up and reachable",
             **context,
         )
+    if isinstance(error, NotS3AnswerError):
+        return _endpoint_is_not_s3(operation, where, endpoint, error.status, error.content_type, error.problem,
+                                   context)
     code, status = error_code(error)
     if not isinstance(error, botocore.exceptions.ClientError):
         return S3RequestError(
@@ -407,6 +424,11 @@ def translate_error(
     error_info = response.get("Error", {})
     headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}) or {}
     code_text = code or str(status)
+    # botocore makes the code up from the status when the body held no S3 error document
+    problem = non_s3_answer(status or 0, headers, None if not code or code.isdigit() else True)
+    server_side = status in THROTTLING_STATUSES or status in TRANSIENT_STATUSES
+    if problem is not None and not server_side:  # normally caught before parsing already
+        return _endpoint_is_not_s3(operation, where, endpoint, status or 0, _content_type(headers), problem, context)
     if code == "NoSuchBucket":
         return BucketNotFoundError(
             f"bucket {bucket!r} does not exist at {endpoint}: check the bucket name, "
@@ -451,6 +473,12 @@ def translate_error(
         detail += f": {server_message}"
     if attempts > 1:
         detail += f" (after {attempts} attempts)"
+    if problem is not None:
+        # a store's own server error, or some other server answering for it: cannot tell which
+        detail += (
+            f". The answer did not look like S3 ({problem}, content type {_content_type(headers) or 'none'}): "
+            "if this persists, check the endpoint URL, any HTTP proxy, and the port"
+        )
     if kind is FailureKind.THROTTLED:
         detail += (
             ". The store kept throttling: spread shard objects over key prefixes "
@@ -458,3 +486,117 @@ def translate_error(
             "max_attempts / retry_deadline"
         )
     return S3RequestError(f"{operation} on {where} failed at {endpoint}: {detail}", code=code_text, **context)
+
+
+# Response headers by which S3 stores name a request. Checked against what the stores send:
+# AWS S3 sends x-amz-request-id and x-amz-id-2 on every response; Ceph RGW sends
+# x-amz-request-id on every S3 response (its end_header writes it); MinIO X-Amz-Request-Id;
+# moto's server x-amzn-requestid on almost every answer (not on a 416, which carries an S3
+# error document instead). A store that sends none of them is still recognised by an S3
+# error document, or on success by an ETag (object requests) or an XML body (listings).
+REQUEST_ID_HEADERS = ("x-amz-request-id", "x-amz-id-2", "x-amzn-requestid")
+
+
+class NotS3AnswerError(Exception):
+    """An HTTP answer no S3 store gives: the endpoint is some other HTTP server.
+
+    Raised while botocore handles the answer, before it is parsed (an HTML
+    page could otherwise read as an empty listing, or as the bytes of an
+    object); :func:`translate_error` turns it into an
+    :class:`~s3dcp.errors.EndpointError`. Never retried.
+    """
+
+    def __init__(self, status: int, content_type: str | None, problem: str) -> None:
+        super().__init__(status, content_type, problem)
+        self.status = status
+        self.content_type = content_type
+        self.problem = problem
+
+
+def non_s3_answer(status: int, headers: Mapping[str, str], error_document: bool | None) -> str | None:
+    """What shows an answer is not from S3, or ``None`` if an S3 store could have sent it.
+
+    Args:
+        status: the HTTP status.
+        headers: the response headers (any case).
+        error_document: for an error status, whether the body is an S3 error
+            document (``None``: no body, or not known).
+    """
+    names = {name.lower() for name in headers}
+    if any(name in names for name in REQUEST_ID_HEADERS):
+        return None
+    xml = _is_xml(_content_type(headers))
+    if status >= 300:
+        if error_document:
+            return None
+        if error_document is None and xml:
+            return None  # a HEAD error has no body to check: one labelled XML is taken as S3's
+        return "no S3 request id header and no S3 error document"
+    if "etag" in names or xml or status == 204:
+        return None
+    return "no S3 request id header, no ETag and no XML body"
+
+
+def _refuse_non_s3_answer(response_dict: dict[str, Any], **kwargs: Any) -> None:
+    """botocore ``before-parse`` hook: stop at an answer no S3 store would give.
+
+    Throttling and server-error statuses are left to the retry policy and
+    reported as server errors: a load balancer may answer them for a store
+    that is restarting, and a store that crashes on a request may answer a
+    generic page (moto's server does, for some bad upload ids).
+    """
+    status = int(response_dict.get("status_code") or 0)
+    if status in THROTTLING_STATUSES or status in TRANSIENT_STATUSES:
+        return
+    headers = response_dict.get("headers") or {}
+    body: Any = response_dict.get("body")
+    document: bool | None = None
+    if status >= 300 and isinstance(body, (bytes, bytearray)) and body:
+        document = _is_s3_error_document(bytes(body))
+    problem = non_s3_answer(status, headers, document)
+    if problem is None:
+        return
+    if hasattr(body, "close"):
+        body.close()  # an object body never read: give the connection back
+    raise NotS3AnswerError(status, _content_type(headers), problem)
+
+
+def _is_s3_error_document(body: bytes) -> bool:
+    """An ``<Error><Code>...</Code>...</Error>`` XML document, as every S3 store sends with an error."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return False
+    code = root.find("Code")
+    return root.tag == "Error" and code is not None and bool((code.text or "").strip())
+
+
+def _content_type(headers: Mapping[str, str]) -> str | None:
+    for name, value in headers.items():
+        if name.lower() == "content-type":
+            return str(value)
+    return None
+
+
+def _is_xml(content_type: str | None) -> bool:
+    kind = (content_type or "").split(";")[0].strip().lower()
+    return kind in ("application/xml", "text/xml") or kind.endswith("+xml")
+
+
+def _endpoint_is_not_s3(
+    operation: str,
+    where: str,
+    endpoint: str,
+    status: int,
+    content_type: str | None,
+    problem: str,
+    context: dict[str, Any],
+) -> EndpointError:
+    return EndpointError(
+        f"this endpoint does not look like S3: {operation} on {where} got HTTP {status} "
+        f"(content type {content_type or 'none'}) from {endpoint}, with {problem}. Check the endpoint URL "
+        "(endpoint_url, AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_S3), that no HTTP proxy (HTTP_PROXY, HTTPS_PROXY) "
+        "answers in the store's place, and the port",
+        code=str(status),
+        **context,
+    )

@@ -21,8 +21,11 @@ from .client import S3Client
 from .errors import ObjectNotFoundError, S3RequestError
 from .retry import TruncatedBodyError, error_code
 
-__all__ = ["ByteRange", "Fetch", "ByteBudget", "DownloadBuffers", "coalesce", "read_range_into", "read_object", "object_exists"]
+__all__ = ["SHORT_OBJECT_CODE", "ByteRange", "Fetch", "ByteBudget", "DownloadBuffers", "coalesce", "read_range_into", "read_object", "object_exists"]
 
+# The S3 code of a range the object does not hold (S3 answers 416 with it): also what
+# read_range_into reports when a store serves fewer bytes than asked because the object ends
+SHORT_OBJECT_CODE = "InvalidRange"
 # A body that breaks off loses the chunk being read; the retry asks for the rest.
 _READ_CHUNK = 1024 * 1024
 _BUFFER_UNIT = 1024 * 1024
@@ -201,7 +204,12 @@ def read_range_into(client: S3Client, bucket: str, key: str, span: ByteRange, ta
 
 
 def _check_served_range(response: dict[str, Any], bucket: str, key: str, first: int, end: int) -> None:
-    """Refuse a response that is not the range asked for (some stores ignore Range)."""
+    """Refuse a response that is not the range asked for (some stores ignore Range).
+
+    An object that ends before ``end`` is reported with :data:`SHORT_OBJECT_CODE`, as S3
+    itself does when the whole range lies past the end (416): stores serve what there is of
+    a range that starts inside the object and ends past it, and say the object's size.
+    """
     served = response.get("ContentRange")
     expected = f"bytes {first}-{end - 1}/"
     if served is not None and str(served).startswith(expected):
@@ -209,12 +217,28 @@ def _check_served_range(response: dict[str, Any], bucket: str, key: str, first: 
     if served is None and first == 0 and response.get("ContentLength") == end:
         return  # whole object returned, and the whole object is what we asked for
     response["Body"].close()
+    size = _object_size(served, response.get("ContentLength"))
+    if size is not None and size < end:
+        raise S3RequestError(
+            f"s3://{bucket}/{key} holds {size} bytes; bytes {first}-{end - 1} were asked for",
+            bucket=bucket,
+            key=key,
+            code=SHORT_OBJECT_CODE,
+        )
     raise S3RequestError(
         f"s3://{bucket}/{key}: asked for bytes {first}-{end - 1} but the store answered "
         f"{served or 'with no Content-Range'}; it may not support ranged GETs",
         bucket=bucket,
         key=key,
     )
+
+
+def _object_size(served: object, length: object) -> int | None:
+    """The object's size from ``Content-Range: bytes a-b/SIZE``, or from the length of a whole-object answer."""
+    if served is None:
+        return length if isinstance(length, int) else None
+    total = str(served).rpartition("/")[2].strip()
+    return int(total) if total.isdigit() else None
 
 
 def read_object(client: S3Client, bucket: str, key: str) -> bytes:

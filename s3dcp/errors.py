@@ -5,9 +5,10 @@ catches all of them. Where a built-in exception means the same thing it is a
 second base, so ``except FileNotFoundError`` works too::
 
     S3DCPError (Exception)
-    ├── CheckpointNotFoundError   (+ FileNotFoundError)  no .metadata at the path
+    ├── CheckpointNotFoundError   (+ FileNotFoundError)  no .metadata at the path: nothing was saved there
     ├── CheckpointExistsError     (+ FileExistsError)    save over a complete checkpoint
     ├── CheckpointDamagedError                           committed, but objects missing, short or unreadable
+    │                                                    (never a reason to start from scratch)
     ├── ChecksumMismatchError                            stored bytes differ from what was saved
     ├── UnsafeCheckpointError                            metadata that would run code or escape
     ├── UploadFailedError                                a tiered checkpoint's copy to S3 failed
@@ -17,7 +18,7 @@ second base, so ``except FileNotFoundError`` works too::
         ├── AccessDeniedError     (+ PermissionError)    403, bad keys, bad signature
         ├── CredentialsError                             no credentials could be found
         ├── WrongRegionError                             bucket lives in another region
-        └── EndpointError         (+ ConnectionError)    the endpoint cannot be reached
+        └── EndpointError         (+ ConnectionError)    the endpoint cannot be reached, or is not S3
 
 Messages name the bucket and key involved and say what to check; they never
 contain credentials. The original botocore error, when there is one, is kept
@@ -103,7 +104,12 @@ class ChecksumMismatchError(S3DCPError):
 
 
 class UnsafeCheckpointError(S3DCPError):
-    """Checkpoint metadata that would run code or point outside the checkpoint."""
+    """Checkpoint metadata that would run code or point outside the checkpoint.
+
+    Raised for metadata that names classes or callables outside the allow-list,
+    or object paths that leave the checkpoint. Metadata that merely does not
+    unpickle is :class:`CheckpointDamagedError`.
+    """
 
 
 class UploadFailedError(S3DCPError):
@@ -154,7 +160,12 @@ class WrongRegionError(S3RequestError):
 
 
 class EndpointError(S3RequestError, ConnectionError):
-    """The S3 endpoint could not be reached."""
+    """The S3 endpoint could not be reached, or what answers there is not S3.
+
+    A web server or proxy answering in the store's place (an HTML page, a 404
+    without an S3 error document) is reported as this, never as a missing
+    object or checkpoint: its "not found" says nothing about the checkpoint.
+    """
 
 
 def find_s3dcp_error(error: BaseException) -> S3DCPError | None:

@@ -6,6 +6,13 @@ so either side can read the other's checkpoints. Reading never uses plain
 and unpickling runs whatever callables the data names. :class:`SafeUnpickler`
 admits only the classes DCP metadata is made of; anything else stops the
 load before it is called.
+
+Two ways a ``.metadata`` can fail to load, kept apart because they call for
+different actions: it names something outside the allow-list
+(:class:`~s3dcp.errors.UnsafeCheckpointError`: someone wrote code into it), or
+it does not unpickle into DCP metadata at all, e.g. cut short or overwritten
+(:class:`~s3dcp.errors.CheckpointDamagedError`: the commit record exists and
+is broken, which is never a reason to start training from scratch).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.metadata import Metadata
 
 from ._torch_compat import StorageInfo
-from .errors import UnsafeCheckpointError
+from .errors import CheckpointDamagedError, UnsafeCheckpointError
 
 __all__ = ["dump_metadata", "load_metadata", "check_relative_key", "SafeUnpickler"]
 
@@ -88,20 +95,35 @@ def dump_metadata(metadata: Metadata) -> bytes:
 
 
 def load_metadata(data: bytes | bytearray, where: str) -> Metadata:
-    """Deserialize ``.metadata`` read from ``where`` (used in messages), safely."""
+    """Deserialize ``.metadata`` read from ``where`` (used in messages), safely.
+
+    Raises:
+        UnsafeCheckpointError: the data names a class or callable DCP
+            metadata never contains; nothing of it was run.
+        CheckpointDamagedError: the data is not a readable DCP ``Metadata``
+            pickle (truncated, overwritten, empty).
+    """
     try:
         metadata = SafeUnpickler(io.BytesIO(data)).load()
     except UnsafeCheckpointError as err:
         raise UnsafeCheckpointError(f"{where} {err}; refusing to load this checkpoint") from None
     except Exception as err:
-        raise UnsafeCheckpointError(
-            f"{where} is not a readable DCP metadata file ({type(err).__name__}: {err})"
+        raise CheckpointDamagedError(
+            f"{where} ({len(data)} bytes) does not unpickle ({type(err).__name__}: {err}): "
+            f"{_DAMAGED_RECORD}"
         ) from err
     if not isinstance(metadata, Metadata):
-        raise UnsafeCheckpointError(
-            f"{where} holds a {type(metadata).__name__}, not DCP Metadata"
+        raise CheckpointDamagedError(
+            f"{where} holds a pickled {type(metadata).__name__}, not DCP Metadata: {_DAMAGED_RECORD}"
         )
     return metadata
+
+
+_DAMAGED_RECORD = (
+    "the checkpoint's commit record is damaged. Restore this .metadata from a copy or backup, "
+    "or load an older checkpoint explicitly; the checkpoint was saved, so this is no reason to "
+    "start from scratch"
+)
 
 
 def check_relative_key(relative: object, where: str) -> str:

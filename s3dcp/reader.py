@@ -11,6 +11,12 @@ DCP calls, in this order (torch 2.13, ``dcp.load``):
 5. all ranks: ``read_data(plan, planner)``: ranged, coalesced, parallel GETs
    of just the bytes the plan needs.
 
+A checkpoint whose ``.metadata`` exists was saved: if objects it lists are
+missing or shorter than recorded, or the ``.metadata`` does not unpickle,
+that is :class:`~s3dcp.errors.CheckpointDamagedError`, never
+:class:`~s3dcp.errors.CheckpointNotFoundError` (which callers may take as
+"start from scratch").
+
 torch 2.13 replaces any ``Exception`` from ``read_metadata`` with a bare
 ``AssertionError``. So when DCP's load step is the caller, a failure there
 is kept and raised from ``set_up_storage_reader``, which DCP passes on with
@@ -40,8 +46,23 @@ from torch.futures import Future
 from ._torch_compat import METADATA_NAME, called_from_dcp_load
 from .client import S3Client
 from .config import S3ClientConfig, resolve_settings
-from .download import ByteBudget, ByteRange, DownloadBuffers, coalesce, read_object, read_range_into
-from .errors import CheckpointNotFoundError, ObjectNotFoundError, S3DCPError, UnsafeCheckpointError
+from .download import (
+    SHORT_OBJECT_CODE,
+    ByteBudget,
+    ByteRange,
+    DownloadBuffers,
+    coalesce,
+    read_object,
+    read_range_into,
+)
+from .errors import (
+    CheckpointDamagedError,
+    CheckpointNotFoundError,
+    ObjectNotFoundError,
+    S3DCPError,
+    S3RequestError,
+    UnsafeCheckpointError,
+)
 from .metadata import check_relative_key, load_metadata
 from .in_place import InPlaceRead, SpanLayout, StoredChunks, destination_bytes, disjoint, framed_tensor, plan_in_place
 from .integrity import verify
@@ -49,10 +70,14 @@ from .shard import check_plain_data, load_tensor
 from .stats import PhaseCallback, PhaseStats, report_phase
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
 
-__all__ = ["S3StorageReader", "deliver_item"]
+__all__ = ["S3StorageReader", "deliver_item", "name_items"]
 
 log = logging.getLogger("s3dcp")
 
+_DAMAGED_ADVICE = (
+    "Restore the checkpoint's objects from a copy or backup, or load an older checkpoint explicitly "
+    "(s3dcp ls shows them); the checkpoint was saved, so this is no reason to start from scratch"
+)
 
 
 class S3StorageReader(StorageReader):
@@ -145,12 +170,20 @@ class S3StorageReader(StorageReader):
         where = str(self.uri.child(METADATA_NAME))
         storage_data = metadata.storage_data
         if not isinstance(storage_data, dict):
-            raise UnsafeCheckpointError(f"{where} has no per-item storage records")
+            raise CheckpointDamagedError(
+                f"{where} has no per-item storage records, so no item can be found: {_DAMAGED_ADVICE}",
+                bucket=self.uri.bucket,
+                key=self.uri.key(METADATA_NAME),
+            )
         for index, info in storage_data.items():
             check_relative_key(getattr(info, "relative_path", None), where)
             offset, length = getattr(info, "offset", None), getattr(info, "length", None)
             if not isinstance(offset, int) or not isinstance(length, int) or offset < 0 or length < 0:
-                raise UnsafeCheckpointError(f"{where} records a bad byte range for {index.fqn!r}")
+                raise CheckpointDamagedError(
+                    f"{where} records a bad byte range for {index.fqn!r}: {_DAMAGED_ADVICE}",
+                    bucket=self.uri.bucket,
+                    key=self.uri.key(METADATA_NAME),
+                )
             if getattr(info, "transform_descriptors", None):
                 raise UnsafeCheckpointError(
                     f"{where} uses DCP stream transforms for {index.fqn!r}, which s3dcp "
@@ -196,7 +229,7 @@ class S3StorageReader(StorageReader):
             budget.acquire(held)
             try:
                 buffer = buffers.take(layout.buffered)
-                self._read(relative, span, layout.targets(buffer))
+                self._read(relative, span, layout.targets(buffer), items)
                 with planner_lock:
                     fetched += span.length
                     requests += 1
@@ -267,17 +300,28 @@ class S3StorageReader(StorageReader):
     def _chunk_of(self, item: ReadItem) -> tuple[torch.dtype, tuple[int, ...]] | None:
         return self._chunks.get(item.storage_index) if self._chunks is not None else None
 
-    def _read(self, relative: str, span: ByteRange, into: list[memoryview]) -> None:
+    def _read(self, relative: str, span: ByteRange, into: list[memoryview], items: list[ReadItem]) -> None:
+        """Fetch ``span`` of one object; a missing or short object is damage to this checkpoint."""
         key = self.uri.key(relative)
         try:
             read_range_into(self._client, self.uri.bucket, key, span, into)
         except ObjectNotFoundError as err:
-            raise CheckpointNotFoundError(
-                f"{self.uri} is damaged: its metadata lists {relative!r} but that object "
-                "is missing",
-                bucket=self.uri.bucket,
-                key=key,
+            raise self._damaged(relative, items, "that object is missing") from err
+        except S3RequestError as err:
+            if err.code != SHORT_OBJECT_CODE:
+                raise
+            raise self._damaged(
+                relative, items, f"that object ends before byte {span.end}, where these items end"
             ) from err
+
+    def _damaged(self, relative: str, items: list[ReadItem], problem: str) -> CheckpointDamagedError:
+        key = self.uri.key(relative)
+        return CheckpointDamagedError(
+            f"checkpoint {self.uri} is damaged: its {METADATA_NAME} lists s3://{self.uri.bucket}/{key} "
+            f"for {name_items(items)}, but {problem}. {_DAMAGED_ADVICE}",
+            bucket=self.uri.bucket,
+            key=key,
+        )
 
     def _verify(self, item: ReadItem, relative: str, data: Any) -> None:
         if self.verify:
@@ -313,6 +357,13 @@ class S3StorageReader(StorageReader):
     def _range_of(self, item: ReadItem) -> ByteRange:
         info = self.storage_data[item.storage_index]
         return ByteRange(info.offset, info.offset + info.length)
+
+
+def name_items(items: list[ReadItem], shown: int = 5) -> str:
+    """The items' state-dict names for a message: the first few, and how many more."""
+    names = sorted({item.storage_index.fqn for item in items})
+    text = ", ".join(repr(name) for name in names[:shown])
+    return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
 def deliver_item(

@@ -33,13 +33,13 @@ from ._torch_compat import DCP_VERSION, METADATA_NAME, SHARD_SUFFIX, called_from
 from .catalog import latest_checkpoint, parse_step
 from .client import S3Client
 from .config import S3ClientConfig, resolve_settings
-from .errors import CheckpointExistsError, CheckpointNotFoundError, S3DCPError, UploadFailedError
+from .errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError, S3DCPError, UploadFailedError
 from .integrity import digest, get_checksum
 from .local_tier import complete_local_checkpoints, mark_uploading, prune_local, read_local_metadata, \
     write_local_metadata, write_shard_file
 from .metadata import check_relative_key, dump_metadata
 from .prefix import DefaultPrefixStrategy, PrefixStrategy, is_prefix_strategy, stems_for
-from .reader import S3StorageReader, deliver_item
+from .reader import S3StorageReader, deliver_item, name_items
 from .shard import split_items
 from .stats import PhaseCallback, PhaseStats, report_phase
 from .tier_upload import UploadJob, UploadStatus, uploader
@@ -455,9 +455,19 @@ class TieredStorageReader(StorageReader):
         self._s3.set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)  # checks every path
         self.storage_data = self._s3.storage_data
 
-    def _not_found(self, error: CheckpointNotFoundError) -> CheckpointNotFoundError:
+    def _not_found(self, error: CheckpointNotFoundError) -> S3DCPError:
+        """No S3 copy: absent if there is no local ``.metadata`` either, damaged if there is one that did not load."""
+        local_metadata = self._local_dir / METADATA_NAME
+        if local_metadata.exists():
+            return CheckpointDamagedError(
+                f"checkpoint {self.name!r} is damaged: its local {local_metadata} exists but does not load "
+                f"(see the warning logged), and {self.s3_root.child(self.name or '')}/{METADATA_NAME} does not "
+                "exist. Restore the local files, or load an older checkpoint explicitly; the checkpoint was "
+                "saved, so this is no reason to start from scratch",
+                key=str(local_metadata),
+            )
         return CheckpointNotFoundError(
-            f"no complete checkpoint {self.name!r}: neither {self._local_dir / METADATA_NAME} nor "
+            f"no complete checkpoint {self.name!r}: neither {local_metadata} nor "
             f"{self.s3_root.child(self.name or '')}/{METADATA_NAME} exists (wrong name, or its save "
             "never finished)", bucket=error.bucket, key=error.key,
         )
@@ -517,27 +527,41 @@ class TieredStorageReader(StorageReader):
         return future
 
     def _read_from_s3(self, items: list[ReadItem], planner: LoadPlanner) -> None:
+        """Read the items the local copy lacks from S3; with no usable S3 copy the checkpoint is damaged."""
         assert self._s3 is not None
         try:
             if self.source == "local":
-                self._check_same_save()
+                self._check_same_save(items)
             self._s3.read_data(LoadPlan(items), planner).wait()
         except S3DCPError:
             log.error("s3dcp: %d item(s) of the local copy %s are missing or damaged, and the S3 copy "
                       "could not supply them", len(items), self._local_dir)
             raise
 
-    def _check_same_save(self) -> None:
+    def _check_same_save(self, items: list[ReadItem]) -> None:
         """The S3 copy must be the save the local metadata describes, or its items would be mixed in."""
         assert self._s3 is not None
-        s3_metadata = self._s3.read_metadata()
+        try:
+            s3_metadata = self._s3.read_metadata()
+        except CheckpointNotFoundError as err:
+            raise self._local_damaged(
+                items, f"S3 holds no copy of it ({self._s3.uri}/{METADATA_NAME} does not exist)"
+            ) from err
         theirs = s3_metadata.storage_meta.save_id if s3_metadata.storage_meta else None
         if self._save_id and theirs != self._save_id:
-            raise CheckpointNotFoundError(
-                f"the S3 copy {self._s3.uri} is from another save than the local copy {self._local_dir} "
-                "(different save ids), so it cannot stand in for damaged local items",
-                bucket=self._s3.uri.bucket, key=self._s3.uri.key(METADATA_NAME),
+            raise self._local_damaged(
+                items, f"the S3 copy {self._s3.uri} is from another save (different save ids), so it cannot "
+                "stand in for them"
             )
+
+    def _local_damaged(self, items: list[ReadItem], why: str) -> CheckpointDamagedError:
+        """The local checkpoint is committed (its .metadata exists) but items of it cannot be read."""
+        return CheckpointDamagedError(
+            f"checkpoint {self.name!r} is damaged: its local copy {self._local_dir} is committed, but items "
+            f"{name_items(items)} are missing or damaged in it, and {why}. Restore the local files, or load an older "
+            "checkpoint explicitly; the checkpoint was saved, so this is no reason to start from scratch",
+            key=str(self._local_dir / METADATA_NAME),
+        )
 
     def _collect(self, stats: PhaseStats) -> None:
         self.last_stats.append(stats)

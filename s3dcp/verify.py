@@ -5,7 +5,9 @@ copy of a whole item in memory) and every item's bytes are digested on the
 way and compared with the digest the writer recorded. Missing objects,
 objects shorter than the metadata says and digests that differ are all
 reported, with the object key and the item's name, rather than stopping at
-the first.
+the first. A ``.metadata`` that does not unpickle is reported the same way:
+the checkpoint was committed and is damaged, which is what verify is for
+(``s3dcp verify`` exits 3), not a missing checkpoint.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from typing import Any
 import botocore.exceptions
 import xxhash
 
+from ._torch_compat import METADATA_NAME
 from .client import S3Client
-from .retry import error_code
 from .config import S3ClientConfig
+from .errors import CheckpointDamagedError
 from .integrity import ALGORITHM, get_checksum
 from .reader import S3StorageReader
+from .retry import error_code
 
 __all__ = ["Problem", "VerifyReport", "verify_checkpoint"]
 
@@ -144,8 +148,10 @@ def verify_checkpoint(
     """Read back every item of the checkpoint at ``uri`` and check its digest.
 
     Raises what loading would (``CheckpointNotFoundError`` when there is no
-    ``.metadata``, ``UnsafeCheckpointError`` for hostile metadata); damage
-    to the data is returned in the report's ``problems``. ``on_object(key,
+    ``.metadata``, ``UnsafeCheckpointError`` for hostile metadata, the
+    endpoint and access errors); damage is returned in the report's
+    ``problems``: objects missing or shorter than recorded, digests that
+    differ, and a ``.metadata`` that does not unpickle. ``on_object(key,
     bytes)`` is called as each object is done, ``on_bytes(n)`` as bytes
     are read (negative when a failed attempt's are taken back), and
     ``on_totals(objects, bytes)`` once, before reading, with the objects
@@ -153,8 +159,12 @@ def verify_checkpoint(
     progress displays).
     """
     reader = S3StorageReader(region, uri, s3client_config)
-    metadata = reader.read_metadata()
-    reader.set_up_storage_reader(metadata, is_coordinator=True)
+    try:
+        metadata = reader.read_metadata()
+        reader.set_up_storage_reader(metadata, is_coordinator=True)
+    except CheckpointDamagedError as damaged:
+        key = reader.uri.key(METADATA_NAME)
+        return VerifyReport(str(reader.uri), problems=[Problem(key, "", str(damaged))])
     by_key: dict[str, list[_Item]] = {}
     for index, info in reader.storage_data.items():
         item = _Item(index.fqn, info.offset, info.length, get_checksum(info))

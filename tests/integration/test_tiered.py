@@ -18,6 +18,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
 from s3dcp import (
+    CheckpointDamagedError,
     CheckpointExistsError,
     CheckpointNotFoundError,
     S3ClientConfig,
@@ -179,7 +180,7 @@ def test_damaged_local_item_with_no_s3_copy_fails_loudly(s3_env: Any, bucket: st
     with pytest.raises(BaseException) as caught:
         dcp.load(blank(), checkpoint_id="step_8", storage_reader=reader(local, bucket))
     error = find_s3dcp_error(caught.value)
-    assert isinstance(error, CheckpointNotFoundError), caught.value
+    assert isinstance(error, CheckpointDamagedError), caught.value  # committed locally: damaged, not absent
     assert "step_8" in str(error)
 
 
@@ -196,7 +197,7 @@ def test_s3_copy_of_another_save_never_fills_in(s3_env: Any, bucket: str, local:
     with pytest.raises(BaseException) as caught:
         dcp.load(blank(), checkpoint_id="step_9", storage_reader=reader(local / "b", bucket))
     error = find_s3dcp_error(caught.value)
-    assert isinstance(error, CheckpointNotFoundError) and "another save" in str(error), caught.value
+    assert isinstance(error, CheckpointDamagedError) and "another save" in str(error), caught.value
 
 
 def test_checkpoint_in_neither_tier(s3_env: Any, bucket: str, local: Path) -> None:

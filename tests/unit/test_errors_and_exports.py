@@ -73,7 +73,8 @@ def client_error(code: str | None, status: int, **extra: Any) -> botocore.except
     [
         (client_error("NoSuchBucket", 404), s3dcp.BucketNotFoundError, "does not exist"),
         (client_error("NoSuchKey", 404), s3dcp.ObjectNotFoundError, "no such object"),
-        (client_error(None, 404), s3dcp.ObjectNotFoundError, "no such object"),
+        # a HEAD 404 from S3: no body, so no code; the request id header shows it is S3
+        (client_error(None, 404, headers={"x-amz-request-id": "R1"}), s3dcp.ObjectNotFoundError, "no such object"),
         (client_error("AccessDenied", 403), s3dcp.AccessDeniedError, "access was denied"),
         (client_error("ExpiredToken", 400), s3dcp.AccessDeniedError, "expired"),
         (client_error("PermanentRedirect", 301, Region="eu-west-1"), s3dcp.WrongRegionError, "region='eu-west-1'"),

@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
-from s3dcp import UnsafeCheckpointError
+from s3dcp import CheckpointDamagedError, UnsafeCheckpointError
 from s3dcp.metadata import load_metadata
 
 
@@ -82,10 +82,17 @@ class _Payload:
         pickle.dumps({"x": _Payload()}),
         pickle.dumps(torch.nn.Linear(1, 1)),
         b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00\x8c\x02os\x8c\x06system\x93.",
-        b"not a pickle at all",
-        pickle.dumps([1, 2, 3]),
     ],
 )
-def test_anything_else_is_refused(hostile: bytes) -> None:
+def test_anything_that_names_code_is_refused_as_unsafe(hostile: bytes) -> None:
     with pytest.raises(UnsafeCheckpointError, match="s3://b/k/.metadata"):
         load_metadata(hostile, "s3://b/k/.metadata")
+
+
+def test_metadata_that_does_not_unpickle_is_damaged_not_unsafe(tmp_path: Path) -> None:
+    good = metadata_bytes_of({"w": torch.zeros(3)}, tmp_path)
+    for broken in (b"not a pickle at all", good[: len(good) // 2], good[:-1], b"", pickle.dumps([1, 2, 3])):
+        with pytest.raises(CheckpointDamagedError, match="s3://b/k/.metadata") as raised:
+            load_metadata(broken, "s3://b/k/.metadata")
+        assert not isinstance(raised.value, UnsafeCheckpointError)
+        assert "older checkpoint" in str(raised.value)
