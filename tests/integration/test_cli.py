@@ -172,7 +172,7 @@ def test_gc_aborts_only_stale_uploads(s3_env: Any, s3: Any, bucket: str, capsys:
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
-        (["ls", "not-a-uri"], 1, "s3://"),
+        (["ls", "not-a-uri"], 2, "s3://"),  # a malformed URI is a bad argument
         (["info", "s3://{bucket}/missing"], 1, "no complete checkpoint"),
         (["rm", "s3://{bucket}/missing"], 1, "nothing to delete"),
         (["ls", "s3://no-such-bucket-here/run"], 1, "does not exist"),
