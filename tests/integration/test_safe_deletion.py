@@ -235,3 +235,16 @@ def test_plan_names_every_object_with_its_size(s3_env: Any, s3: Any, bucket: str
     assert [obj.key for obj in removal.objects][0] == "ckpt/.metadata"
     assert {obj.key: obj.size for obj in removal.objects} == listed
     assert removal.size_bytes == sum(listed.values())
+
+
+def test_prune_reads_the_uploads_open_under_an_unfinished_save(s3_env: Any, s3: Any, bucket: str) -> None:
+    save(bucket, "run/step_1")
+    s3.put_object(Bucket=bucket, Key="run/step_2/__0_0.distcp", Body=b"written before the kill")
+    upload = s3.create_multipart_upload(Bucket=bucket, Key="run/step_2/__0_1.distcp")
+    s3.upload_part(Bucket=bucket, Key="run/step_2/__0_1.distcp", UploadId=upload["UploadId"], PartNumber=1,
+                   Body=b"p" * 1024)
+
+    assert prune(f"s3://{bucket}/run", 1, grace=timedelta(hours=1)) == []  # everything was written just now
+    gone = prune(f"s3://{bucket}/run", 1, grace=timedelta(0))  # nothing can be newer than now
+    assert [(info.uri.rsplit("/", 1)[1], info.complete) for info in gone] == [("step_2", False)]
+    assert sorted(list_keys(s3, bucket)) == ["run/step_1/.metadata", "run/step_1/__0_0.distcp"]
