@@ -236,6 +236,8 @@ class _Found:
     own: list[StoredObject]  # .metadata first
     nested: list[str]  # relative directories of checkpoints inside it
     newest_write: datetime | None  # newest own object (marker included)
+    committed: datetime | None  # when its .metadata was written
+    marker: datetime | None  # when its save marker was written, if one is there
 
 
 def _describe(
@@ -262,12 +264,11 @@ def _describe(
             return True
         return is_shard_name(rel) and not any(_inside(_parent(rel), n) for n in nested)
 
-    own = sorted((obj for rel, obj in by_rel.items() if is_own(rel)), key=lambda o: (o.key != root_head + METADATA_NAME, o.key))
-    newest_write = max((obj.last_modified for obj in own), default=None)
+    own = sorted((obj for rel, obj in by_rel.items() if is_own(rel)), key=lambda o: (o is not metadata, o.key))
     counted = own
     strays: list[StoredObject] = []
-    if metadata is not None:
-        needed = referenced or {}
+    if metadata is not None and referenced is not None:
+        needed = referenced
         counted = [metadata] + [by_rel[rel] for rel in sorted(needed) if rel in by_rel]
         strays = [obj for obj in own if obj.key[len(root_head):] not in needed and obj is not metadata]
         missing = sorted(rel for rel in needed if rel not in by_rel)
@@ -291,7 +292,13 @@ def _describe(
         stray_bytes=sum(obj.size for obj in strays),
         damaged=damaged,
     )
-    return _Found(info, own, nested, newest_write)
+    marker = by_rel.get(SAVING_MARKER)
+    return _Found(
+        info, own, nested,
+        newest_write=max((obj.last_modified for obj in own), default=None),
+        committed=metadata.last_modified if metadata else None,
+        marker=marker.last_modified if marker else None,
+    )
 
 
 def _has_direct_signal(objects: list[StoredObject], children: list[str], head: str) -> bool:
@@ -524,30 +531,33 @@ def plan_delete(
         )
     rels = [obj.key[len(head):] for obj in objects]
     roots = checkpoint_roots(rels)
-    found = [_describe(client, target.bucket, head + root + "/" if root else head, objects,
-                       [r[len(root) + 1:] if root else r for r in roots if _strictly_inside(r, root)])
-             for root in roots]
-    owned = {obj.key for f in found for obj in f.own}
-    others = [obj.key[len(head):] for obj in objects if obj.key not in owned]
     if not roots:
         raise CheckpointNotFoundError(
             f"{target} is not a checkpoint and holds none (no {METADATA_NAME}, DCP shards or s3dcp save marker); "
-            f"s3dcp deletes checkpoints only, and nothing was deleted. It holds {_plural(len(objects), 'other object')}: "
-            f"{_examples(rels)}",
+            f"s3dcp deletes checkpoints only, and nothing was deleted. "
+            f"It holds {_plural(len(objects), 'other object')}: {_examples(rels)}",
             bucket=target.bucket, key=target.prefix,
         )
+    if not recursive and "" not in roots:
+        raise ValueError(
+            f"{target} is not a checkpoint; it holds {_plural(len(roots), 'checkpoint')} "
+            f"({_examples([r + '/' for r in roots])}). Nothing was deleted. Delete one with "
+            f"s3dcp rm {target.child(roots[0])}, or all of them (and nothing else) with s3dcp rm --recursive {target}"
+        )
+    found = [
+        _describe(client, target.bucket, f"{head}{root}/" if root else head, objects,
+                  [r[len(root) + 1:] if root else r for r in roots if _strictly_inside(r, root)])
+        for root in roots
+    ]
     if not recursive:
-        if "" not in roots:
-            raise ValueError(
-                f"{target} is not a checkpoint; it holds {_plural(len(roots), 'checkpoint')} "
-                f"({_examples([r + '/' for r in roots])}). Nothing was deleted. Delete one with "
-                f"s3dcp rm {target.child(roots[0])}, or all of them (and nothing else) with s3dcp rm --recursive {target}"
-            )
+        owned = {obj.key for f in found for obj in f.own}
+        others = [rel for obj, rel in zip(objects, rels) if obj.key not in owned]
         nested = [r + "/" for r in roots if r]
         if nested or others:
             held = []
             if others:
-                held.append(f"{_plural(len(others), 'object')} that are not the checkpoint's ({_examples(others)})")
+                verb = "is" if len(others) == 1 else "are"
+                held.append(f"{_plural(len(others), 'object')} that {verb} not the checkpoint's ({_examples(others)})")
             if nested:
                 held.append(f"{_plural(len(nested), 'nested checkpoint')} ({_examples(nested)})")
             raise ValueError(
@@ -705,10 +715,10 @@ def plan_prune(
     eligible = [f for f in found if include_unnumbered or f.info.step is not None]
     complete = [f for f in eligible if f.info.complete]
     if include_unnumbered:  # steps and names do not compare: newest is the one committed last
-        complete.sort(key=lambda f: (_metadata_time(f), f.info.step or -1, f.info.uri))
-    doomed = complete[:-keep]
+        complete.sort(key=lambda f: (f.committed or _NEVER, -1 if f.info.step is None else f.info.step, f.info.uri))
     cutoff = datetime.now(timezone.utc) - grace
-    doomed = [f for f in doomed if is_settled([_marker_time(f)], cutoff) or _marker_time(f) is None]
+    # a complete one whose save marker is younger than the grace is being saved over: it stays
+    doomed = [f for f in complete[:-keep] if f.marker is None or is_settled([f.marker], cutoff)]
     incomplete = [f for f in eligible if not f.info.complete and is_settled([f.newest_write], cutoff)]
     if incomplete:
         heads = [_head(parse_s3_uri(f.info.uri)) for f in incomplete]
@@ -723,14 +733,6 @@ def plan_prune(
         ]
     chosen = {id(f) for f in doomed + incomplete}
     return [_removal(base.bucket, f) for f in found if id(f) in chosen]
-
-
-def _metadata_time(found: _Found) -> datetime:
-    return next((o.last_modified for o in found.own if o.key.endswith("/" + METADATA_NAME)), _NEVER)
-
-
-def _marker_time(found: _Found) -> datetime | None:
-    return next((o.last_modified for o in found.own if o.key.endswith("/" + SAVING_MARKER)), None)
 
 
 def prune(

@@ -381,8 +381,10 @@ def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument("--region", default=given(None), help="AWS region (default: AWS_REGION / the profile's)")
     parser.add_argument("--endpoint-url", default=given(None),
                         help="S3 endpoint, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL)")
-    parser.add_argument("--profile", default=given(None), help="AWS profile for credentials (default: the standard chain)")
-    parser.add_argument("-v", "--verbose", action="store_true", default=given(False), help="log each S3 phase to stderr")
+    parser.add_argument("--profile", default=given(None),
+                        help="AWS profile for credentials (default: the standard chain)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=given(False),
+                        help="log each S3 phase to stderr")
 
 
 def _deletion_options(parser: argparse.ArgumentParser, what: str) -> None:
@@ -414,7 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "reference\n(left by an earlier save to the same path).")
     ls.add_argument("uri", type=_s3_uri, help="s3://bucket/prefix holding checkpoints (e.g. step_N)")
     ls.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    info = command("info", cmd_info, "summarize a checkpoint's metadata: keys, dtypes, shapes, sizes, ranks, strays, damage")
+    info = command("info", cmd_info,
+                   "summarize a checkpoint's metadata: keys, dtypes, shapes, sizes, ranks, strays, damage")
     info.add_argument("uri", type=_s3_uri, help="s3://bucket/prefix of one checkpoint")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     verify = command("verify", cmd_verify, "read back every item and check its digest (exit 3 on damage)")

@@ -114,7 +114,7 @@ def test_rm_of_a_checkpoint_that_holds_more_refuses_without_recursive(
     save(bucket, "ckpt/inner")  # a checkpoint nested in another
     s3.put_object(Bucket=bucket, Key="ckpt/notes.txt", Body=b"mine")
 
-    with pytest.raises(ValueError, match="1 object that are not the checkpoint's .notes.txt. and 1 nested"):
+    with pytest.raises(ValueError, match="1 object that is not the checkpoint's .notes.txt. and 1 nested"):
         delete_checkpoint(f"s3://{bucket}/ckpt")
     assert len(list_keys(s3, bucket)) == 5
     assert delete_checkpoint(f"s3://{bucket}/ckpt", recursive=True, dry_run=True) == 4
