@@ -269,11 +269,13 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 
 
-def _confirm(args: argparse.Namespace, question: str) -> bool:
-    """Ask on a terminal before deleting; scripts (stdin not a terminal) and ``--yes`` are not asked."""
+def _confirm(args: argparse.Namespace, question: str, details: Sequence[str]) -> bool:
+    """Ask on a terminal before deleting, showing ``details`` first; scripts and ``--yes`` are not asked."""
     stdin = sys.stdin
     if args.yes or stdin is None or not stdin.isatty():
         return True
+    for line in details:
+        print(f"  {line}", file=sys.stderr)
     sys.stderr.write(f"{question} [y/N] ")
     sys.stderr.flush()
     return stdin.readline().strip().lower() in ("y", "yes")
@@ -284,64 +286,73 @@ def _declined() -> int:
     return EXIT_FAILED
 
 
-def _sizes(plan: list[Removal]) -> tuple[int, int]:
-    return sum(len(removal.objects) for removal in plan), sum(removal.size_bytes for removal in plan)
+def _described(removal: Removal) -> str:
+    info = removal.checkpoint
+    state = "damaged" if info.damaged else "complete" if info.complete else "incomplete"
+    return f"{info.uri} ({state}, {len(removal.objects)} objects, {human_bytes(removal.size_bytes)})"
+
+
+def _summary(plan: list[Removal], uri: str) -> str:
+    objects = sum(len(removal.objects) for removal in plan)
+    size = sum(removal.size_bytes for removal in plan)
+    return f"{objects} objects ({human_bytes(size)}) of {len(plan)} checkpoint(s) under {uri}"
+
+
+def _delete_plan(args: argparse.Namespace, plan: list[Removal]) -> int:
+    """Show, ask, delete: the shared end of rm and prune."""
+    lines = [_described(removal) for removal in plan]
+    if args.dry_run or not plan:
+        for line in lines:
+            print(f"would delete {line}")
+        print(f"{'would delete' if args.dry_run else 'deleted'} {_summary(plan, args.uri)}")
+        return 0
+    if not _confirm(args, f"delete {_summary(plan, args.uri)}?", lines):
+        return _declined()
+    remove(plan, **_s3(args))
+    for line in lines:
+        print(f"deleted {line}")
+    print(f"deleted {_summary(plan, args.uri)}")
+    return 0
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
     plan = plan_delete(args.uri, recursive=args.recursive, **_s3(args))
-    objects, size = _sizes(plan)
     if args.dry_run:
         for removal in plan:
             for obj in removal.objects:
                 print(f"would delete s3://{removal.bucket}/{obj.key} ({human_bytes(obj.size)})")
-        print(f"would delete {objects} objects ({human_bytes(size)}) of {len(plan)} checkpoint(s) under {args.uri}")
-        return 0
-    if not _confirm(args, f"delete {objects} objects ({human_bytes(size)}) of {len(plan)} checkpoint(s) "
-                          f"under {args.uri}?"):
-        return _declined()
-    removed = remove(plan, **_s3(args))
-    print(f"deleted {removed} objects ({human_bytes(size)}) of {len(plan)} checkpoint(s) under {args.uri}")
-    return 0
+    return _delete_plan(args, plan)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     plan = plan_prune(args.uri, args.keep, grace=timedelta(hours=args.grace_hours),
                       include_unnumbered=args.include_unnumbered, **_s3(args))
-    objects, size = _sizes(plan)
-    verb = "would delete" if args.dry_run else "deleting"
-    for removal in plan:
-        info = removal.checkpoint
-        state = "complete" if info.complete else "incomplete"
-        print(f"{verb} {info.uri} ({state}, {len(removal.objects)} objects, {human_bytes(removal.size_bytes)})")
-    summary = f"{len(plan)} checkpoint(s), {objects} objects ({human_bytes(size)}), under {args.uri}"
-    if args.dry_run or not plan:
-        print(f"{'would delete' if args.dry_run else 'deleted'} {summary}")
-        return 0
-    if not _confirm(args, f"delete {summary}?"):
-        return _declined()
-    remove(plan, **_s3(args))
-    print(f"deleted {summary}")
-    return 0
+    return _delete_plan(args, plan)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
     sweep = plan_gc(args.uri, timedelta(hours=args.older_than_hours), **_s3(args))
-    verb = "would abort" if args.dry_run else "aborting"
-    for upload in sweep.stale:
-        print(f"{verb} upload of s3://{sweep.bucket}/{upload.key} started {upload.initiated:%Y-%m-%d %H:%M:%S}")
+    lines = [f"upload of s3://{sweep.bucket}/{upload.key} started {upload.initiated:%Y-%m-%d %H:%M:%S} UTC"
+             for upload in sweep.stale]
     left = []
     if sweep.young:
         left.append(f"{sweep.young} checkpoint upload(s) younger than {args.older_than_hours:g} h")
     if sweep.not_checkpoints:
         left.append(f"{sweep.not_checkpoints} upload(s) of objects that are not checkpoint objects")
     note = f"; left alone: {', '.join(left)}" if left else ""
-    if sweep.stale and not args.dry_run:
-        if not _confirm(args, f"abort {len(sweep.stale)} multipart upload(s) under {args.uri}?"):
+    summary = f"{len(sweep.stale)} abandoned multipart upload(s) under {args.uri}"
+    if args.dry_run:
+        for line in lines:
+            print(f"would abort {line}")
+        print(f"would abort {summary}{note}")
+        return 0
+    if sweep.stale:
+        if not _confirm(args, f"abort {len(sweep.stale)} multipart upload(s) under {args.uri}?", lines):
             return _declined()
         abort_uploads(sweep, **_s3(args))
-    done = "would abort" if args.dry_run else "aborted"
-    print(f"{done} {len(sweep.stale)} abandoned multipart upload(s) under {args.uri}{note}")
+    for line in lines:
+        print(f"aborted {line}")
+    print(f"aborted {summary}{note}")
     return 0
 
 

@@ -96,7 +96,7 @@ def test_rm_recursive_deletes_checkpoints_and_leaves_everything_else(
     before = runs_and_data(s3, bucket)
 
     code, out, _ = run(capsys, "rm", "--recursive", "--dry-run", f"s3://{bucket}/run-a")
-    assert code == 0 and "would delete 4 objects" in out and "of 2 checkpoint(s)" in out
+    assert code == 0 and "would delete 4 objects (" in out and "of 2 checkpoint(s)" in out
     assert f"would delete s3://{bucket}/run-a/step_1/.metadata (" in out
     assert list_keys(s3, bucket) == before
 
@@ -159,7 +159,8 @@ def test_prune_and_gc_ask_on_a_terminal(
 
     monkeypatch.setattr("sys.stdin", Terminal("no\n"))
     code, out, err = run(capsys, "prune", f"s3://{bucket}/run", "--keep", "1")
-    assert code == 1 and "delete 1 checkpoint(s), 2 objects" in err and "[y/N]" in err
+    assert code == 1 and "delete 2 objects (" in err and "of 1 checkpoint(s) under" in err and "[y/N]" in err
+    assert f"  s3://{bucket}/run/step_1 (complete, 2 objects, " in err  # what would go, shown before the question
     assert list_keys(s3, bucket) == before
     code, _, err = run(capsys, "gc", f"s3://{bucket}/run", "--older-than-hours", "0")
     assert code == 1 and "abort 1 multipart upload(s)" in err
@@ -180,7 +181,7 @@ def test_prune_leaves_unnumbered_checkpoints_unless_asked(
     gone = prune(f"s3://{bucket}/run", 1, grace=timedelta(0))
     assert [info.uri.rsplit("/", 1)[1] for info in gone] == ["step_1"]
     code, out, _ = run(capsys, "prune", f"s3://{bucket}/run", "--keep", "1", "--grace-hours", "0")
-    assert code == 0 and "deleted 0 checkpoint(s)" in out
+    assert code == 0 and "deleted 0 objects (0 B) of 0 checkpoint(s)" in out
     assert {key.split("/")[1] for key in list_keys(s3, bucket)} == {"step_2", "best", "final", "scratch"}
 
     # with them: ranked by when each was committed, the newest stays whatever its name
@@ -191,7 +192,7 @@ def test_prune_leaves_unnumbered_checkpoints_unless_asked(
     newest = max(committed, key=lambda name: (committed[name], 2 if name == "step_2" else -1, f"run/{name}"))
     code, out, _ = run(capsys, "prune", f"s3://{bucket}/run", "--keep", "1", "--grace-hours", "0",
                        "--include-unnumbered")
-    assert code == 0 and "deleted 3 checkpoint(s)" in out
+    assert code == 0 and "of 3 checkpoint(s)" in out
     assert {key.split("/")[1] for key in list_keys(s3, bucket)} == {newest}
 
 
