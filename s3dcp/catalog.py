@@ -353,12 +353,29 @@ class Survey:
     runs: list[str] = field(default_factory=list)
 
 
-def _found_under(client: S3Client, base: S3Uri) -> tuple[list[_Found], list[StoredObject], list[str]]:
-    """Every checkpoint directly under ``base``, and the base's own direct listing."""
-    objects, children = _listing(client, base.bucket, _head(base))
+def _found_under(client: S3Client, base: S3Uri) -> tuple[list[_Found], bool, list[str]]:
+    """Every checkpoint directly under ``base``, whether ``base`` is one itself, and its sub-prefixes.
+
+    Usually each sub-prefix decides alone whether it is a checkpoint. When
+    ``base`` itself looks like one, its sub-prefixes may be its own shard
+    directories (a prefix strategy's), which alone would look like
+    unfinished saves: then the whole base is listed and judged at once.
+    """
+    head = _head(base)
+    objects, children = _listing(client, base.bucket, head)
+    if _has_direct_signal(objects, children, head):
+        everything = list(_objects(list_pages(client, base.bucket, head)))
+        roots = checkpoint_roots(obj.key[len(head):] for obj in everything)
+        direct = [root for root in roots if root and "/" not in root]
+        found = [
+            _describe(client, base.bucket, f"{head}{root}/", everything,
+                      [r[len(root) + 1:] for r in roots if _strictly_inside(r, root)])
+            for root in direct
+        ]
+        return sorted(found, key=lambda f: _sort_key(f.info)), "" in roots, children
     with ThreadPoolExecutor(_LISTING_THREADS, thread_name_prefix="s3dcp-list") as pool:
         found = [f for f in pool.map(lambda child: _find_at(client, base.bucket, child), children) if f is not None]
-    return sorted(found, key=lambda f: _sort_key(f.info)), objects, children
+    return sorted(found, key=lambda f: _sort_key(f.info)), False, children
 
 
 def survey(
@@ -370,16 +387,13 @@ def survey(
     """The checkpoints directly under ``base_uri``, or, if there are none, where checkpoints are."""
     base = parse_s3_uri(base_uri)
     client = _client(region, s3client_config)
-    found, objects, children = _found_under(client, base)
+    found, itself, children = _found_under(client, base)
     head = _head(base)
-    itself = _has_direct_signal(objects, children, head)
     runs: list[str] = []
-    if not found:
+    if not found and not itself:
         with ThreadPoolExecutor(_LISTING_THREADS, thread_name_prefix="s3dcp-list") as pool:
             holds = list(pool.map(lambda child: _holds_checkpoints(client, base.bucket, child), children))
         runs = [child[len(head):] for child, yes in zip(children, holds) if yes]
-        if itself:
-            itself = _find_at(client, base.bucket, head) is not None
     return Survey(str(base), [f.info for f in found], itself, runs)
 
 
@@ -643,13 +657,8 @@ def delete_keys(client: S3Client, bucket: str, keys: list[str]) -> None:
 
 
 def _refuse_runs(client: S3Client, base: S3Uri, children: list[str], verb: str) -> None:
-    """Raise if ``base`` is a checkpoint itself, or holds no checkpoints directly but some deeper (runs)."""
+    """Raise if ``base`` holds no checkpoints directly but some deeper (it holds runs)."""
     head = _head(base)
-    if _find_at(client, base.bucket, head) is not None:
-        raise ValueError(
-            f"{base} is a checkpoint itself; {verb} works on the prefix that holds checkpoints, "
-            f"e.g. s3dcp {verb} {_parent_uri(base)} ... (nothing was deleted)"
-        )
     runs = [child[len(head):] for child in children if _holds_checkpoints(client, base.bucket, child)]
     if runs:
         raise ValueError(
@@ -709,7 +718,12 @@ def plan_prune(
         raise ValueError(f"keep must be an int >= 1 (the newest complete checkpoint always stays), got {keep!r}")
     base = parse_s3_uri(base_uri)
     client = _client(region, s3client_config)
-    found, _, children = _found_under(client, base)
+    found, itself, children = _found_under(client, base)
+    if itself:
+        raise ValueError(
+            f"{base} is a checkpoint itself; prune works on the prefix that holds checkpoints, "
+            f"e.g. s3dcp prune {_parent_uri(base)} ... (nothing was deleted)"
+        )
     if not found:
         _refuse_runs(client, base, children, "prune")
     eligible = [f for f in found if include_unnumbered or f.info.step is not None]

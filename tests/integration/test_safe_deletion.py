@@ -249,3 +249,27 @@ def test_prune_reads_the_uploads_open_under_an_unfinished_save(s3_env: Any, s3: 
     gone = prune(f"s3://{bucket}/run", 1, grace=timedelta(0))  # nothing can be newer than now
     assert [(info.uri.rsplit("/", 1)[1], info.complete) for info in gone] == [("step_2", False)]
     assert sorted(list_keys(s3, bucket)) == ["run/step_1/.metadata", "run/step_1/__0_0.distcp"]
+
+
+def test_a_prefix_strategys_shard_directories_are_never_taken_for_checkpoints(
+    s3_env: Any, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from s3dcp import HexPrefixStrategy
+
+    for step in (1, 2):
+        dcp.save({"w": torch.ones(16)}, storage_writer=S3StorageWriter(
+            REGION, f"s3://{bucket}/run/step_{step}", prefix_strategy=HexPrefixStrategy(min_prefix_length=2)))
+    before = list_keys(s3, bucket)
+    assert any(key.startswith("run/step_2/00/") for key in before)
+
+    assert list_checkpoints(f"s3://{bucket}/run/step_2") == []
+    code, out, err = run(capsys, "ls", f"s3://{bucket}/run/step_2")
+    assert (code, out) == (0, "") and "is a checkpoint itself" in err
+    code, _, err = run(capsys, "prune", "--yes", f"s3://{bucket}/run/step_2", "--keep", "1", "--grace-hours", "0")
+    assert code == 1 and "is a checkpoint itself" in err and f"s3dcp prune s3://{bucket}/run " in err
+    assert list_keys(s3, bucket) == before
+
+    (step_1, step_2) = list_checkpoints(f"s3://{bucket}/run")
+    assert step_2.num_objects == 2 and step_2.stray_objects == 0 and step_2.damaged is None
+    assert delete_checkpoint(f"s3://{bucket}/run/step_1") == 2
+    assert list_keys(s3, bucket) == {k: v for k, v in before.items() if k.startswith("run/step_2/")}
