@@ -544,6 +544,13 @@ def plan_delete(
             bucket=target.bucket, key=target.prefix,
         )
     rels = [obj.key[len(head):] for obj in objects]
+    if not _is_marked(set(rels)):
+        enclosing = _enclosing_checkpoint(client, target)
+        if enclosing is not None:
+            raise ValueError(
+                f"{target} lies inside the checkpoint {enclosing} (its objects are that checkpoint's); "
+                f"nothing was deleted. Delete the whole checkpoint with: s3dcp rm {enclosing}"
+            )
     roots = checkpoint_roots(rels)
     if not roots:
         raise CheckpointNotFoundError(
@@ -579,6 +586,25 @@ def plan_delete(
                 f"--recursive deletes the checkpoint and every checkpoint inside it, and leaves the other objects"
             )
     return [_removal(target.bucket, f) for f in found]
+
+
+def _is_marked(names: set[str]) -> bool:
+    """Whether relative names directly under a prefix include a commit or a save in progress."""
+    return bool(names & {METADATA_NAME, SAVING_MARKER}) or any(n.startswith(UPLOAD_MARKERS + "/") for n in names)
+
+
+def _enclosing_checkpoint(client: S3Client, target: S3Uri) -> S3Uri | None:
+    """The nearest prefix above ``target`` that is a committed or marked checkpoint (one listing per level)."""
+    parts = target.prefix.split("/") if target.prefix else []
+    for depth in range(len(parts) - 1, -1, -1):
+        above = S3Uri(target.bucket, "/".join(parts[:depth]))
+        head = _head(above)
+        page = client.call("list_objects_v2", target.bucket, Prefix=head + ".", Delimiter="/")
+        names = {entry["Key"][len(head):] for entry in page.get("Contents", [])}
+        names |= {entry["Prefix"][len(head):] for entry in page.get("CommonPrefixes", [])}
+        if _is_marked(names):
+            return above
+    return None
 
 
 def _parent_uri(uri: S3Uri) -> S3Uri:

@@ -273,3 +273,19 @@ def test_a_prefix_strategys_shard_directories_are_never_taken_for_checkpoints(
     assert step_2.num_objects == 2 and step_2.stray_objects == 0 and step_2.damaged is None
     assert delete_checkpoint(f"s3://{bucket}/run/step_1") == 2
     assert list_keys(s3, bucket) == {k: v for k, v in before.items() if k.startswith("run/step_2/")}
+
+
+def test_rm_refuses_a_part_of_a_checkpoint(s3_env: Any, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from s3dcp import HexPrefixStrategy
+
+    dcp.save({"w": torch.ones(16)}, storage_writer=S3StorageWriter(
+        REGION, f"s3://{bucket}/run/step_1", prefix_strategy=HexPrefixStrategy(min_prefix_length=2)))
+    save(bucket, "run/step_1/inner")  # a checkpoint nested in it may still be deleted on its own
+    before = list_keys(s3, bucket)
+
+    for recursive in ([], ["--recursive"]):
+        code, _, err = run(capsys, "rm", "--yes", *recursive, f"s3://{bucket}/run/step_1/00")
+        assert code == 1 and f"lies inside the checkpoint s3://{bucket}/run/step_1" in err
+        assert f"s3dcp rm s3://{bucket}/run/step_1" in err
+    assert list_keys(s3, bucket) == before
+    assert delete_checkpoint(f"s3://{bucket}/run/step_1/inner") == 2
