@@ -66,6 +66,9 @@ __all__ = [
     "gc",
     "abort_uploads",
     "parse_step",
+    "checkpoint_roots",
+    "is_settled",
+    "is_checkpoint_object",
     "list_pages",
     "delete_keys",
 ]
@@ -838,7 +841,7 @@ class UploadSweep:
     not_checkpoints: int
 
 
-def _is_checkpoint_object(key: str) -> bool:
+def is_checkpoint_object(key: str) -> bool:
     """Whether a key is named like part of a checkpoint: a shard, a ``.metadata`` or an s3dcp marker."""
     parts = key.split("/")
     return (is_shard_name(parts[-1]) or parts[-1] == METADATA_NAME
@@ -859,7 +862,7 @@ def plan_gc(
     stale: list[AbandonedUpload] = []
     young = others = 0
     for upload in _open_uploads(client, base.bucket, _head(base)):
-        if not _is_checkpoint_object(upload["Key"]):
+        if not is_checkpoint_object(upload["Key"]):
             others += 1
         elif upload["Initiated"] < cutoff:
             stale.append(AbandonedUpload(upload["Key"], upload["UploadId"], upload["Initiated"]))

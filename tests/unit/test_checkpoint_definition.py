@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from s3dcp.catalog import _is_checkpoint_object, checkpoint_roots, is_settled
+from s3dcp.catalog import is_checkpoint_object, checkpoint_roots, is_settled
 
 
 @pytest.mark.parametrize(
@@ -62,4 +62,4 @@ def test_settled_only_when_every_write_is_older_than_the_cutoff() -> None:
     ],
 )
 def test_gc_recognizes_checkpoint_objects_by_name(key: str, ours: bool) -> None:
-    assert _is_checkpoint_object(key) is ours
+    assert is_checkpoint_object(key) is ours
