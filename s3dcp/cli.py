@@ -10,9 +10,10 @@ when stdin is a terminal; --yes skips the question):
   rm URI      the checkpoint at URI: its .metadata (first), the objects the
               metadata references, stray shards of earlier saves to the same
               path and s3dcp's markers. Refuses a prefix that is not a
-              checkpoint, or that also holds other objects or nested
-              checkpoints; --recursive then deletes every checkpoint at or
-              below URI the same way. Other objects (logs, data) always stay.
+              checkpoint or lies inside one, or a checkpoint that also holds
+              other objects or nested checkpoints; --recursive then deletes
+              every checkpoint at or below URI the same way. Other objects
+              (logs, data) always stay.
   prune URI   whole step_N checkpoints directly under URI, as rm would delete
               them, all but the newest --keep complete ones (the newest always
               stays), plus incomplete ones that nothing has written to for
@@ -442,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
         "rm", cmd_rm, "delete one checkpoint: its own objects only, .metadata first",
         "\n\nDeletes the checkpoint's .metadata, the objects it references, stray shards of earlier saves\n"
         "to the same path and s3dcp's .s3dcp-* markers. Refuses, deleting nothing, a prefix that is not\n"
-        "a checkpoint, or a checkpoint that also holds other objects or nested checkpoints.\n"
+        "a checkpoint or lies inside one, or a checkpoint that also holds other objects or nested\n"
+        "checkpoints.\n"
         "With --recursive it deletes every checkpoint at or below the prefix that way; objects that\n"
         "belong to no checkpoint (logs, configs, data) are never deleted.",
     )
