@@ -289,3 +289,14 @@ def test_rm_refuses_a_part_of_a_checkpoint(s3_env: Any, s3: Any, bucket: str, ca
         assert f"s3dcp rm s3://{bucket}/run/step_1" in err
     assert list_keys(s3, bucket) == before
     assert delete_checkpoint(f"s3://{bucket}/run/step_1/inner") == 2
+
+
+def test_prune_leaves_a_checkpoint_that_a_running_save_is_overwriting(s3_env: Any, s3: Any, bucket: str) -> None:
+    for step in (1, 2):
+        save(bucket, f"run/step_{step}")
+    s3.put_object(Bucket=bucket, Key="run/step_1/.s3dcp-saving", Body=b"a save over step_1 started just now")
+
+    assert prune(f"s3://{bucket}/run", 1, grace=timedelta(hours=1)) == []
+    gone = prune(f"s3://{bucket}/run", 1, grace=timedelta(0))
+    assert [info.uri.rsplit("/", 1)[1] for info in gone] == ["step_1"]
+    assert sorted(list_keys(s3, bucket)) == ["run/step_2/.metadata", "run/step_2/__0_0.distcp"]
