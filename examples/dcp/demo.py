@@ -1,7 +1,9 @@
 """s3dcp demo: train, checkpoint to S3, crash mid-save, resume, verify bit for bit.
 
     make demo                                  # local S3 server on 127.0.0.1
-    python examples/dcp/demo.py --uri s3://my-bucket/s3dcp-demo   # your S3
+    python examples/dcp/demo.py --uri s3://my-bucket/experiments   # your S3: works in a new
+                                      # sub-prefix experiments/s3dcp-demo-<time>-<random>, and
+                                      # saves, prunes and cleans up there only
 
 1. A training process checkpoints model + AdamW state to S3 every few steps.
 2. It is killed with SIGKILL in the middle of a save.
@@ -10,9 +12,10 @@
    to what the trainer had in memory when it saved, and train to the end.
 5. The final weights equal those of a run that never crashed, and the final
    checkpoint loads back bit-identical.
-6. Housekeeping with the ``s3dcp`` command: abort the killed save's
-   multipart uploads (``gc``), keep the newest two checkpoints (``prune``),
-   list what is left (``ls``) and re-read every byte (``verify``).
+6. Housekeeping with the ``s3dcp`` command, in the demo's own prefix only:
+   abort the killed save's multipart uploads (``gc``), keep the newest two
+   checkpoints (``prune``), list what is left (``ls``) and re-read every
+   byte (``verify``).
 """
 
 from __future__ import annotations
@@ -213,12 +216,17 @@ def drive(base: str, steps: int, every: int, crash_at: int) -> None:
     compared = assert_identical(final, loaded)
     print(f"    final checkpoint loads back: {compared} tensors bit-identical")
 
-    print("[6] housekeeping with the s3dcp command")
-    s3dcp_command("gc", base, "--older-than-hours", "0")
-    s3dcp_command("prune", base, "--keep", "2", "--grace-hours", "0")
+    housekeeping(base, final_uri)
+    print("demo OK")
+
+
+def housekeeping(base: str, final_uri: str) -> None:
+    """Step 6: the s3dcp command on the demo's own prefix (``--yes``: nothing else is in it, so no question)."""
+    print(f"[6] housekeeping with the s3dcp command, in {base} only")
+    s3dcp_command("gc", base, "--older-than-hours", "0", "--yes")
+    s3dcp_command("prune", base, "--keep", "2", "--grace-hours", "0", "--yes")
     s3dcp_command("ls", base)
     s3dcp_command("verify", final_uri)
-    print("demo OK")
 
 
 def main() -> None:
@@ -230,7 +238,8 @@ def main() -> None:
     train.add_argument("--every", type=int, required=True)
     train.add_argument("--truth", type=Path, required=True)
     train.add_argument("--crash-at", type=int, required=True)
-    parser.add_argument("--uri", help="s3://bucket/prefix to use (default: a local S3 server)")
+    parser.add_argument("--uri", help="s3://bucket/prefix under which the demo makes a new sub-prefix of its own "
+                                      "and works only there (default: a local S3 server)")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--every", type=int, default=3)
     parser.add_argument("--crash-at", type=int, default=9, help="kill the trainer while saving this step")
