@@ -43,7 +43,7 @@ import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import __version__
 from .catalog import (
@@ -62,10 +62,6 @@ from .errors import CheckpointDamagedError, S3DCPError
 from .progress import Progress, human_bytes
 from .uri import parse_s3_uri
 
-if TYPE_CHECKING:  # imported when a command needs them: they bring torch, which takes seconds to load
-    from .copy import plan_copy, run_copy
-    from .verify import verify_checkpoint
-
 EXIT_FAILED = 1
 EXIT_DAMAGED = 3
 EXIT_PIPE_CLOSED = 128 + 13  # what a shell reports for a command ended by SIGPIPE
@@ -80,13 +76,6 @@ def _config(args: argparse.Namespace) -> S3ClientConfig | None:
 
 def _s3(args: argparse.Namespace) -> dict[str, Any]:
     return {"region": args.region, "s3client_config": _config(args)}
-
-
-def _load_torch_commands() -> None:
-    """Import what ``cp`` and ``verify`` run on, only when one of them runs (torch takes seconds to load)."""
-    from . import copy, verify
-
-    globals().update(plan_copy=copy.plan_copy, run_copy=copy.run_copy, verify_checkpoint=verify.verify_checkpoint)
 
 
 def _when(moment: datetime | None) -> str:
@@ -211,6 +200,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify_checkpoint  # here, not at the top: it brings torch
+
     progress = Progress("verified", None, None, sys.stderr)
     report = verify_checkpoint(args.uri, on_object=progress.object_done, on_bytes=progress.add_bytes,
                                on_totals=progress.set_totals, **_s3(args))
@@ -238,6 +229,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
+    from .copy import plan_copy, run_copy  # here, not at the top: it brings torch, which takes seconds to load
+
     plan = plan_copy(args.source, args.destination, overwrite=args.overwrite, overwrite_advice="add --overwrite",
                      **_s3(args))
     if args.dry_run:
@@ -493,8 +486,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         logging.getLogger("s3dcp").setLevel(logging.INFO)
     try:
-        if args.handler in (cmd_cp, cmd_verify):
-            _load_torch_commands()
         code = int(args.handler(args))
         sys.stdout.flush()
         return code

@@ -7,6 +7,7 @@ a known point and check what a crash there would leave behind.
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,29 @@ def test_a_dry_run_says_what_would_be_copied_replaced_and_removed_and_changes_no
         f"would remove s3://{bucket}/dst/old/__0_0.distcp ({stray})",
     ]
     assert {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in list_keys(s3, bucket)} == before
+
+
+class Terminal(io.StringIO):
+    """A stdin that says it is a terminal, with the user's answer typed in."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_replacing_a_checkpoint_asks_on_a_terminal_and_no_keeps_it(
+    s3_env: Any, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    save(f"s3://{bucket}/src", NEW)
+    save(f"s3://{bucket}/dst", OLD)
+    before = {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in list_keys(s3, bucket)}
+
+    monkeypatch.setattr("sys.stdin", Terminal("n\n"))
+    code, out, err = run(capsys, "cp", "--overwrite", f"s3://{bucket}/src", f"s3://{bucket}/dst")
+    assert code == 1 and out == ""
+    assert f"replace the checkpoint at s3://{bucket}/dst? [y/N]" in err and "nothing was deleted" in err
+    assert {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in list_keys(s3, bucket)} == before
+
+    monkeypatch.setattr("sys.stdin", Terminal(""))
+    code, _, _ = run(capsys, "cp", "--overwrite", "--yes", f"s3://{bucket}/src", f"s3://{bucket}/dst")
+    assert code == 0
+    loads_as(NEW, S3StorageReader(REGION, f"s3://{bucket}/dst"))
