@@ -185,10 +185,9 @@ def test_prune_leaves_unnumbered_checkpoints_unless_asked(
     assert {key.split("/")[1] for key in list_keys(s3, bucket)} == {"step_2", "best", "final", "scratch"}
 
     # with them: ranked by when each was committed, the newest stays whatever its name
-    committed = {
-        name: s3.head_object(Bucket=bucket, Key=f"run/{name}/.metadata")["LastModified"]
-        for name in ("step_2", "best", "final")
-    }
+    # the listing's times, as prune sees them (HEAD's Last-Modified is whole seconds on some stores)
+    listed = {obj["Key"]: obj["LastModified"] for obj in s3.list_objects_v2(Bucket=bucket, Prefix="run/")["Contents"]}
+    committed = {name: listed[f"run/{name}/.metadata"] for name in ("step_2", "best", "final")}
     newest = max(committed, key=lambda name: (committed[name], 2 if name == "step_2" else -1, f"run/{name}"))
     code, out, _ = run(capsys, "prune", f"s3://{bucket}/run", "--keep", "1", "--grace-hours", "0",
                        "--include-unnumbered")
