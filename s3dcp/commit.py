@@ -1,4 +1,9 @@
-"""Writing ``.metadata``, the commit record: one PUT, last, never over a rival's.
+"""The records of a save: the saving marker first, ``.metadata`` last, never over a rival's.
+
+Before any shard of a save is written, the coordinator stores
+``.s3dcp-saving`` (the save id and its UTC start time) under the checkpoint,
+so a save that dies half-way is recognisable as an unfinished checkpoint
+even before its first shard lands. After the commit the marker is removed.
 
 A checkpoint exists once its ``.metadata`` does. Without ``overwrite`` the
 PUT is create-only (``If-None-Match: *``), so of two jobs racing for one
@@ -16,19 +21,35 @@ Two things make that less simple than it sounds:
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import datetime, timezone
 
 from .client import S3Client
 from .download import read_object
 from .errors import CheckpointExistsError, ObjectNotFoundError, S3RequestError
+from .layout import SAVING_MARKER
 from .upload import put_object
+from .uri import S3Uri
 
-__all__ = ["commit_metadata", "CONFLICT_CODES", "UNSUPPORTED_CODES"]
+__all__ = ["commit_metadata", "put_saving_marker", "saving_marker_body", "CONFLICT_CODES", "UNSUPPORTED_CODES"]
 
 log = logging.getLogger("s3dcp")
 
 CONFLICT_CODES = frozenset({"PreconditionFailed", "412"})
 UNSUPPORTED_CODES = frozenset({"NotImplemented", "501"})
+
+
+def saving_marker_body(save_id: str, started: datetime) -> bytes:
+    """The marker's bytes: small JSON that tells a person which save left it, and when."""
+    when = started.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return json.dumps({"save_id": save_id, "started": when}).encode() + b"\n"
+
+
+def put_saving_marker(client: S3Client, uri: S3Uri, save_id: str) -> None:
+    """Store ``uri/.s3dcp-saving``: a save has started here and has not committed yet."""
+    body = saving_marker_body(save_id, datetime.now(timezone.utc))
+    put_object(client, uri.bucket, uri.key(SAVING_MARKER), body, ContentType="application/json")
 
 
 def commit_metadata(client: S3Client, bucket: str, key: str, body: bytes, *, exclusive: bool) -> None:

@@ -5,13 +5,16 @@ DCP calls, in this order (torch 2.13, ``dcp.save``/``dcp.async_save``):
 0. all ranks: ``reset(checkpoint_id)`` when a checkpoint id is passed;
 1. all ranks: ``set_up_storage_writer(is_coordinator, rank=..., use_collectives=...)``;
 2. all ranks: ``prepare_local_plan(plan)``: the coordinator checks that no
-   complete checkpoint is in the way;
+   complete checkpoint is in the way, then starts storing the save marker
+   ``.s3dcp-saving`` in the background, while the plans are gathered;
 3. coordinator: ``prepare_global_plan(plans)``: gives each rank its key stem
-   (prefix strategy) and, when overwriting, removes the old ``.metadata`` so
-   a crash mid-save cannot leave old metadata over new shards;
+   (prefix strategy), waits for the marker and, when overwriting, removes
+   the old ``.metadata`` so a crash mid-save cannot leave old metadata over
+   new shards;
 4. all ranks: ``write_data(plan, planner)``: streams shard objects to S3;
 5. coordinator: ``finish(metadata, results)``: writes ``.metadata`` last,
-   the commit record; create-only unless overwriting (see ``commit``).
+   the commit record; create-only unless overwriting (see ``commit``); then
+   removes the marker.
 
 This module only adapts DCP to the pieces below it (``shard``, ``upload``,
 ``client``); it holds no S3 mechanics of its own.
@@ -21,8 +24,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +40,11 @@ from torch.futures import Future
 
 from ._torch_compat import DCP_VERSION, METADATA_NAME, SHARD_SUFFIX
 from .client import S3Client
-from .commit import commit_metadata
+from .commit import commit_metadata, put_saving_marker
 from .config import S3ClientConfig, resolve_settings, validate_part_size
 from .download import object_exists
 from .errors import CheckpointExistsError, UnsafeCheckpointError
+from .layout import SAVING_MARKER
 from .metadata import check_relative_key, dump_metadata
 from .prefix import DefaultPrefixStrategy, PrefixStrategy, is_prefix_strategy, stems_for
 from .stats import PhaseCallback, PhaseStats, report_phase
@@ -115,8 +122,14 @@ class S3StorageWriter(StorageWriter):
         self.is_coordinator = False
         self.rank: int | None = None
         self._existing_checkpoint = False
+        self._marker: ConcurrentFuture[None] | None = None
         self.on_phase = on_phase
         self.last_stats: list[PhaseStats] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_marker"] = None  # a request in flight in this process stays here
+        return state
 
     def __repr__(self) -> str:
         return (
@@ -140,6 +153,7 @@ class S3StorageWriter(StorageWriter):
         self._client = S3Client(resolve_settings(self.region, self.s3client_config))
         self.save_id = str(uuid.uuid4())
         self._existing_checkpoint = False
+        self._marker = None
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.last_stats = []
@@ -164,10 +178,17 @@ class S3StorageWriter(StorageWriter):
                     bucket=self.uri.bucket,
                     key=self.uri.key(METADATA_NAME),
                 )
+            # stored while the other ranks' plans are gathered, not after
+            self._marker = _in_background(lambda: put_saving_marker(self._client, self.uri, self.save_id))
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
         stems = self._key_stems(len(plans))
+        marker, self._marker = self._marker, None
+        if marker is None:  # prepare_local_plan was not run on this writer (not through dcp.save)
+            put_saving_marker(self._client, self.uri, self.save_id)
+        else:
+            marker.result()
         if self._existing_checkpoint:
             # Un-commit before any shard is replaced, so no crash can leave the old
             # .metadata describing a mix of old and new shard objects.
@@ -262,6 +283,7 @@ class S3StorageWriter(StorageWriter):
             body,
             exclusive=not self.overwrite,
         )
+        self._client.call("delete_object", self.uri.bucket, self.uri.key(SAVING_MARKER))
         self._report("save.commit", items=len(metadata.storage_data), objects=1, requests=1, size=len(body),
                      started=started)
 
@@ -273,3 +295,19 @@ class S3StorageWriter(StorageWriter):
 
     def _metadata_exists(self) -> bool:
         return object_exists(self._client, self.uri.bucket, self.uri.key(METADATA_NAME))
+
+
+def _in_background(work: Callable[[], None]) -> ConcurrentFuture[None]:
+    """Run ``work`` on a daemon thread (a failed plan must not keep the process alive for it)."""
+    future: ConcurrentFuture[None] = ConcurrentFuture()
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:  # handed to whoever waits for the result
+            future.set_exception(error)
+        else:
+            future.set_result(None)
+
+    threading.Thread(target=run, name="s3dcp-marker", daemon=True).start()
+    return future
