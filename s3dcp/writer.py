@@ -14,7 +14,8 @@ DCP calls, in this order (torch 2.13, ``dcp.save``/``dcp.async_save``):
 4. all ranks: ``write_data(plan, planner)``: streams shard objects to S3;
 5. coordinator: ``finish(metadata, results)``: writes ``.metadata`` last,
    the commit record; create-only unless overwriting (see ``commit``); then
-   removes the marker.
+   lists the checkpoint and removes the marker and the shard objects earlier
+   saves left there that the new metadata does not reference.
 
 This module only adapts DCP to the pieces below it (``shard``, ``upload``,
 ``client``); it holds no S3 mechanics of its own.
@@ -40,11 +41,10 @@ from torch.futures import Future
 
 from ._torch_compat import DCP_VERSION, METADATA_NAME, SHARD_SUFFIX
 from .client import S3Client
-from .commit import commit_metadata, put_saving_marker
+from .commit import commit_metadata, put_saving_marker, tidy_after_commit
 from .config import S3ClientConfig, resolve_settings, validate_part_size
 from .download import object_exists
 from .errors import CheckpointExistsError, UnsafeCheckpointError
-from .layout import SAVING_MARKER
 from .metadata import check_relative_key, dump_metadata
 from .prefix import DefaultPrefixStrategy, PrefixStrategy, is_prefix_strategy, stems_for
 from .stats import PhaseCallback, PhaseStats, report_phase
@@ -283,9 +283,10 @@ class S3StorageWriter(StorageWriter):
             body,
             exclusive=not self.overwrite,
         )
-        self._client.call("delete_object", self.uri.bucket, self.uri.key(SAVING_MARKER))
         self._report("save.commit", items=len(metadata.storage_data), objects=1, requests=1, size=len(body),
                      started=started)
+        # never raises for a failed request: the checkpoint is committed (see tidy_after_commit)
+        tidy_after_commit(self._client, self.uri, {info.relative_path for info in metadata.storage_data.values()})
 
     def _report(self, phase: str, *, items: int, objects: int, requests: int, size: int, started: float) -> None:
         self.last_stats.append(report_phase(
