@@ -35,7 +35,7 @@ from .errors import (
     S3RequestError,
     WrongRegionError,
 )
-from .retry import FailureKind, RetryPolicy, classify, error_code, is_untrusted_certificate
+from .retry import FailureKind, RetryPolicy, TransferStopped, classify, error_code, is_untrusted_certificate
 
 __all__ = ["S3Client", "translate_error"]
 
@@ -276,10 +276,11 @@ class S3Client:
 
     Args:
         settings: the resolved settings (see :func:`s3dcp.config.resolve_settings`).
-        sleep: how to wait between attempts; tests pass a fake.
+        sleep: how to wait between attempts; tests pass a fake. Default: real
+            waits, which a request's ``stop`` event cuts short.
     """
 
-    def __init__(self, settings: ClientSettings, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, settings: ClientSettings, sleep: Callable[[float], None] | None = None):
         self.settings = settings
         self.policy = RetryPolicy.from_config(settings.config)
         self._sleep = sleep
@@ -307,6 +308,17 @@ class S3Client:
         ``Bucket`` and ``Key`` are passed for you. Raises an
         :class:`~s3dcp.errors.S3DCPError` subclass on failure.
         """
+        return self.call_stoppable(None, operation, bucket, key, **params)
+
+    def call_stoppable(
+        self, stop: threading.Event | None, operation: str, bucket: str, key: str | None = None, **params: Any
+    ) -> Any:
+        """:meth:`call`, but once ``stop`` is set no further attempt is made.
+
+        A wait between attempts ends at once and
+        :class:`~s3dcp.retry.TransferStopped` is raised, so a save that is
+        given up does not go on retrying in its transfer threads.
+        """
         request = dict(params, Bucket=bucket)
         if key is not None:
             request["Key"] = key
@@ -314,10 +326,18 @@ class S3Client:
         def attempt() -> Any:
             return getattr(self.raw, operation)(**request)
 
-        return self.run(attempt, operation, bucket, key)
+        return self.run(attempt, operation, bucket, key, stop=stop)
 
-    def run(self, attempt: Callable[[], T], operation: str, bucket: str, key: str | None) -> T:
-        """Run ``attempt`` (which may make several raw calls) with retries."""
+    def run(
+        self,
+        attempt: Callable[[], T],
+        operation: str,
+        bucket: str,
+        key: str | None,
+        *,
+        stop: threading.Event | None = None,
+    ) -> T:
+        """Run ``attempt`` (which may make several raw calls) with retries; ``stop`` as for :meth:`call`."""
 
         def on_retry(state: tenacity.RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
@@ -334,11 +354,25 @@ class S3Client:
 
         def counted() -> T:
             nonlocal attempts
+            if stop is not None and stop.is_set():
+                raise TransferStopped(
+                    f"{operation} on s3://{bucket}/{key or ''} was not sent: its transfer was stopped",
+                    bucket=bucket,
+                    key=key,
+                )
             attempts += 1
             return attempt()
 
+        def sleep(seconds: float) -> None:
+            if self._sleep is not None:
+                self._sleep(seconds)
+            elif stop is not None:
+                stop.wait(seconds)  # ends early when the transfer stops
+            else:
+                time.sleep(seconds)
+
         try:
-            return self.policy.call(counted, sleep=self._sleep, on_retry=on_retry)
+            return self.policy.call(counted, sleep=sleep, on_retry=on_retry)
         except S3DCPError:
             raise
         except Exception as err:

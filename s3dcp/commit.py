@@ -177,7 +177,10 @@ def tidy_after_commit(client: S3Client, uri: S3Uri, referenced: Set[str]) -> dic
         )
         strays = {}
     try:
-        delete_keys(client, uri.bucket, [uri.key(relative) for relative in sorted(strays)] + [marker])
+        if strays:
+            delete_keys(client, uri.bucket, [uri.key(relative) for relative in sorted(strays)] + [marker])
+        else:
+            client.call("delete_object", uri.bucket, marker)  # the usual case: one DELETE
     except S3DCPError as error:
         if strays:
             log.warning(

@@ -23,12 +23,14 @@ This module only adapts DCP to the pieces below it (``shard``, ``upload``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -219,6 +221,16 @@ class S3StorageWriter(StorageWriter):
         return stems
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        """Upload this rank's shard objects; stops within seconds on Ctrl-C or SIGTERM.
+
+        An interrupt (or any failure) sends no queued part, ends retries,
+        aborts every multipart upload and re-raises, so nothing is committed.
+        While it runs in the main thread of a process that left SIGTERM at its
+        default, SIGTERM raises ``SystemExit(143)`` instead of ending the
+        process without that clean-up (see ``_sigterm_raises``). DCP reports
+        either as a ``CheckpointException`` whose ``failures`` hold the
+        ``KeyboardInterrupt`` or ``SystemExit``.
+        """
         stem = plan.storage_data.stem
         buckets = split_items(plan.items, self.thread_count)
         started = time.monotonic()
@@ -249,13 +261,25 @@ class S3StorageWriter(StorageWriter):
 
         results: list[WriteResult] = []
         try:
-            if len(buckets) <= 1:
-                for index in range(len(buckets)):
-                    results.extend(write_file(index))
-            else:
-                with ThreadPoolExecutor(len(buckets), thread_name_prefix="s3dcp-shard") as shards:
-                    for shard_results in shards.map(write_file, range(len(buckets))):
-                        results.extend(shard_results)
+            with _sigterm_raises():
+                if len(buckets) <= 1:
+                    for index in range(len(buckets)):
+                        results.extend(write_file(index))
+                else:
+                    shards = ThreadPoolExecutor(len(buckets), thread_name_prefix="s3dcp-shard")
+                    try:
+                        for shard_results in shards.map(write_file, range(len(buckets))):
+                            results.extend(shard_results)
+                    except BaseException:
+                        pool.stop()  # the other shards give up too, rather than upload on
+                        raise
+                    finally:
+                        shards.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            # Ctrl-C, SIGTERM or a failure: queued parts are never sent, retries end, and each
+            # upload aborts as its block exits, so the error reaches DCP within seconds
+            pool.stop()
+            raise
         finally:
             pool.shutdown()
         self._report(
@@ -312,3 +336,34 @@ def _in_background(work: Callable[[], None]) -> ConcurrentFuture[None]:
 
     threading.Thread(target=run, name="s3dcp-marker", daemon=True).start()
     return future
+
+
+SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``SystemExit(143)`` in the main thread.
+
+    By default SIGTERM ends a process at once, leaving its multipart uploads
+    open (billed until someone aborts them). As an exception it unwinds the
+    save like Ctrl-C does. Installed only in the main thread (the only one
+    Python delivers signals to) and only over the default action, so a
+    handler the application installed is never replaced; the previous
+    handler is restored on the way out, and after the first SIGTERM, so a
+    second one ends the process at once as usual.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def stop_saving(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise SystemExit(SIGTERM_EXIT_STATUS)
+
+    signal.signal(signal.SIGTERM, stop_saving)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is stop_saving:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
