@@ -18,7 +18,7 @@ import math
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_for
 from typing import Any, TypeVar
 
@@ -152,6 +152,7 @@ class TransferPool:
         self._idle = 0
         self._closed = False
         self._stopped = threading.Event()
+        self._stopped_future: Future[None] = Future()  # fails when the pool stops, for wait()
         self._signals: weakref.WeakSet[threading.Event] = weakref.WeakSet()
 
     def take_buffer(self, size: int) -> bytearray:
@@ -198,6 +199,24 @@ class TransferPool:
         future.add_done_callback(self._finished)
         return future
 
+    def wait(self, futures: list[Future[T]]) -> list[T]:
+        """The results of ``futures``, in order, once all are done.
+
+        Raises the error of the first one that fails as soon as it fails,
+        and :class:`~s3dcp.retry.TransferStopped` as soon as the pool
+        stops, rather than waiting for requests still on the wire.
+        """
+        pending: set[Future[Any]] = set(futures)
+        while pending:
+            done, pending = wait_for(pending | {self._stopped_future}, return_when=FIRST_COMPLETED)
+            for future in done:
+                if future is not self._stopped_future and not future.cancelled() and future.exception() is not None:
+                    return [future.result()]  # raises its error
+            if self._stopped_future in done or any(future.cancelled() for future in done):
+                raise TransferStopped("the transfer was stopped before all its requests were done")
+            pending.discard(self._stopped_future)
+        return [future.result() for future in futures]
+
     def _finished(self, _: Future[Any]) -> None:
         with self._changed:
             self._pending -= 1
@@ -226,6 +245,7 @@ class TransferPool:
     def stop(self) -> None:
         """Give the transfer up: cancel what is queued, end retries, refuse new requests."""
         with self._changed:
+            first = not self._stopped.is_set()
             self._stopped.set()
             self._closed = True
             queued = list(self._queue)
@@ -236,6 +256,8 @@ class TransferPool:
             signal.set()
         for future, _ in queued:
             future.cancel()
+        if first:
+            self._stopped_future.set_exception(TransferStopped("the transfer was stopped"))
 
     def shutdown(self) -> None:
         """No more requests; wait for the threads to end, unless the pool was stopped.
@@ -438,7 +460,7 @@ class ObjectUpload:
             return self.etag
         if self._filled or not self._parts:
             self._send_part()
-        parts = [future.result() for future in self._parts]
+        parts = self._pool.wait(self._parts)
         self.etag = self._complete(self._upload_id, parts)
         self._upload_id = None
         return self.etag

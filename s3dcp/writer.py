@@ -32,7 +32,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future as ConcurrentFuture
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from typing import Any
 
@@ -268,8 +269,14 @@ class S3StorageWriter(StorageWriter):
                 else:
                     shards = ThreadPoolExecutor(len(buckets), thread_name_prefix="s3dcp-shard")
                     try:
-                        for shard_results in shards.map(write_file, range(len(buckets))):
-                            results.extend(shard_results)
+                        written = [shards.submit(write_file, index) for index in range(len(buckets))]
+                        wait_for(written, return_when=FIRST_EXCEPTION)
+                        for shard in written:
+                            error = shard.exception() if shard.done() else None
+                            if error is not None:
+                                raise error  # the first to fail; the others are stopped below
+                        for shard in written:
+                            results.extend(shard.result())
                     except BaseException:
                         pool.stop()  # the other shards give up too, rather than upload on
                         raise

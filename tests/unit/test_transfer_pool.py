@@ -47,7 +47,11 @@ def test_stop_frees_a_blocked_submitter_and_refuses_more_work() -> None:
 def test_a_pool_runs_everything_submitted_within_its_limit() -> None:
     pool = TransferPool(limit=3)
     futures = [pool.submit(lambda n=n: n * n) for n in range(20)]
-    assert [f.result(timeout=60) for f in futures] == [n * n for n in range(20)]
+    results: list[list[int]] = []
+    waiter = threading.Thread(target=lambda: results.append(pool.wait(futures)), daemon=True)
+    waiter.start()
+    waiter.join(60)  # a wait that never returns fails here instead of hanging the suite
+    assert results == [[n * n for n in range(20)]]
     pool.shutdown()
     with pytest.raises(RuntimeError):
         pool.submit(lambda: 0)
@@ -62,3 +66,24 @@ def test_worker_threads_do_not_hold_the_process_at_exit() -> None:
     release.set()
     pool.shutdown()
     assert not any(t.is_alive() for t in workers)
+
+
+def test_wait_returns_at_the_first_failure_or_at_stop_without_waiting_for_the_rest() -> None:
+    pool = TransferPool(limit=3)
+    release = threading.Event()
+
+    def fail() -> None:
+        raise ValueError("part 2 refused")
+
+    stuck = pool.submit(lambda: release.wait(60))
+    with pytest.raises(ValueError, match="part 2 refused"):
+        pool.wait([stuck, pool.submit(fail)])
+    assert not stuck.done()
+    stopper = threading.Timer(0, pool.stop)  # from another thread, as a failing shard would
+    stopper.start()
+    with pytest.raises(TransferStopped):
+        pool.wait([stuck])
+    stopper.join()
+    release.set()
+    assert stuck.result(timeout=60) is True
+    assert TransferPool(limit=2).wait([]) == []
