@@ -134,10 +134,10 @@ class TransferPool:
     :meth:`stop` gives a transfer up at once: queued requests are cancelled
     and never sent, retries of running ones end (see :meth:`stop_signal`),
     and ``submit`` raises :class:`~s3dcp.retry.TransferStopped`. The threads
-    are daemon threads that nobody joins, so a request stuck in the network
-    cannot hold the process at exit after an interrupt; nothing is lost by
-    that, since every upload ends in complete or abort before its caller
-    returns.
+    are daemon threads, not joined once the pool is stopped, so a request
+    stuck in the network cannot hold the process at exit after an interrupt;
+    nothing is lost by that, since every upload ends in complete or abort
+    before its caller returns.
     """
 
     def __init__(self, limit: int, buffers: PartBuffers | None = None, name: str = "s3dcp-io") -> None:
@@ -168,7 +168,7 @@ class TransferPool:
     def stop_signal(self) -> threading.Event:
         """An event that is set when this pool stops (its holder may also set it itself).
 
-        Requests pass it to :meth:`S3Client.call` as ``stop``, so their
+        Requests pass it to :meth:`S3Client.call_stoppable`, so their
         retries end when the pool stops.
         """
         signal = threading.Event()
