@@ -45,6 +45,7 @@ from .retry import (
     TRANSIENT_STATUSES,
     FailureKind,
     RetryPolicy,
+    TransferStopped,
     classify,
     error_code,
     is_untrusted_certificate,
@@ -290,10 +291,11 @@ class S3Client:
 
     Args:
         settings: the resolved settings (see :func:`s3dcp.config.resolve_settings`).
-        sleep: how to wait between attempts; tests pass a fake.
+        sleep: how to wait between attempts; tests pass a fake. Default: real
+            waits, which a request's ``stop`` event cuts short.
     """
 
-    def __init__(self, settings: ClientSettings, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, settings: ClientSettings, sleep: Callable[[float], None] | None = None):
         self.settings = settings
         self.policy = RetryPolicy.from_config(settings.config)
         self._sleep = sleep
@@ -321,6 +323,17 @@ class S3Client:
         ``Bucket`` and ``Key`` are passed for you. Raises an
         :class:`~s3dcp.errors.S3DCPError` subclass on failure.
         """
+        return self.call_stoppable(None, operation, bucket, key, **params)
+
+    def call_stoppable(
+        self, stop: threading.Event | None, operation: str, bucket: str, key: str | None = None, **params: Any
+    ) -> Any:
+        """:meth:`call`, but once ``stop`` is set no further attempt is made.
+
+        A wait between attempts ends at once and
+        :class:`~s3dcp.retry.TransferStopped` is raised, so a save that is
+        given up does not go on retrying in its transfer threads.
+        """
         request = dict(params, Bucket=bucket)
         if key is not None:
             request["Key"] = key
@@ -328,35 +341,113 @@ class S3Client:
         def attempt() -> Any:
             return getattr(self.raw, operation)(**request)
 
-        return self.run(attempt, operation, bucket, key)
+        return self.run(attempt, operation, bucket, key, stop=stop)
 
-    def run(self, attempt: Callable[[], T], operation: str, bucket: str, key: str | None) -> T:
-        """Run ``attempt`` (which may make several raw calls) with retries."""
+    def run(
+        self,
+        attempt: Callable[[], T],
+        operation: str,
+        bucket: str,
+        key: str | None,
+        *,
+        stop: threading.Event | None = None,
+    ) -> T:
+        """Run ``attempt`` (which may make several raw calls) with retries; ``stop`` as for :meth:`call`."""
 
-        def on_retry(state: tenacity.RetryCallState) -> None:
-            error = state.outcome.exception() if state.outcome else None
-            log.debug(
-                "retrying %s s3://%s/%s after attempt %d: %s",
-                operation,
-                bucket,
-                key or "",
-                state.attempt_number,
-                _describe_failure(error),
-            )
-
+        report = _RetryReport(operation, bucket, key, self.settings)
         attempts = 0
 
         def counted() -> T:
             nonlocal attempts
+            if stop is not None and stop.is_set():
+                raise TransferStopped(
+                    f"{operation} on s3://{bucket}/{key or ''} was not sent: its transfer was stopped",
+                    bucket=bucket,
+                    key=key,
+                )
             attempts += 1
             return attempt()
 
+        def sleep(seconds: float) -> None:
+            if self._sleep is not None:
+                self._sleep(seconds)
+            elif stop is not None:
+                stop.wait(seconds)  # ends early when the transfer stops
+            else:
+                time.sleep(seconds)
+
         try:
-            return self.policy.call(counted, sleep=self._sleep, on_retry=on_retry)
+            result = self.policy.call(counted, sleep=sleep, on_retry=report.retrying)
         except S3DCPError:
             raise
         except Exception as err:
             raise translate_error(err, operation, bucket, key, self.settings, attempts) from err
+        report.succeeded(attempts)
+        return result
+
+
+class _RetryReport:
+    """What the logs say about one request's retries.
+
+    Every retry is a DEBUG line. Once the request has been retrying for
+    ``retry_warning_after`` seconds, one WARNING says which request, how
+    many attempts, the last error and what to check, since a save that
+    stalls on a throttling or unreachable store otherwise looks hung; if the
+    request then succeeds, an INFO line says so. A request that hangs
+    without failing is reported when its attempt times out (``read_timeout``).
+    """
+
+    def __init__(self, operation: str, bucket: str, key: str | None, settings: ClientSettings) -> None:
+        self.operation = operation
+        self.where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+        self.settings = settings
+        self.started = time.monotonic()
+        self.warned = False
+
+    def retrying(self, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        attempts = state.attempt_number
+        log.debug("retrying %s %s after attempt %d: %s", self.operation, self.where, attempts, _describe_failure(error))
+        waited = time.monotonic() - self.started
+        if self.warned or waited < self.settings.config.retry_warning_after:
+            return
+        self.warned = True
+        config = self.settings.config
+        log.warning(
+            "%s %s has been retrying for %.1f s (%d attempt%s so far, last error: %s); it goes on for up to "
+            "%d attempts or %.0f s. %s",
+            self.operation,
+            self.where,
+            waited,
+            attempts,
+            "" if attempts == 1 else "s",
+            _describe_failure(error),
+            config.max_attempts,
+            config.retry_deadline,
+            self._what_to_check(error),
+        )
+
+    def succeeded(self, attempts: int) -> None:
+        if self.warned:
+            log.info(
+                "%s %s succeeded after %d attempts (%.1f s)",
+                self.operation,
+                self.where,
+                attempts,
+                time.monotonic() - self.started,
+            )
+
+    def _what_to_check(self, error: BaseException | None) -> str:
+        kind = classify(error) if error is not None else FailureKind.TRANSIENT
+        endpoint = self.settings.describe_endpoint()
+        if kind is FailureKind.THROTTLED:
+            return (
+                f"{endpoint} is throttling: spread shard objects over key prefixes "
+                "(prefix_strategy=HexPrefixStrategy()) or lower max_concurrency"
+            )
+        if kind is FailureKind.TRANSIENT:
+            return f"{endpoint} answers with server errors: check the store's health"
+        return f"Check the endpoint ({endpoint}), that it is up, and the network between here and there"
 
 
 def _describe_failure(error: BaseException | None) -> str:

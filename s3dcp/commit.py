@@ -1,6 +1,14 @@
-"""Writing ``.metadata``, the commit record: one PUT, last, never over a rival's.
+"""The records of a save: the saving marker first, ``.metadata`` last, never over a rival's.
 
-A checkpoint exists once its ``.metadata`` does. Without ``overwrite`` the
+Before any shard of a save is written, the coordinator stores
+``.s3dcp-saving`` (the save id and its UTC start time) under the checkpoint,
+so a save that dies half-way is recognisable as an unfinished checkpoint
+even before its first shard lands. After the commit the marker is removed.
+
+A checkpoint exists once its ``.metadata`` does. After the commit the
+coordinator lists the checkpoint and removes, with the marker, the shard
+objects that earlier saves to the same path left and the new ``.metadata``
+does not reference (see :func:`tidy_after_commit`). Without ``overwrite`` the
 PUT is create-only (``If-None-Match: *``), so of two jobs racing for one
 path at most one commits; the other gets :class:`CheckpointExistsError`.
 
@@ -16,19 +24,45 @@ Two things make that less simple than it sounds:
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping, Set
+from datetime import datetime, timezone
 
+from .catalog import delete_keys, list_pages
 from .client import S3Client
 from .download import read_object
-from .errors import CheckpointExistsError, ObjectNotFoundError, S3RequestError
+from .errors import CheckpointExistsError, ObjectNotFoundError, S3DCPError, S3RequestError
+from .layout import METADATA_NAME, OWN_PREFIX, SAVING_MARKER, is_shard_name
 from .upload import put_object
+from .uri import S3Uri
 
-__all__ = ["commit_metadata", "CONFLICT_CODES", "UNSUPPORTED_CODES"]
+__all__ = [
+    "commit_metadata",
+    "put_saving_marker",
+    "saving_marker_body",
+    "find_strays",
+    "tidy_after_commit",
+    "CONFLICT_CODES",
+    "UNSUPPORTED_CODES",
+]
 
 log = logging.getLogger("s3dcp")
 
 CONFLICT_CODES = frozenset({"PreconditionFailed", "412"})
 UNSUPPORTED_CODES = frozenset({"NotImplemented", "501"})
+
+
+def saving_marker_body(save_id: str, started: datetime) -> bytes:
+    """The marker's bytes: small JSON that tells a person which save left it, and when."""
+    when = started.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return json.dumps({"save_id": save_id, "started": when}).encode() + b"\n"
+
+
+def put_saving_marker(client: S3Client, uri: S3Uri, save_id: str) -> None:
+    """Store ``uri/.s3dcp-saving``: a save has started here and has not committed yet."""
+    body = saving_marker_body(save_id, datetime.now(timezone.utc))
+    put_object(client, uri.bucket, uri.key(SAVING_MARKER), body, ContentType="application/json")
 
 
 def commit_metadata(client: S3Client, bucket: str, key: str, body: bytes, *, exclusive: bool) -> None:
@@ -74,3 +108,107 @@ def _stored_body_is(client: S3Client, bucket: str, key: str, body: bytes) -> boo
         return read_object(client, bucket, key) == body
     except ObjectNotFoundError:
         return False
+
+
+def find_strays(objects: Mapping[str, int], referenced: Set[str]) -> dict[str, int]:
+    """The shard objects under a checkpoint that its metadata does not reference.
+
+    Args:
+        objects: every object under the checkpoint, by path relative to it, with its size.
+        referenced: the relative paths the checkpoint's ``.metadata`` records.
+
+    A sub-prefix holding its own ``.metadata`` or ``.s3dcp-saving`` is
+    another checkpoint (finished or being saved): nothing inside it is a
+    stray of this one. Only DCP-shard-named objects can be strays; anything
+    else stored beside a checkpoint is the user's.
+    """
+    nested = {
+        relative.rsplit("/", 1)[0]
+        for relative in objects
+        if "/" in relative and relative.rsplit("/", 1)[1] in (METADATA_NAME, SAVING_MARKER)
+    }
+
+    def inside_nested(relative: str) -> bool:
+        parts = relative.split("/")[:-1]
+        return any("/".join(parts[:depth]) in nested for depth in range(1, len(parts) + 1))
+
+    return {
+        relative: size
+        for relative, size in objects.items()
+        if is_shard_name(relative)
+        and relative not in referenced
+        and not relative.startswith(OWN_PREFIX)
+        and not inside_nested(relative)
+    }
+
+
+def _objects_under(client: S3Client, uri: S3Uri) -> dict[str, int]:
+    head = f"{uri.prefix}/" if uri.prefix else ""
+    return {
+        entry["Key"][len(head) :]: int(entry.get("Size", 0))
+        for page in list_pages(client, uri.bucket, head)
+        for entry in page.get("Contents", [])
+    }
+
+
+def tidy_after_commit(client: S3Client, uri: S3Uri, referenced: Set[str]) -> dict[str, int]:
+    """Remove the save marker and the strays earlier saves left; return the strays removed.
+
+    Runs after ``.metadata`` is committed, so the checkpoint is complete and
+    loadable throughout: only objects the new metadata does not reference
+    are deleted (see :func:`find_strays`), never ``.metadata``.
+
+    A failure here does not raise. The save the caller asked for has been
+    committed, and reporting it as failed would make a training job retry
+    or give up on a good checkpoint; what is lost is only storage. So a
+    failed listing or delete is logged as a WARNING that names how many
+    objects and bytes stayed, one of their keys, and that the next save to
+    the same path removes them (or delete them by hand).
+    """
+    marker = uri.key(SAVING_MARKER)
+    try:
+        strays = find_strays(_objects_under(client, uri), referenced)
+    except S3DCPError as error:
+        log.warning(
+            "%s is committed, but listing it to remove shard objects that earlier saves left failed: %s. "
+            "Any such objects stay and are billed as storage; the next save to this path removes them",
+            uri,
+            error,
+        )
+        strays = {}
+    try:
+        if strays:
+            delete_keys(client, uri.bucket, [uri.key(relative) for relative in sorted(strays)] + [marker])
+        else:
+            client.call("delete_object", uri.bucket, marker)  # the usual case: one DELETE
+    except S3DCPError as error:
+        if strays:
+            log.warning(
+                "%s is committed, but %d shard objects (%d bytes) that earlier saves left there and the new "
+                "checkpoint does not use could not all be removed: %s. They are billed as storage; the next "
+                "save to this path removes them, or delete them yourself (e.g. s3://%s/%s)",
+                uri,
+                len(strays),
+                sum(strays.values()),
+                error,
+                uri.bucket,
+                uri.key(min(strays)),
+            )
+        else:
+            log.warning(
+                "%s is committed, but its save marker s3://%s/%s could not be removed: %s. The checkpoint is "
+                "complete all the same; the next save to this path removes the marker, or delete it yourself",
+                uri,
+                uri.bucket,
+                marker,
+                error,
+            )
+        return {}
+    if strays:
+        log.info(
+            "%s: removed %d shard objects (%d bytes) that earlier saves left and the new checkpoint does not use",
+            uri,
+            len(strays),
+            sum(strays.values()),
+        )
+    return strays

@@ -58,6 +58,10 @@ class S3ClientConfig:
         retry_max_backoff: upper bound in seconds of any single wait. Default 20.
         retry_deadline: seconds after which one request stops retrying,
             whatever attempts remain. Default 300.
+        retry_warning_after: once one request has been retrying for this
+            many seconds, a WARNING on the ``s3dcp`` logger says so (once per
+            request; an INFO line follows if it then succeeds). ``0`` warns at
+            the first retry. Default 5.
         connect_timeout: seconds to open a connection. Default 5.
         read_timeout: seconds to wait for response bytes. Default 60.
         part_size: bytes per multipart-upload part; objects smaller than this
@@ -108,6 +112,7 @@ class S3ClientConfig:
     retry_initial_backoff: float = 0.1
     retry_max_backoff: float = 20.0
     retry_deadline: float = 300.0
+    retry_warning_after: float = 5.0
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
     part_size: int = 16 * MIB
@@ -140,6 +145,9 @@ class S3ClientConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a number > 0, got {value!r}")
+        warn = self.retry_warning_after
+        if not isinstance(warn, (int, float)) or isinstance(warn, bool) or not 0 <= warn < float("inf"):
+            raise ValueError(f"retry_warning_after must be a number of seconds >= 0, got {warn!r}")
         validate_part_size(self.part_size)
         if not isinstance(self.coalesce_gap, int) or self.coalesce_gap < 0:
             raise ValueError(f"coalesce_gap must be an int >= 0, got {self.coalesce_gap!r}")

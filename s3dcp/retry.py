@@ -19,8 +19,9 @@ import tenacity
 import urllib3.exceptions
 
 from .config import S3ClientConfig
+from .errors import S3DCPError
 
-__all__ = ["FailureKind", "classify", "RetryPolicy"]
+__all__ = ["FailureKind", "classify", "RetryPolicy", "TransferStopped"]
 
 T = TypeVar("T")
 
@@ -75,6 +76,15 @@ _CONNECTION_TYPES: tuple[type[BaseException], ...] = (
     ConnectionError,  # the builtin: reset, aborted, broken pipe
     TimeoutError,
 )
+
+
+class TransferStopped(S3DCPError):
+    """A request was not sent, or not sent again, because its transfer was stopped.
+
+    Raised inside a save's transfer threads once the save is being given up
+    (Ctrl-C, SIGTERM, or a failure elsewhere in it); the error that stopped
+    the save is the one its caller sees.
+    """
 
 
 class TruncatedBodyError(Exception):

@@ -11,11 +11,15 @@ abort is armed the moment the upload id exists.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
+import logging
 import math
 import threading
+import weakref
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future
+from concurrent.futures import wait as wait_for
 from typing import Any, TypeVar
 
 import botocore.exceptions
@@ -23,8 +27,8 @@ import botocore.exceptions
 from . import crc32
 from .client import S3Client
 from .config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
-from .errors import S3DCPError
-from .retry import error_code
+from .errors import S3DCPError, S3RequestError
+from .retry import TransferStopped, error_code
 
 __all__ = ["PartBuffers", "TransferPool", "ObjectUpload", "choose_part_size", "multipart_etag", "put_object"]
 
@@ -35,6 +39,11 @@ _CRC_PIECE = 1024 * 1024
 _PART_CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1", "ChecksumSHA256")
 
 T = TypeVar("T")
+
+log = logging.getLogger("s3dcp")
+
+# How long an abort waits for parts already on the wire before it aborts the upload anyway.
+ABORT_GRACE = 5.0
 
 
 def multipart_etag(parts: list[dict[str, Any]]) -> str | None:
@@ -121,13 +130,30 @@ class TransferPool:
 
     ``submit`` blocks while the limit is reached, which is what bounds the
     memory held by parts waiting to be sent.
+
+    :meth:`stop` gives a transfer up at once: queued requests are cancelled
+    and never sent, retries of running ones end (see :meth:`stop_signal`),
+    and ``submit`` raises :class:`~s3dcp.retry.TransferStopped`. The threads
+    are daemon threads, not joined once the pool is stopped, so a request
+    stuck in the network cannot hold the process at exit after an interrupt;
+    nothing is lost by that, since every upload ends in complete or abort
+    before its caller returns.
     """
 
     def __init__(self, limit: int, buffers: PartBuffers | None = None, name: str = "s3dcp-io") -> None:
         self.limit = limit
         self.buffers = buffers if buffers is not None else PartBuffers(limit)
-        self._slots = threading.BoundedSemaphore(limit)
-        self._executor = ThreadPoolExecutor(max_workers=limit, thread_name_prefix=name)
+        self._name = name
+        self._changed = threading.Condition(threading.RLock())
+        self._queue: collections.deque[tuple[Future[Any], Callable[[], Any]]] = collections.deque()
+        self._pending = 0  # queued or running
+        self._threads = 0
+        self._workers: list[threading.Thread] = []
+        self._idle = 0
+        self._closed = False
+        self._stopped = threading.Event()
+        self._stopped_future: Future[None] = Future()  # fails when the pool stops, for wait()
+        self._signals: weakref.WeakSet[threading.Event] = weakref.WeakSet()
 
     def take_buffer(self, size: int) -> bytearray:
         return self.buffers.take(size)
@@ -135,23 +161,132 @@ class TransferPool:
     def give_back_buffer(self, buffer: bytearray) -> None:
         self.buffers.give_back(buffer)
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
+
+    def stop_signal(self) -> threading.Event:
+        """An event that is set when this pool stops (its holder may also set it itself).
+
+        Requests pass it to :meth:`S3Client.call_stoppable`, so their
+        retries end when the pool stops.
+        """
+        signal = threading.Event()
+        with self._changed:
+            if self._stopped.is_set():
+                signal.set()
+            else:
+                self._signals.add(signal)
+        return signal
+
     def submit(self, func: Callable[[], T]) -> Future[T]:
-        self._slots.acquire()
-        try:
-            future = self._executor.submit(func)
-        except BaseException:
-            self._slots.release()
-            raise
-        future.add_done_callback(lambda _: self._slots.release())
+        future: Future[T] = Future()
+        with self._changed:
+            while self._pending >= self.limit and not self._stopped.is_set():
+                self._changed.wait()
+            if self._stopped.is_set():
+                raise TransferStopped("the transfer was stopped; no more requests are sent")
+            if self._closed:
+                raise RuntimeError("submit to a transfer pool that was shut down")
+            self._pending += 1
+            self._queue.append((future, func))
+            if self._idle == 0 and self._threads < self.limit:
+                self._threads += 1
+                thread = threading.Thread(target=self._work, name=f"{self._name}_{self._threads}", daemon=True)
+                self._workers.append(thread)
+                thread.start()
+            self._changed.notify_all()
+        future.add_done_callback(self._finished)
         return future
 
+    def wait(self, futures: list[Future[T]]) -> list[T]:
+        """The results of ``futures``, in order, once all are done.
+
+        Raises the error of the first one that fails as soon as it fails,
+        and :class:`~s3dcp.retry.TransferStopped` as soon as the pool
+        stops, rather than waiting for requests still on the wire.
+        """
+        pending: set[Future[Any]] = set(futures)
+        while pending:
+            done, pending = wait_for(pending | {self._stopped_future}, return_when=FIRST_COMPLETED)
+            for future in done:
+                if future is not self._stopped_future and not future.cancelled() and future.exception() is not None:
+                    return [future.result()]  # raises its error
+            if self._stopped_future in done or any(future.cancelled() for future in done):
+                raise TransferStopped("the transfer was stopped before all its requests were done")
+            pending.discard(self._stopped_future)
+        return [future.result() for future in futures]
+
+    def _finished(self, _: Future[Any]) -> None:
+        with self._changed:
+            self._pending -= 1
+            self._changed.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                self._idle += 1
+                while not self._queue and not self._closed:
+                    self._changed.wait()
+                self._idle -= 1
+                if not self._queue:
+                    self._threads -= 1
+                    return
+                future, func = self._queue.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = func()
+            except BaseException as error:  # handed to the future's owner
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+    def stop(self) -> None:
+        """Give the transfer up: cancel what is queued, end retries, refuse new requests."""
+        with self._changed:
+            first = not self._stopped.is_set()
+            self._stopped.set()
+            self._closed = True
+            queued = list(self._queue)
+            self._queue.clear()
+            signals = list(self._signals)
+            self._changed.notify_all()
+        for signal in signals:
+            signal.set()
+        for future, _ in queued:
+            future.cancel()
+        if first:
+            self._stopped_future.set_exception(TransferStopped("the transfer was stopped"))
+
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """No more requests; wait for the threads to end, unless the pool was stopped.
+
+        After :meth:`stop` a thread may be stuck in a request that nobody
+        needs any more; it is not waited for.
+        """
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+            workers = [] if self._stopped.is_set() else list(self._workers)
+        for thread in workers:
+            thread.join()
 
 
-def put_object(client: S3Client, bucket: str, key: str, body: bytes | bytearray, **params: Any) -> str:
-    """Store ``body`` under ``key`` in one request; return the ETag."""
-    response = client.call("put_object", bucket, key, Body=body, **params)
+def put_object(
+    client: S3Client,
+    bucket: str,
+    key: str,
+    body: bytes | bytearray,
+    *,
+    stop: threading.Event | None = None,
+    **params: Any,
+) -> str:
+    """Store ``body`` under ``key`` in one request; return the ETag.
+
+    ``stop``: once set, the request is not retried (see :meth:`S3Client.call_stoppable`).
+    """
+    response = client.call_stoppable(stop, "put_object", bucket, key, Body=body, **params)
     return str(response.get("ETag", ""))
 
 
@@ -162,6 +297,9 @@ class ObjectUpload:
     it by an exception aborts (no parts are left behind). ``tell()`` is the
     number of bytes written so far, which is the offset of the next byte in
     the finished object.
+
+    When the pool stops (the save is interrupted), parts not yet sent are
+    never sent, retries end, and leaving the block aborts the upload.
     """
 
     def __init__(
@@ -187,6 +325,7 @@ class ObjectUpload:
         self._upload_id: str | None = None
         self._parts: list[Future[dict[str, Any]]] = []
         self._closed = False
+        self._stop = pool.stop_signal()  # set by abort() or when the pool stops
         self.etag: str | None = None
         # S3's CRC32 upload checksum of the part being filled, computed as bytes are copied in
         self._crc_parts = client.settings.config.upload_checksum == "crc32"
@@ -315,11 +454,13 @@ class ObjectUpload:
         if self._upload_id is None:
             checksum = self._take_part_checksum()
             body = self._take_buffer(0)
-            self.etag = put_object(self._client, self.bucket, self.key, body, **self._params, **checksum)
+            self.etag = put_object(
+                self._client, self.bucket, self.key, body, stop=self._stop, **self._params, **checksum
+            )
             return self.etag
         if self._filled or not self._parts:
             self._send_part()
-        parts = [future.result() for future in self._parts]
+        parts = self._pool.wait(self._parts)
         self.etag = self._complete(self._upload_id, parts)
         self._upload_id = None
         return self.etag
@@ -358,18 +499,35 @@ class ObjectUpload:
         return str(head.get("ETag", "")).strip('"')
 
     def abort(self) -> None:
-        """Drop everything written; abort the multipart upload if one was started."""
+        """Drop everything written; abort the multipart upload if one was started.
+
+        Parts not yet sent are cancelled and retries of the others end. Parts
+        already on the wire get ``ABORT_GRACE`` seconds to finish, since S3
+        may keep a part that lands after the abort; one that takes longer
+        (a stalled connection) is not waited for: the upload is aborted
+        anyway, and that part then fails with NoSuchUpload.
+        """
         self._closed = True
+        self._stop.set()
         self._buffer, self._filled = bytearray(), 0
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is None:
             return
         for future in self._parts:
             future.cancel()
-        for future in self._parts:
-            if not future.cancelled():
-                future.exception()  # wait: a part still in flight would re-create parts
-        self._client.call("abort_multipart_upload", self.bucket, self.key, UploadId=upload_id)
+        running = [future for future in self._parts if not future.done()]
+        if running:
+            _, stalled = wait_for(running, timeout=ABORT_GRACE)
+            if stalled:
+                log.debug(
+                    "aborting the upload of s3://%s/%s with %d parts still in flight", self.bucket, self.key,
+                    len(stalled),
+                )
+        try:
+            self._client.call("abort_multipart_upload", self.bucket, self.key, UploadId=upload_id)
+        except S3RequestError as error:
+            if error.code != "NoSuchUpload":  # already gone: nothing left to abort
+                raise
 
     def __enter__(self) -> ObjectUpload:
         return self
@@ -378,8 +536,8 @@ class ObjectUpload:
         if exc is None:
             try:
                 self.commit()
-            except BaseException:
-                self._abort_quietly_after(None)
+            except BaseException as error:
+                self._abort_quietly_after(error)
                 raise
         else:
             self._abort_quietly_after(exc)
@@ -412,8 +570,8 @@ class ObjectUpload:
         """Start the multipart upload if need be; the number the next part gets."""
         self._raise_if_a_part_failed()
         if self._upload_id is None:
-            response = self._client.call(
-                "create_multipart_upload", self.bucket, self.key, **self._params
+            response = self._client.call_stoppable(
+                self._stop, "create_multipart_upload", self.bucket, self.key, **self._params
             )
             self._upload_id = str(response["UploadId"])
         number = len(self._parts) + 1
@@ -447,11 +605,11 @@ class ObjectUpload:
     def _submit_part(self, number: int, body: Any, checksum: dict[str, str], recycle: bool) -> None:
         """Queue part ``number``; ``recycle`` gives its buffer back for reuse once sent."""
         upload_id = self._upload_id
-        client, bucket, key, pool = self._client, self.bucket, self.key, self._pool
+        client, bucket, key, pool, stop = self._client, self.bucket, self.key, self._pool, self._stop
 
         def send() -> dict[str, Any]:
-            response = client.call(
-                "upload_part", bucket, key, UploadId=upload_id, PartNumber=number, Body=body, **checksum
+            response = client.call_stoppable(
+                stop, "upload_part", bucket, key, UploadId=upload_id, PartNumber=number, Body=body, **checksum
             )
             if recycle:
                 pool.give_back_buffer(body)

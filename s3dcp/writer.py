@@ -5,13 +5,17 @@ DCP calls, in this order (torch 2.13, ``dcp.save``/``dcp.async_save``):
 0. all ranks: ``reset(checkpoint_id)`` when a checkpoint id is passed;
 1. all ranks: ``set_up_storage_writer(is_coordinator, rank=..., use_collectives=...)``;
 2. all ranks: ``prepare_local_plan(plan)``: the coordinator checks that no
-   complete checkpoint is in the way;
+   complete checkpoint is in the way, then starts storing the save marker
+   ``.s3dcp-saving`` in the background, while the plans are gathered;
 3. coordinator: ``prepare_global_plan(plans)``: gives each rank its key stem
-   (prefix strategy) and, when overwriting, removes the old ``.metadata`` so
-   a crash mid-save cannot leave old metadata over new shards;
+   (prefix strategy), waits for the marker and, when overwriting, removes
+   the old ``.metadata`` so a crash mid-save cannot leave old metadata over
+   new shards;
 4. all ranks: ``write_data(plan, planner)``: streams shard objects to S3;
 5. coordinator: ``finish(metadata, results)``: writes ``.metadata`` last,
-   the commit record; create-only unless overwriting (see ``commit``).
+   the commit record; create-only unless overwriting (see ``commit``); then
+   lists the checkpoint and removes the marker and the shard objects earlier
+   saves left there that the new metadata does not reference.
 
 This module only adapts DCP to the pieces below it (``shard``, ``upload``,
 ``client``); it holds no S3 mechanics of its own.
@@ -19,11 +23,17 @@ This module only adapts DCP to the pieces below it (``shard``, ``upload``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future as ConcurrentFuture
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +44,7 @@ from torch.futures import Future
 
 from ._torch_compat import DCP_VERSION, METADATA_NAME, SHARD_SUFFIX
 from .client import S3Client
-from .commit import commit_metadata
+from .commit import commit_metadata, put_saving_marker, tidy_after_commit
 from .config import S3ClientConfig, resolve_settings, validate_part_size
 from .download import object_exists
 from .errors import CheckpointExistsError, UnsafeCheckpointError
@@ -115,8 +125,14 @@ class S3StorageWriter(StorageWriter):
         self.is_coordinator = False
         self.rank: int | None = None
         self._existing_checkpoint = False
+        self._marker: ConcurrentFuture[None] | None = None
         self.on_phase = on_phase
         self.last_stats: list[PhaseStats] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_marker"] = None  # a request in flight in this process stays here
+        return state
 
     def __repr__(self) -> str:
         return (
@@ -140,6 +156,7 @@ class S3StorageWriter(StorageWriter):
         self._client = S3Client(resolve_settings(self.region, self.s3client_config))
         self.save_id = str(uuid.uuid4())
         self._existing_checkpoint = False
+        self._marker = None
 
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.last_stats = []
@@ -164,10 +181,17 @@ class S3StorageWriter(StorageWriter):
                     bucket=self.uri.bucket,
                     key=self.uri.key(METADATA_NAME),
                 )
+            # stored while the other ranks' plans are gathered, not after
+            self._marker = _in_background(lambda: put_saving_marker(self._client, self.uri, self.save_id))
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
         stems = self._key_stems(len(plans))
+        marker, self._marker = self._marker, None
+        if marker is None:  # prepare_local_plan was not run on this writer (not through dcp.save)
+            put_saving_marker(self._client, self.uri, self.save_id)
+        else:
+            marker.result()
         if self._existing_checkpoint:
             # Un-commit before any shard is replaced, so no crash can leave the old
             # .metadata describing a mix of old and new shard objects.
@@ -198,6 +222,16 @@ class S3StorageWriter(StorageWriter):
         return stems
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
+        """Upload this rank's shard objects; stops within seconds on Ctrl-C or SIGTERM.
+
+        An interrupt (or any failure) sends no queued part, ends retries,
+        aborts every multipart upload and re-raises, so nothing is committed.
+        While it runs in the main thread of a process that left SIGTERM at its
+        default, SIGTERM raises ``SystemExit(143)`` instead of ending the
+        process without that clean-up (see ``_sigterm_raises``). DCP reports
+        either as a ``CheckpointException`` whose ``failures`` hold the
+        ``KeyboardInterrupt`` or ``SystemExit``.
+        """
         stem = plan.storage_data.stem
         buckets = split_items(plan.items, self.thread_count)
         started = time.monotonic()
@@ -228,13 +262,31 @@ class S3StorageWriter(StorageWriter):
 
         results: list[WriteResult] = []
         try:
-            if len(buckets) <= 1:
-                for index in range(len(buckets)):
-                    results.extend(write_file(index))
-            else:
-                with ThreadPoolExecutor(len(buckets), thread_name_prefix="s3dcp-shard") as shards:
-                    for shard_results in shards.map(write_file, range(len(buckets))):
-                        results.extend(shard_results)
+            with _sigterm_raises():
+                if len(buckets) <= 1:
+                    for index in range(len(buckets)):
+                        results.extend(write_file(index))
+                else:
+                    shards = ThreadPoolExecutor(len(buckets), thread_name_prefix="s3dcp-shard")
+                    try:
+                        written = [shards.submit(write_file, index) for index in range(len(buckets))]
+                        wait_for(written, return_when=FIRST_EXCEPTION)
+                        for shard in written:
+                            error = shard.exception() if shard.done() else None
+                            if error is not None:
+                                raise error  # the first to fail; the others are stopped below
+                        for shard in written:
+                            results.extend(shard.result())
+                    except BaseException:
+                        pool.stop()  # the other shards give up too, rather than upload on
+                        raise
+                    finally:
+                        shards.shutdown(wait=True, cancel_futures=True)
+        except BaseException:
+            # Ctrl-C, SIGTERM or a failure: queued parts are never sent, retries end, and each
+            # upload aborts as its block exits, so the error reaches DCP within seconds
+            pool.stop()
+            raise
         finally:
             pool.shutdown()
         self._report(
@@ -264,6 +316,8 @@ class S3StorageWriter(StorageWriter):
         )
         self._report("save.commit", items=len(metadata.storage_data), objects=1, requests=1, size=len(body),
                      started=started)
+        # never raises for a failed request: the checkpoint is committed (see tidy_after_commit)
+        tidy_after_commit(self._client, self.uri, {info.relative_path for info in metadata.storage_data.values()})
 
     def _report(self, phase: str, *, items: int, objects: int, requests: int, size: int, started: float) -> None:
         self.last_stats.append(report_phase(
@@ -273,3 +327,50 @@ class S3StorageWriter(StorageWriter):
 
     def _metadata_exists(self) -> bool:
         return object_exists(self._client, self.uri.bucket, self.uri.key(METADATA_NAME))
+
+
+def _in_background(work: Callable[[], None]) -> ConcurrentFuture[None]:
+    """Run ``work`` on a daemon thread (a failed plan must not keep the process alive for it)."""
+    future: ConcurrentFuture[None] = ConcurrentFuture()
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:  # handed to whoever waits for the result
+            future.set_exception(error)
+        else:
+            future.set_result(None)
+
+    threading.Thread(target=run, name="s3dcp-marker", daemon=True).start()
+    return future
+
+
+SIGTERM_EXIT_STATUS = 128 + signal.SIGTERM
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises ``SystemExit(143)`` in the main thread.
+
+    By default SIGTERM ends a process at once, leaving its multipart uploads
+    open (billed until someone aborts them). As an exception it unwinds the
+    save like Ctrl-C does. Installed only in the main thread (the only one
+    Python delivers signals to) and only over the default action, so a
+    handler the application installed is never replaced; the previous
+    handler is restored on the way out, and after the first SIGTERM, so a
+    second one ends the process at once as usual.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def stop_saving(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise SystemExit(SIGTERM_EXIT_STATUS)
+
+    signal.signal(signal.SIGTERM, stop_saving)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is stop_saving:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)

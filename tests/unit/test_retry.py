@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -9,7 +10,9 @@ import botocore.exceptions
 import pytest
 import urllib3.exceptions
 
-from s3dcp.config import S3ClientConfig
+from s3dcp.client import S3Client
+from s3dcp.config import S3ClientConfig, resolve_settings
+from s3dcp.errors import S3DCPError
 from s3dcp.retry import FailureKind, RetryPolicy, TruncatedBodyError, classify
 
 
@@ -133,3 +136,88 @@ def test_policy_from_config() -> None:
     policy = RetryPolicy.from_config(S3ClientConfig(max_attempts=7, connect_attempts=2, retry_deadline=9.0))
     assert (policy.max_attempts, policy.connect_attempts, policy.deadline) == (7, 2, 9.0)
     assert policy.attempts_for(FailureKind.PERMANENT) == 1
+
+
+# -- what the logs say about retries -------------------------------------------------------
+
+
+def _client_with_fake_clock(
+    monkeypatch: pytest.MonkeyPatch, **config: Any
+) -> tuple[S3Client, list[float]]:
+    """An S3Client whose waits only move a fake clock (the one tenacity and the report read)."""
+    clock = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+
+    def fake_sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    settings = resolve_settings("us-east-1", S3ClientConfig(**config), environ={})
+    return S3Client(settings, sleep=fake_sleep), clock
+
+
+def _records(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "s3dcp" and r.levelno == level]
+
+
+def test_a_long_retry_warns_once_with_what_to_check_and_its_success_is_logged(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, clock = _client_with_fake_clock(
+        monkeypatch, retry_warning_after=5.0, retry_initial_backoff=4.0, retry_max_backoff=4.0, max_attempts=20
+    )
+    flaky = Flaky(*[client_error("SlowDown", 503)] * 8)
+    with caplog.at_level(logging.DEBUG, logger="s3dcp"):
+        assert client.run(flaky, "upload_part", "bkt", "ckpt/__0_0.distcp") == "ok"
+    warnings = _records(caplog, logging.WARNING)
+    assert len(warnings) == 1
+    assert "upload_part s3://bkt/ckpt/__0_0.distcp has been retrying" in warnings[0]
+    assert "SlowDown (HTTP 503)" in warnings[0] and "throttling" in warnings[0]
+    assert "up to 20 attempts" in warnings[0]
+    assert len(_records(caplog, logging.DEBUG)) == 8  # every retry, below the warning
+    assert _records(caplog, logging.INFO) == [
+        f"upload_part s3://bkt/ckpt/__0_0.distcp succeeded after 9 attempts ({clock[0]:.1f} s)"
+    ]
+
+
+def test_short_retries_stay_below_warning(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    client, _ = _client_with_fake_clock(
+        monkeypatch, retry_warning_after=5.0, retry_initial_backoff=0.1, retry_max_backoff=0.2
+    )
+    with caplog.at_level(logging.DEBUG, logger="s3dcp"):
+        client.run(Flaky(*[client_error("InternalError", 500)] * 3), "put_object", "bkt", "k")
+    assert _records(caplog, logging.WARNING) == [] and _records(caplog, logging.INFO) == []
+
+
+def test_an_endpoint_that_keeps_failing_is_reported_long_before_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, clock = _client_with_fake_clock(monkeypatch, read_timeout=60.0)
+    warned_at: list[float] = []
+
+    def times_out() -> str:
+        clock[0] += 60.0  # each attempt waits read_timeout for an answer that never comes
+        raise botocore.exceptions.ReadTimeoutError(endpoint_url="http://store")
+
+    class Spy(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.levelno == logging.WARNING:
+                warned_at.append(clock[0])
+
+    spy = Spy()
+    logging.getLogger("s3dcp").addHandler(spy)
+    try:
+        with caplog.at_level(logging.WARNING, logger="s3dcp"), pytest.raises(S3DCPError):
+            client.run(times_out, "get_object", "bkt", "k")
+    finally:
+        logging.getLogger("s3dcp").removeHandler(spy)
+    assert clock[0] >= 300.0  # it did run to the deadline
+    assert len(warned_at) == 1 and warned_at[0] <= 61.0
+    warning = _records(caplog, logging.WARNING)[0]
+    assert "ReadTimeoutError" in warning and "Check the endpoint" in warning and "network" in warning
+
+
+@pytest.mark.parametrize("value", [-1, float("nan"), float("inf"), "5", True])
+def test_retry_warning_after_must_be_seconds(value: object) -> None:
+    with pytest.raises(ValueError, match="retry_warning_after"):
+        S3ClientConfig(retry_warning_after=value)  # type: ignore[arg-type]
+    assert S3ClientConfig(retry_warning_after=0).retry_warning_after == 0

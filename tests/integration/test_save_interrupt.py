@@ -1,0 +1,89 @@
+"""Ctrl-C and SIGTERM stop a save within seconds: nothing queued is sent, uploads are aborted, nothing commits.
+
+The save runs in a child process whose shard parts the proxy holds, so
+without the interrupt it would not finish for minutes. The signal is sent
+once the proxy holds the first part.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import list_keys
+from tests.servers.fault_proxy import FaultProxy
+
+pytestmark = pytest.mark.s3
+
+REPO = Path(__file__).resolve().parents[2]
+
+_SAVER = """
+import sys, torch, torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from s3dcp import S3ClientConfig, S3StorageWriter
+MIB = 1024 * 1024
+state = {name: torch.randn(7 * MIB // 4) for name in ("a", "b", "c")}
+config = S3ClientConfig(part_size=5 * MIB, max_concurrency=2)
+writer = S3StorageWriter(None, sys.argv[1], config, thread_count=int(sys.argv[2]))
+try:
+    dcp.save(state, storage_writer=writer)
+except CheckpointException as error:
+    (raised, _), = error.failures.values()
+    print(type(raised).__name__, flush=True)
+    raise raised from None
+print("saved", flush=True)
+"""
+
+
+def interrupt_save(proxy: FaultProxy, path: str, signum: int, threads: int = 1) -> tuple[int, str, str, int]:
+    """Start the save, send ``signum`` once a part is held; (exit status, stdout, stderr, parts sent)."""
+    hold = proxy.add_rule("hold", method="PUT", key_pattern=r"__0_\d+\.distcp$", query_contains="partNumber=")
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SAVER, path, str(threads)],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert hold.hit.wait(120), "the child never reached its first part"
+        child.send_signal(signum)
+        # the held parts alone would keep an uninterruptible save going for two minutes
+        out, err = child.communicate(timeout=60)
+        return child.returncode, out, err, hold.hits
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+
+
+def assert_nothing_left_open(s3: Any, bucket: str) -> None:
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    assert "ckpt/.metadata" not in list_keys(s3, bucket)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_ctrl_c_stops_a_save_and_aborts_its_uploads(
+    proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str, threads: int
+) -> None:
+    status, out, err, parts = interrupt_save(proxy, f"s3://{bucket}/ckpt", signal.SIGINT, threads)
+    assert out.split() == ["KeyboardInterrupt"], err
+    assert status == -signal.SIGINT, err
+    assert parts <= 2  # at most max_concurrency parts were ever sent; the queued ones never were
+    assert_nothing_left_open(s3, bucket)
+
+
+def test_sigterm_stops_a_save_and_aborts_its_uploads(
+    proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    status, out, err, parts = interrupt_save(proxy, f"s3://{bucket}/ckpt", signal.SIGTERM)
+    assert out.split() == ["SystemExit"], err
+    assert status == 128 + signal.SIGTERM, err
+    assert parts <= 2
+    assert_nothing_left_open(s3, bucket)

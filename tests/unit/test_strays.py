@@ -1,0 +1,36 @@
+"""Which objects under a checkpoint are strays that a save may remove: pure rules."""
+
+from __future__ import annotations
+
+from s3dcp.commit import find_strays
+
+
+def test_only_unreferenced_shard_names_are_strays() -> None:
+    objects = {
+        ".metadata": 10,
+        "__0_0.distcp": 100,
+        "__0_1.distcp": 200,
+        "0000/__3_0.distcp": 300,
+        "notes.txt": 1,
+        "logs/train.log": 2,
+        "logs/__0_0.distcp.bak": 3,
+        ".s3dcp-saving": 4,
+    }
+    assert find_strays(objects, {"__0_0.distcp"}) == {"__0_1.distcp": 200, "0000/__3_0.distcp": 300}
+
+
+def test_nothing_inside_a_nested_checkpoint_is_a_stray() -> None:
+    objects = {
+        "sub/.metadata": 10,
+        "sub/__0_0.distcp": 100,
+        "sub/0000/__1_0.distcp": 100,
+        "saving/.s3dcp-saving": 1,
+        "saving/deep/__0_0.distcp": 100,
+        "subway/__0_0.distcp": 7,
+    }
+    assert find_strays(objects, set()) == {"subway/__0_0.distcp": 7}
+
+
+def test_s3dcp_bookkeeping_objects_are_never_strays() -> None:
+    objects = {".s3dcp-uploads/abc/__0_0.distcp": 5, ".s3dcp-saving": 1}
+    assert find_strays(objects, set()) == {}
