@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Set
+from collections.abc import Set
 from datetime import datetime, timezone
 
 from .catalog import delete_keys, list_pages
 from .client import S3Client
 from .download import read_object
 from .errors import CheckpointExistsError, ObjectNotFoundError, S3DCPError, S3RequestError
-from .layout import METADATA_NAME, OWN_PREFIX, SAVING_MARKER, is_shard_name
+from .layout import SAVING_MARKER, find_strays
 from .upload import put_object
 from .uri import S3Uri
 
@@ -41,7 +41,6 @@ __all__ = [
     "commit_metadata",
     "put_saving_marker",
     "saving_marker_body",
-    "find_strays",
     "tidy_after_commit",
     "CONFLICT_CODES",
     "UNSUPPORTED_CODES",
@@ -110,38 +109,6 @@ def _stored_body_is(client: S3Client, bucket: str, key: str, body: bytes) -> boo
         return False
 
 
-def find_strays(objects: Mapping[str, int], referenced: Set[str]) -> dict[str, int]:
-    """The shard objects under a checkpoint that its metadata does not reference.
-
-    Args:
-        objects: every object under the checkpoint, by path relative to it, with its size.
-        referenced: the relative paths the checkpoint's ``.metadata`` records.
-
-    A sub-prefix holding its own ``.metadata`` or ``.s3dcp-saving`` is
-    another checkpoint (finished or being saved): nothing inside it is a
-    stray of this one. Only DCP-shard-named objects can be strays; anything
-    else stored beside a checkpoint is the user's.
-    """
-    nested = {
-        relative.rsplit("/", 1)[0]
-        for relative in objects
-        if "/" in relative and relative.rsplit("/", 1)[1] in (METADATA_NAME, SAVING_MARKER)
-    }
-
-    def inside_nested(relative: str) -> bool:
-        parts = relative.split("/")[:-1]
-        return any("/".join(parts[:depth]) in nested for depth in range(1, len(parts) + 1))
-
-    return {
-        relative: size
-        for relative, size in objects.items()
-        if is_shard_name(relative)
-        and relative not in referenced
-        and not relative.startswith(OWN_PREFIX)
-        and not inside_nested(relative)
-    }
-
-
 def _objects_under(client: S3Client, uri: S3Uri) -> dict[str, int]:
     head = f"{uri.prefix}/" if uri.prefix else ""
     return {
@@ -156,7 +123,7 @@ def tidy_after_commit(client: S3Client, uri: S3Uri, referenced: Set[str]) -> dic
 
     Runs after ``.metadata`` is committed, so the checkpoint is complete and
     loadable throughout: only objects the new metadata does not reference
-    are deleted (see :func:`find_strays`), never ``.metadata``.
+    are deleted (see :func:`~s3dcp.layout.find_strays`), never ``.metadata``.
 
     A failure here does not raise. The save the caller asked for has been
     committed, and reporting it as failed would make a training job retry
@@ -164,10 +131,14 @@ def tidy_after_commit(client: S3Client, uri: S3Uri, referenced: Set[str]) -> dic
     failed listing or delete is logged as a WARNING that names how many
     objects and bytes stayed, one of their keys, and that the next save to
     the same path removes them (or delete them by hand).
+
+    A checkpoint at a bucket's root is not searched for strays: the whole
+    bucket lies below it, and an unfinished save of another run (one that
+    left no marker) would look like this checkpoint's leftovers.
     """
     marker = uri.key(SAVING_MARKER)
     try:
-        strays = find_strays(_objects_under(client, uri), referenced)
+        strays = find_strays(_objects_under(client, uri), referenced) if uri.prefix else {}
     except S3DCPError as error:
         log.warning(
             "%s is committed, but listing it to remove shard objects that earlier saves left failed: %s. "

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,7 @@ from .commit import commit_metadata
 from .config import S3ClientConfig, resolve_settings
 from .download import read_object
 from .errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError
-from .layout import METADATA_NAME, SAVING_MARKER, is_own_object, is_shard_name
+from .layout import METADATA_NAME, SAVING_MARKER, find_strays
 from .metadata import check_relative_key
 from .progress import human_bytes
 from .references import referenced_objects
@@ -118,34 +118,6 @@ class CopyReport:
     stray_bytes_left: int
     strays_removed: int  # destination strays removed after the commit
     stray_bytes_removed: int
-
-
-def strays(objects: Mapping[str, int], referenced: Collection[str]) -> dict[str, int]:
-    """The strays among ``objects`` (relative path -> size) of the checkpoint that references ``referenced``.
-
-    A stray is a shard-named object the metadata does not reference, that
-    is not one of s3dcp's ``.s3dcp-*`` objects and not inside a nested
-    checkpoint (a sub-prefix holding its own ``.metadata`` or save marker),
-    which belongs to that checkpoint instead.
-    """
-    nested = {
-        relative.rsplit("/", 1)[0]
-        for relative in objects
-        if "/" in relative and relative.rsplit("/", 1)[1] in (METADATA_NAME, SAVING_MARKER)
-    }
-
-    def in_nested(relative: str) -> bool:
-        parts = relative.split("/")
-        return any("/".join(parts[:depth]) in nested for depth in range(1, len(parts)))
-
-    return {
-        relative: size
-        for relative, size in objects.items()
-        if is_shard_name(relative)
-        and relative not in referenced
-        and not is_own_object(relative)
-        and not in_nested(relative)
-    }
 
 
 def _overlap(source: str | os.PathLike[str], destination: str | os.PathLike[str]) -> str | None:
@@ -276,8 +248,8 @@ def plan_copy(
         replaces_commit=replaces_commit,
         replaces_save=replaces_save,
         replaced=frozenset(objects) & frozenset(existing),
-        source_strays=strays(found, needed),
-        destination_strays=strays(existing, needed),
+        source_strays=find_strays(found, needed),
+        destination_strays=find_strays(existing, needed),
         client=client,
     )
 

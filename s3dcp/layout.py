@@ -17,6 +17,7 @@ anything else stored beside them.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Mapping
 
 __all__ = [
     "METADATA_NAME",
@@ -26,6 +27,7 @@ __all__ = [
     "UPLOAD_MARKERS",
     "is_shard_name",
     "is_own_object",
+    "find_strays",
 ]
 
 METADATA_NAME = ".metadata"
@@ -45,3 +47,36 @@ def is_shard_name(relative: str) -> bool:
 def is_own_object(relative: str) -> bool:
     """True if ``relative`` (a path inside a checkpoint) is one of s3dcp's bookkeeping objects."""
     return relative.startswith(OWN_PREFIX)
+
+
+def find_strays(objects: Mapping[str, int], referenced: Collection[str]) -> dict[str, int]:
+    """The strays among a checkpoint's objects: shard objects its metadata does not reference.
+
+    Args:
+        objects: every object under the checkpoint, by path relative to it, with its size.
+        referenced: the relative paths the checkpoint's ``.metadata`` records.
+
+    A sub-prefix holding its own ``.metadata`` or ``.s3dcp-saving`` is
+    another checkpoint (finished or being saved): nothing inside it is a
+    stray of this one. Only DCP-shard-named objects can be strays; anything
+    else stored beside a checkpoint is the user's, and s3dcp's own
+    ``.s3dcp-*`` objects are bookkeeping, not strays.
+    """
+    nested = {
+        relative.rsplit("/", 1)[0]
+        for relative in objects
+        if "/" in relative and relative.rsplit("/", 1)[1] in (METADATA_NAME, SAVING_MARKER)
+    }
+
+    def inside_nested(relative: str) -> bool:
+        parts = relative.split("/")[:-1]
+        return any("/".join(parts[:depth]) in nested for depth in range(1, len(parts) + 1))
+
+    return {
+        relative: size
+        for relative, size in objects.items()
+        if is_shard_name(relative)
+        and relative not in referenced
+        and not is_own_object(relative)
+        and not inside_nested(relative)
+    }

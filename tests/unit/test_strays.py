@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from s3dcp.commit import find_strays
+from s3dcp.layout import find_strays
 
 
 def test_only_unreferenced_shard_names_are_strays() -> None:
