@@ -41,7 +41,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -284,21 +284,29 @@ def _summary(plan: list[Removal], uri: str) -> str:
     return f"{objects} objects ({human_bytes(size)}) of {len(plan)} checkpoint(s) under {uri}"
 
 
-def _delete_plan(args: argparse.Namespace, plan: list[Removal]) -> int:
-    """Show, ask, delete: the shared end of rm and prune."""
-    lines = [_described(removal) for removal in plan]
-    if args.dry_run or not plan:
+def _show_ask_act(
+    args: argparse.Namespace, lines: list[str], summary: str, question: str, act: Callable[[], object],
+    *, would: str, did: str,
+) -> int:
+    """The shared end of rm, prune and gc: show, ask, act (a dry run, or nothing to do, only shows)."""
+    if args.dry_run or not lines:
         for line in lines:
-            print(f"would delete {line}")
-        print(f"{'would delete' if args.dry_run else 'deleted'} {_summary(plan, args.uri)}")
+            print(f"{would} {line}")
+        print(f"{would if args.dry_run else did} {summary}")
         return 0
-    if not _confirm(args, f"delete {_summary(plan, args.uri)}?", lines):
+    if not _confirm(args, question, lines):
         return _declined()
-    remove(plan, **_s3(args))
+    act()
     for line in lines:
-        print(f"deleted {line}")
-    print(f"deleted {_summary(plan, args.uri)}")
+        print(f"{did} {line}")
+    print(f"{did} {summary}")
     return 0
+
+
+def _delete_plan(args: argparse.Namespace, plan: list[Removal]) -> int:
+    summary = _summary(plan, args.uri)
+    return _show_ask_act(args, [_described(removal) for removal in plan], summary, f"delete {summary}?",
+                         lambda: remove(plan, **_s3(args)), would="would delete", did="deleted")
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
@@ -326,20 +334,11 @@ def cmd_gc(args: argparse.Namespace) -> int:
     if sweep.not_checkpoints:
         left.append(f"{sweep.not_checkpoints} upload(s) of objects that are not checkpoint objects")
     note = f"; left alone: {', '.join(left)}" if left else ""
-    summary = f"{len(sweep.stale)} abandoned multipart upload(s) under {args.uri}"
-    if args.dry_run:
-        for line in lines:
-            print(f"would abort {line}")
-        print(f"would abort {summary}{note}")
-        return 0
-    if sweep.stale:
-        if not _confirm(args, f"abort {len(sweep.stale)} multipart upload(s) under {args.uri}?", lines):
-            return _declined()
-        abort_uploads(sweep, **_s3(args))
-    for line in lines:
-        print(f"aborted {line}")
-    print(f"aborted {summary}{note}")
-    return 0
+    return _show_ask_act(
+        args, lines, f"{len(sweep.stale)} abandoned multipart upload(s) under {args.uri}{note}",
+        f"abort {len(sweep.stale)} multipart upload(s) under {args.uri}?",
+        lambda: abort_uploads(sweep, **_s3(args)), would="would abort", did="aborted",
+    )
 
 
 def _s3_uri(text: str) -> str:

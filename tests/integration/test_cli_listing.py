@@ -34,11 +34,12 @@ def save(bucket: str, path: str) -> None:
              storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/{path}"))
 
 
-def after_an_interrupted_bigger_save(s3: Any, bucket: str, path: str) -> None:
-    """Ranks 1 and 2 of a killed 3-rank save left shards; then one process saved to the same path."""
+def with_strays(s3: Any, bucket: str, path: str) -> None:
+    """A checkpoint beside shards its metadata does not use, as an older s3dcp (no clean-up after the
+    commit) or a clean-up that failed leaves them: ranks 1 and 2 of a bigger earlier save."""
+    save(bucket, path)
     for rank in (1, 2):
         s3.put_object(Bucket=bucket, Key=f"{path}/__{rank}_0.distcp", Body=b"s" * STRAY)
-    save(bucket, path)
 
 
 def row(out: str, name: str) -> list[str]:
@@ -48,7 +49,7 @@ def row(out: str, name: str) -> list[str]:
 def test_ls_and_info_count_what_the_metadata_references_and_report_strays(
     s3_env: Any, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    after_an_interrupted_bigger_save(s3, bucket, "run/step_2")
+    with_strays(s3, bucket, "run/step_2")
     save(bucket, "run/step_3")
     keys = list_keys(s3, bucket, "run/step_2/")
     committed = keys["run/step_2/.metadata"] + keys["run/step_2/__0_0.distcp"]
