@@ -55,13 +55,16 @@ def test_a_failing_shard_stops_the_other_shards_of_its_rank(
     mib = 1024 * 1024
     state = {"a": torch.randn(7 * mib // 4), "b": torch.randn(7 * mib // 4)}
     writer = S3StorageWriter(REGION, f"s3://{bucket}/two", S3ClientConfig(part_size=5 * mib), thread_count=2)
-    # shard 0's parts are held (it would take minutes); shard 1 is refused at once
+    # shard 0's parts are held (it would take minutes); once one of them is on the wire, shard 1 is
+    # let go and refused (its upload is held at creation until then, so the order is certain)
     hold = proxy.add_rule("hold", method="PUT", key_pattern=r"__0_0\.distcp$", query_contains="partNumber=")
-    proxy.add_rule("access_denied", method="PUT", key_pattern=r"__0_1\.distcp$")
+    start_1 = proxy.add_rule("hold", method="POST", key_pattern=r"__0_1\.distcp$", query_contains="uploads")
     try:
         with ThreadPoolExecutor(1) as runner:
             saving = runner.submit(dcp.save, state, storage_writer=writer)
-            assert hold.hit.wait(60)
+            assert hold.hit.wait(60) and start_1.hit.wait(60)
+            proxy.add_rule("access_denied", method="PUT", key_pattern=r"__0_1\.distcp$")
+            start_1.release()
             with pytest.raises(CheckpointException) as raised:
                 saving.result(timeout=60)  # well before the held parts would be let go
             assert isinstance(s3dcp_error(raised.value), AccessDeniedError)
@@ -69,3 +72,4 @@ def test_a_failing_shard_stops_the_other_shards_of_its_rank(
             assert "two/.metadata" not in list_keys(s3, bucket)
     finally:
         hold.release()
+        start_1.release()
