@@ -1,0 +1,72 @@
+"""What torch's own DCP tests expect of a storage layer, checked against S3.
+
+Older metadata classes that torch still loads, ``io.BytesIO`` values, and
+the shard objects a save writes (the same names ``FileSystemWriter`` writes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed._shard.sharded_tensor import metadata as sharded_metadata
+from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
+
+from s3dcp import S3StorageReader, UnsafeCheckpointError
+from tests.helpers import assert_same, blank_like, s3dcp_error
+from tests.integration.test_interop import upload_tree
+
+pytestmark = pytest.mark.s3
+
+REGION = "us-east-1"
+
+
+def with_old_tensor_properties(metadata: Metadata) -> Metadata:
+    """``metadata`` as older torch pickled it: ShardedTensor ``TensorProperties`` for every tensor."""
+    entries: dict[str, Any] = {}
+    for fqn, entry in metadata.state_dict_metadata.items():
+        if isinstance(entry, TensorStorageMetadata):
+            new = entry.properties
+            old = sharded_metadata.TensorProperties(
+                dtype=new.dtype, layout=new.layout, requires_grad=new.requires_grad,
+                memory_format=new.memory_format, pin_memory=new.pin_memory,
+            )
+            entry = dataclasses.replace(entry, properties=old)  # type: ignore[arg-type]
+        entries[fqn] = entry
+    return dataclasses.replace(metadata, state_dict_metadata=entries)
+
+
+def test_metadata_with_sharded_tensor_properties_loads(
+    s3_env: Any, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    state = {"w": torch.randn(4, 3), "h": torch.arange(5, dtype=torch.float16), "step": 7}
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp_path, sync_files=False))
+    metadata_file = tmp_path / ".metadata"
+    old = with_old_tensor_properties(pickle.loads(metadata_file.read_bytes()))
+    metadata_file.write_bytes(pickle.dumps(old))
+    assert sharded_metadata.__name__.encode() in metadata_file.read_bytes()
+    upload_tree(s3, tmp_path, bucket, "old")
+
+    loaded = blank_like(state)
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/old"))
+    assert_same(state, loaded)
+
+
+def test_hostile_metadata_naming_the_sharded_tensor_module_stays_refused(
+    s3_env: Any, s3: Any, bucket: str
+) -> None:
+    # ShardMetadata is a real class in the same module, but never part of DCP metadata
+    hostile = b"\x80\x04\x8c" + bytes([len(sharded_metadata.__name__)]) + sharded_metadata.__name__.encode()
+    hostile += b"\x8c\x0dShardMetadata\x93)R."
+    s3.put_object(Bucket=bucket, Key="bad/.metadata", Body=hostile)
+    with pytest.raises(BaseException) as raised:
+        dcp.load({"w": torch.zeros(1)}, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/bad"))
+    error = s3dcp_error(raised.value)
+    assert isinstance(error, UnsafeCheckpointError)
+    assert "ShardMetadata" in str(error)
