@@ -18,7 +18,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed._shard.sharded_tensor import metadata as sharded_metadata
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
-from s3dcp import S3StorageReader, UnsafeCheckpointError
+from s3dcp import S3StorageReader, S3StorageWriter, UnsafeCheckpointError
 from tests.helpers import assert_same, blank_like, s3dcp_error
 from tests.integration.test_interop import upload_tree
 
@@ -70,3 +70,33 @@ def test_hostile_metadata_naming_the_sharded_tensor_module_stays_refused(
     error = s3dcp_error(raised.value)
     assert isinstance(error, UnsafeCheckpointError)
     assert "ShardMetadata" in str(error)
+
+
+class _Payload:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (print, ("this ran",))
+
+
+def test_bytes_io_values_round_trip_bit_exact(s3_env: Any, bucket: str) -> None:
+    blob = bytes(range(256)) * 3
+    state = {"w": torch.arange(4.0), "blob": io.BytesIO(blob), "empty": io.BytesIO(), "nested": {"b": io.BytesIO(b"x")}}
+    uri = f"s3://{bucket}/bytes-io"
+    dcp.save(state, storage_writer=S3StorageWriter(REGION, uri))
+    assert io.BytesIO not in torch.serialization.get_safe_globals()
+
+    loaded: dict[str, Any] = {"w": torch.zeros(4), "blob": None, "empty": None, "nested": {"b": None}}
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, uri))
+    assert torch.equal(loaded["w"], state["w"])
+    assert isinstance(loaded["blob"], io.BytesIO) and loaded["blob"].getvalue() == blob
+    assert loaded["empty"].getvalue() == b"" and loaded["nested"]["b"].getvalue() == b"x"
+    assert io.BytesIO not in torch.serialization.get_safe_globals()
+
+
+def test_a_bytes_io_wrapping_a_hostile_pickle_is_refused(s3_env: Any, bucket: str) -> None:
+    uri = f"s3://{bucket}/hostile-bytes-io"
+    dcp.save({"blob": io.BytesIO(pickle.dumps(_Payload()))}, storage_writer=S3StorageWriter(REGION, uri))
+    with pytest.raises(BaseException) as raised:
+        dcp.load({"blob": None}, storage_reader=S3StorageReader(REGION, uri))
+    error = s3dcp_error(raised.value)
+    assert isinstance(error, UnsafeCheckpointError)
+    assert "builtins.print" in str(error) and "blob" in str(error)
