@@ -26,6 +26,7 @@ __all__ = [
     "SAVING_MARKER",
     "UPLOAD_MARKERS",
     "is_shard_name",
+    "is_empty_shard",
     "is_own_object",
     "find_strays",
 ]
@@ -44,6 +45,17 @@ def is_shard_name(relative: str) -> bool:
     return _SHARD_NAME.match(relative.rsplit("/", 1)[-1]) is not None
 
 
+def is_empty_shard(relative: str, size: int) -> bool:
+    """True for a shard object of 0 bytes: what a rank or writer thread with nothing to store writes.
+
+    ``FileSystemWriter`` writes one file per rank and writer thread, empty
+    when it has no items; s3dcp writes the same objects so that a synced
+    directory is identical. No metadata references one, and it costs no
+    storage, so it is never a stray.
+    """
+    return size == 0 and is_shard_name(relative)
+
+
 def is_own_object(relative: str) -> bool:
     """True if ``relative`` (a path inside a checkpoint) is one of s3dcp's bookkeeping objects."""
     return relative.startswith(OWN_PREFIX)
@@ -60,7 +72,10 @@ def find_strays(objects: Mapping[str, int], referenced: Collection[str]) -> dict
     another checkpoint (finished or being saved): nothing inside it is a
     stray of this one. Only DCP-shard-named objects can be strays; anything
     else stored beside a checkpoint is the user's, and s3dcp's own
-    ``.s3dcp-*`` objects are bookkeeping, not strays.
+    ``.s3dcp-*`` objects are bookkeeping, not strays. An empty shard object
+    is part of the layout, not a stray: DCP writes one for each rank or
+    writer thread with nothing to store, and the metadata never references
+    it (see :func:`is_empty_shard`).
     """
     nested = {
         relative.rsplit("/", 1)[0]
@@ -76,6 +91,7 @@ def find_strays(objects: Mapping[str, int], referenced: Collection[str]) -> dict
         relative: size
         for relative, size in objects.items()
         if is_shard_name(relative)
+        and not is_empty_shard(relative, size)
         and relative not in referenced
         and not is_own_object(relative)
         and not inside_nested(relative)

@@ -44,13 +44,15 @@ def item_nbytes(item: WriteItem) -> int:
 def split_items(items: Sequence[WriteItem], bins: int) -> list[list[WriteItem]]:
     """Split items into ``bins`` files of similar size (largest first, greedy).
 
-    Byte items are dealt round-robin; empty bins are dropped, so fewer items
-    than bins gives fewer files.
+    Byte items are dealt round-robin. Always ``bins`` lists, empty ones
+    included: ``FileSystemWriter`` writes a file for each (an empty one for
+    a rank or thread with nothing to store), and a checkpoint holds the same
+    files whichever writer saved it.
     """
     if bins < 1:
-        raise ValueError("bins must be >= 1")
+        raise ValueError(f"bins must be an int >= 1 (the writer's thread_count), got {bins!r}")
     if bins == 1:
-        return [list(items)] if items else []
+        return [list(items)]
     buckets: list[list[WriteItem]] = [[] for _ in range(bins)]
     sizes = [0] * bins
     byte_items = [wi for wi in items if wi.type == WriteItemType.BYTE_IO]
@@ -63,7 +65,7 @@ def split_items(items: Sequence[WriteItem], bins: int) -> list[list[WriteItem]]:
         smallest = min(range(bins), key=sizes.__getitem__)
         buckets[smallest].append(item)
         sizes[smallest] += item_nbytes(item)
-    return [bucket for bucket in buckets if bucket]
+    return buckets
 
 
 def _as_saveable(tensor: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,10 @@ from torch.distributed._shard.sharded_tensor import metadata as sharded_metadata
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from s3dcp import S3StorageReader, S3StorageWriter, UnsafeCheckpointError
+from tests.conftest import list_keys
+from tests.distributed import run_ranks
 from tests.helpers import assert_same, blank_like, s3dcp_error
+from tests.integration.test_distributed import aws_env
 from tests.integration.test_interop import upload_tree
 
 pytestmark = pytest.mark.s3
@@ -100,3 +103,58 @@ def test_a_bytes_io_wrapping_a_hostile_pickle_is_refused(s3_env: Any, bucket: st
     error = s3dcp_error(raised.value)
     assert isinstance(error, UnsafeCheckpointError)
     assert "builtins.print" in str(error) and "blob" in str(error)
+
+
+# -- the shard objects a save writes: the files FileSystemWriter writes ----------------
+def written_names(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
+    """Object name -> size under a checkpoint, s3dcp's own bookkeeping left out."""
+    keys = list_keys(s3, bucket, prefix + "/")
+    return {key[len(prefix) + 1 :]: size for key, size in keys.items() if not key.split("/")[-1].startswith(".s3dcp-")}
+
+
+def file_names(directory: Path) -> dict[str, int]:
+    return {path.relative_to(directory).as_posix(): path.stat().st_size for path in directory.rglob("*") if path.is_file()}
+
+
+STATES: dict[str, dict[str, Any]] = {"two-items": {"a": torch.ones(5), "b": torch.zeros(2, 2)}, "nothing": {}}
+
+
+@pytest.mark.parametrize(
+    ("name", "thread_count", "empty_files"),
+    [("two-items", 1, 0), ("two-items", 3, 1), ("nothing", 1, 1), ("nothing", 3, 3)],
+)
+def test_a_save_writes_the_files_filesystem_writer_writes(
+    s3_env: Any, s3: Any, bucket: str, tmp_path: Path, name: str, thread_count: int, empty_files: int
+) -> None:
+    state = STATES[name]
+    directory = tmp_path / "filesystem"
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(directory, thread_count=thread_count, sync_files=False))
+    dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/ckpt", thread_count=thread_count))
+    expected = file_names(directory)
+    assert sum(size == 0 for size in expected.values()) == empty_files
+    ours = written_names(s3, bucket, "ckpt")
+    assert set(ours) == set(expected)
+    assert {name for name, size in ours.items() if size == 0} == {name for name, size in expected.items() if size == 0}
+
+    loaded = blank_like(state)
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/ckpt"))
+    assert_same(state, loaded)
+
+
+def save_where_rank_1_has_nothing(rank: int, world_size: int, uri: str, directory: str) -> None:
+    # a plain tensor is taken as replicated: DCP stores it once, from one rank
+    state = {"w": torch.arange(6.0)}
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(directory, sync_files=False))
+    dcp.save(state, storage_writer=S3StorageWriter(REGION, uri))
+
+
+def test_a_rank_with_nothing_to_store_writes_the_empty_file_filesystem_writer_writes(
+    s3_env: Any, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    directory = tmp_path / "filesystem"
+    run_ranks(2, save_where_rank_1_has_nothing, f"s3://{bucket}/two", str(directory), env=aws_env())
+    expected = file_names(directory)
+    assert sorted(name for name, size in expected.items() if size == 0) == ["__1_0.distcp"]
+    ours = written_names(s3, bucket, "two")
+    assert ours.keys() == expected.keys()
+    assert ours["__1_0.distcp"] == 0

@@ -34,3 +34,9 @@ def test_nothing_inside_a_nested_checkpoint_is_a_stray() -> None:
 def test_s3dcp_bookkeeping_objects_are_never_strays() -> None:
     objects = {".s3dcp-uploads/abc/__0_0.distcp": 5, ".s3dcp-saving": 1}
     assert find_strays(objects, set()) == {}
+
+
+def test_empty_shard_objects_are_layout_not_strays() -> None:
+    # what a rank or writer thread with nothing to store writes; a non-empty one stays a stray
+    objects = {".metadata": 10, "__0_0.distcp": 100, "__0_1.distcp": 0, "__1_0.distcp": 0, "__2_0.distcp": 5}
+    assert find_strays(objects, {"__0_0.distcp"}) == {"__2_0.distcp": 5}
