@@ -17,7 +17,7 @@ anything else stored beside them.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 __all__ = [
     "METADATA_NAME",
@@ -27,6 +27,7 @@ __all__ = [
     "UPLOAD_MARKERS",
     "is_shard_name",
     "is_empty_shard",
+    "empty_shards",
     "is_own_object",
     "find_strays",
 ]
@@ -61,6 +62,31 @@ def is_own_object(relative: str) -> bool:
     return relative.startswith(OWN_PREFIX)
 
 
+def _nested_checkpoints(objects: Mapping[str, int]) -> Callable[[str], bool]:
+    """A test for "lies inside a sub-prefix that is a checkpoint (or a save) of its own"."""
+    nested = {
+        relative.rsplit("/", 1)[0]
+        for relative in objects
+        if "/" in relative and relative.rsplit("/", 1)[1] in (METADATA_NAME, SAVING_MARKER)
+    }
+
+    def inside_nested(relative: str) -> bool:
+        parts = relative.split("/")[:-1]
+        return any("/".join(parts[:depth]) in nested for depth in range(1, len(parts) + 1))
+
+    return inside_nested
+
+
+def empty_shards(objects: Mapping[str, int]) -> list[str]:
+    """The empty shard objects of a checkpoint (not of checkpoints nested in it), to copy with it."""
+    inside_nested = _nested_checkpoints(objects)
+    return sorted(
+        relative
+        for relative, size in objects.items()
+        if is_empty_shard(relative, size) and not is_own_object(relative) and not inside_nested(relative)
+    )
+
+
 def find_strays(objects: Mapping[str, int], referenced: Collection[str]) -> dict[str, int]:
     """The strays among a checkpoint's objects: shard objects its metadata does not reference.
 
@@ -77,16 +103,7 @@ def find_strays(objects: Mapping[str, int], referenced: Collection[str]) -> dict
     writer thread with nothing to store, and the metadata never references
     it (see :func:`is_empty_shard`).
     """
-    nested = {
-        relative.rsplit("/", 1)[0]
-        for relative in objects
-        if "/" in relative and relative.rsplit("/", 1)[1] in (METADATA_NAME, SAVING_MARKER)
-    }
-
-    def inside_nested(relative: str) -> bool:
-        parts = relative.split("/")[:-1]
-        return any("/".join(parts[:depth]) in nested for depth in range(1, len(parts) + 1))
-
+    inside_nested = _nested_checkpoints(objects)
     return {
         relative: size
         for relative, size in objects.items()

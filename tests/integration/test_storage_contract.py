@@ -19,6 +19,7 @@ from torch.distributed._shard.sharded_tensor import metadata as sharded_metadata
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from s3dcp import S3StorageReader, S3StorageWriter, UnsafeCheckpointError
+from s3dcp.copy import copy_checkpoint
 from tests.conftest import list_keys
 from tests.distributed import run_ranks
 from tests.helpers import assert_same, blank_like, s3dcp_error
@@ -158,3 +159,16 @@ def test_a_rank_with_nothing_to_store_writes_the_empty_file_filesystem_writer_wr
     ours = written_names(s3, bucket, "two")
     assert ours.keys() == expected.keys()
     assert ours["__1_0.distcp"] == 0
+
+
+def test_cp_copies_the_empty_shard_objects_both_ways(s3_env: Any, s3: Any, bucket: str, tmp_path: Path) -> None:
+    state = {"w": torch.arange(3.0)}
+    dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/src", thread_count=3))
+    saved = written_names(s3, bucket, "src")
+    assert sorted(name for name, size in saved.items() if size == 0) == ["__0_1.distcp", "__0_2.distcp"]
+
+    report = copy_checkpoint(f"s3://{bucket}/src", tmp_path / "local")
+    assert file_names(tmp_path / "local") == saved
+    assert report.strays_left == 0
+    copy_checkpoint(tmp_path / "local", f"s3://{bucket}/back")
+    assert written_names(s3, bucket, "back") == saved
