@@ -11,14 +11,15 @@ load cannot either.
 ``weights_only`` refuses (with ``bytes``, which protocol 2 calls for an
 empty ``bytes``). They are admitted for the check when they are the only
 globals the archive names besides admitted ones; every other global, and
-everything a ``BytesIO``'s state holds, stays under the same allow-list. Its contents
-are bytes DCP hands back unread, but a user is likely to unpickle them
-next, so contents that are themselves a ``torch.save`` archive or a pickle
-are held to the same allow-list too.
+everything a ``BytesIO``'s state holds, stays under the same allow-list.
+A ``BytesIO``'s contents are bytes DCP hands back unread, but a user is
+likely to unpickle them next, so contents that are themselves a
+``torch.save`` archive or a pickle are held to the same allow-list too.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
 import io
 import pickle
 import pickletools
@@ -154,10 +155,8 @@ def _check_contents(contents: bytes, item: str) -> None:
     if _is_torch_archive(contents):
         try:
             check_plain_data(contents, where)
-        except UnsafeCheckpointError:
-            raise
-        except Exception:  # noqa: BLE001 - an archive torch cannot read is bytes nothing will load
-            pass
+        except (RuntimeError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+            pass  # an archive torch cannot read: bytes that no torch.load will unpickle either
         return
     names = _pickle_globals(contents)
     if names is None:
@@ -197,11 +196,12 @@ def _pickle_globals(contents: bytes) -> set[str] | None:
     try:
         for opcode, argument, _ in pickletools.genops(contents):
             if opcode.name in ("GLOBAL", "INST"):
-                names.add(".".join(str(argument).split(" ", 1)))
+                module, _, name = str(argument).partition(" ")
+                names.add(_python3_name(module, name))
             elif opcode.name == "STACK_GLOBAL":
-                module, name = strings[-2:] if len(strings) >= 2 else (None, None)
-                resolved = isinstance(module, str) and isinstance(name, str)
-                names.add(f"{module}.{name}" if resolved else _UNRESOLVABLE)
+                pushed = strings[-2:] if len(strings) >= 2 else [None, None]
+                resolved = all(isinstance(part, str) for part in pushed)
+                names.add(_python3_name(str(pushed[0]), str(pushed[1])) if resolved else _UNRESOLVABLE)
             elif opcode.name.startswith("EXT"):
                 names.add(_UNRESOLVABLE)
             if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
@@ -213,6 +213,15 @@ def _pickle_globals(contents: bytes) -> set[str] | None:
         return None
     # pickle.loads ignores what follows STOP, so trailing bytes do not make it less of a pickle
     return names if stopped else None
+
+
+def _python3_name(module: str, name: str) -> str:
+    """``module.name`` as pickle resolves it: Python 2 names (``__builtin__``) map to Python 3's."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
+    return f"{module}.{name}"
 
 
 def _why_refused(error: Exception) -> str:

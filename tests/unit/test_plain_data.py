@@ -34,6 +34,7 @@ class _Payload:
         {"blob": io.BytesIO(b"abc"), "step": 3, "nested": [io.BytesIO(b"x"), torch.ones(2)]},
         io.BytesIO(saved({"lr": 0.1, "w": torch.arange(3)})),  # an archive of plain data inside
         io.BytesIO(pickle.dumps({"a": [1, 2.5, "x"], "b": (None, True)})),  # a plain pickle inside
+        io.BytesIO(pickle.dumps({"s": {1, 2}, "o": __import__("collections").OrderedDict(a=1)}, protocol=2)),
         io.BytesIO(b"PK\x03\x04 not really a zip"),
         io.BytesIO(b"c is for text, and it ends with a dot."),
         b"",  # protocol 2 pickles an empty bytes as a call to bytes
