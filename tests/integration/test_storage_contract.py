@@ -20,15 +20,13 @@ from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadat
 
 from s3dcp import S3StorageReader, S3StorageWriter, UnsafeCheckpointError
 from s3dcp.copy import copy_checkpoint
-from tests.conftest import list_keys
+from tests.conftest import REGION, list_keys
 from tests.distributed import run_ranks
 from tests.helpers import assert_same, blank_like, s3dcp_error
 from tests.integration.test_distributed import aws_env
 from tests.integration.test_interop import upload_tree
 
 pytestmark = pytest.mark.s3
-
-REGION = "us-east-1"
 
 
 def with_old_tensor_properties(metadata: Metadata) -> Metadata:
