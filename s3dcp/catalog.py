@@ -42,7 +42,14 @@ from typing import Any
 from .client import S3Client
 from .config import S3ClientConfig, resolve_settings
 from .errors import CheckpointDamagedError, CheckpointNotFoundError, S3RequestError
-from .layout import METADATA_NAME, SAVING_MARKER, UPLOAD_MARKERS, is_own_object, is_shard_name
+from .layout import (
+    METADATA_NAME,
+    SAVING_MARKER,
+    UPLOAD_MARKERS,
+    is_empty_shard,
+    is_own_object,
+    is_shard_name,
+)
 from .references import referenced_objects
 from .uri import S3Uri, parse_s3_uri
 
@@ -273,7 +280,11 @@ def _describe(
     if metadata is not None and referenced is not None:
         needed = referenced
         counted = [metadata] + [by_rel[rel] for rel in sorted(needed) if rel in by_rel]
-        strays = [obj for obj in own if obj.key[len(root_head):] not in needed and obj is not metadata]
+        strays = [
+            obj for obj in own
+            if obj.key[len(root_head):] not in needed and obj is not metadata
+            and not is_empty_shard(obj.key[len(root_head):], obj.size)
+        ]
         missing = sorted(rel for rel in needed if rel not in by_rel)
         short = sorted(rel for rel, size in needed.items() if rel in by_rel and by_rel[rel].size < size)
         if missing:

@@ -39,7 +39,7 @@ from .commit import commit_metadata
 from .config import S3ClientConfig, resolve_settings
 from .download import read_object
 from .errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError
-from .layout import METADATA_NAME, SAVING_MARKER, find_strays
+from .layout import METADATA_NAME, SAVING_MARKER, empty_shards, find_strays
 from .metadata import check_relative_key
 from .progress import human_bytes
 from .references import referenced_objects
@@ -228,6 +228,9 @@ def plan_copy(
                 key=src.key(relative) if isinstance(src, S3Uri) else None,
             )
         objects[relative] = size
+    # what a rank or writer thread with nothing to store wrote: part of the layout, copied too
+    for relative in empty_shards(found):
+        objects.setdefault(relative, 0)
 
     existing = _listing(client, dst)
     replaces_commit, replaces_save = METADATA_NAME in existing, SAVING_MARKER in existing

@@ -17,7 +17,7 @@ anything else stored beside them.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 __all__ = [
     "METADATA_NAME",
@@ -26,6 +26,8 @@ __all__ = [
     "SAVING_MARKER",
     "UPLOAD_MARKERS",
     "is_shard_name",
+    "is_empty_shard",
+    "empty_shards",
     "is_own_object",
     "find_strays",
 ]
@@ -44,9 +46,45 @@ def is_shard_name(relative: str) -> bool:
     return _SHARD_NAME.match(relative.rsplit("/", 1)[-1]) is not None
 
 
+def is_empty_shard(relative: str, size: int) -> bool:
+    """True for a shard object of 0 bytes: what a rank or writer thread with nothing to store writes.
+
+    ``FileSystemWriter`` writes one file per rank and writer thread, empty
+    when it has no items; s3dcp writes the same objects so that a synced
+    directory is identical. No metadata references one, and it costs no
+    storage, so it is never a stray.
+    """
+    return size == 0 and is_shard_name(relative)
+
+
 def is_own_object(relative: str) -> bool:
     """True if ``relative`` (a path inside a checkpoint) is one of s3dcp's bookkeeping objects."""
     return relative.startswith(OWN_PREFIX)
+
+
+def _nested_checkpoints(objects: Mapping[str, int]) -> Callable[[str], bool]:
+    """A test for "lies inside a sub-prefix that is a checkpoint (or a save) of its own"."""
+    nested = {
+        relative.rsplit("/", 1)[0]
+        for relative in objects
+        if "/" in relative and relative.rsplit("/", 1)[1] in (METADATA_NAME, SAVING_MARKER)
+    }
+
+    def inside_nested(relative: str) -> bool:
+        parts = relative.split("/")[:-1]
+        return any("/".join(parts[:depth]) in nested for depth in range(1, len(parts) + 1))
+
+    return inside_nested
+
+
+def empty_shards(objects: Mapping[str, int]) -> list[str]:
+    """The empty shard objects of a checkpoint (not of checkpoints nested in it), to copy with it."""
+    inside_nested = _nested_checkpoints(objects)
+    return sorted(
+        relative
+        for relative, size in objects.items()
+        if is_empty_shard(relative, size) and not is_own_object(relative) and not inside_nested(relative)
+    )
 
 
 def find_strays(objects: Mapping[str, int], referenced: Collection[str]) -> dict[str, int]:
@@ -60,22 +98,17 @@ def find_strays(objects: Mapping[str, int], referenced: Collection[str]) -> dict
     another checkpoint (finished or being saved): nothing inside it is a
     stray of this one. Only DCP-shard-named objects can be strays; anything
     else stored beside a checkpoint is the user's, and s3dcp's own
-    ``.s3dcp-*`` objects are bookkeeping, not strays.
+    ``.s3dcp-*`` objects are bookkeeping, not strays. An empty shard object
+    is part of the layout, not a stray: DCP writes one for each rank or
+    writer thread with nothing to store, and the metadata never references
+    it (see :func:`is_empty_shard`).
     """
-    nested = {
-        relative.rsplit("/", 1)[0]
-        for relative in objects
-        if "/" in relative and relative.rsplit("/", 1)[1] in (METADATA_NAME, SAVING_MARKER)
-    }
-
-    def inside_nested(relative: str) -> bool:
-        parts = relative.split("/")[:-1]
-        return any("/".join(parts[:depth]) in nested for depth in range(1, len(parts) + 1))
-
+    inside_nested = _nested_checkpoints(objects)
     return {
         relative: size
         for relative, size in objects.items()
         if is_shard_name(relative)
+        and not is_empty_shard(relative, size)
         and relative not in referenced
         and not is_own_object(relative)
         and not inside_nested(relative)

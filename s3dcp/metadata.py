@@ -53,6 +53,7 @@ def _layout_by_name(name: object) -> torch.layout:
     raise UnsafeCheckpointError(f"names an unknown tensor layout {name!r}")
 
 
+_OLD_PROPERTIES_MODULE = "torch.distributed._shard.sharded_tensor.metadata"
 _ALLOWED: dict[tuple[str, str], Any] = {
     **{(dcp_metadata.__name__, name): getattr(dcp_metadata, name) for name in _METADATA_CLASSES},
     (StorageInfo.__module__, StorageInfo.__qualname__): StorageInfo,
@@ -61,6 +62,10 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     ("torch.serialization", "_get_layout"): _layout_by_name,
     # FileSystemWriter records its checkpoint_id as a path object; building one touches nothing
     **{("pathlib", cls.__name__): cls for cls in (pathlib.PosixPath, pathlib.PurePosixPath, pathlib.PureWindowsPath)},
+    # Older torch wrote tensor properties with the ShardedTensor classes. torch still loads
+    # them; their pickled state is the same as the current classes', so they load as those.
+    (_OLD_PROPERTIES_MODULE, "TensorProperties"): dcp_metadata.TensorProperties,
+    (_OLD_PROPERTIES_MODULE, "MEM_FORMAT_ENCODING"): dcp_metadata._MEM_FORMAT_ENCODING,
 }
 _TORCH_CONSTANT_TYPES = (torch.dtype, torch.layout, torch.memory_format)
 
@@ -71,7 +76,10 @@ class SafeUnpickler(pickle.Unpickler):
     Admitted: DCP's metadata dataclasses, ``_StorageInfo``, ``torch.Size``,
     ``OrderedDict``, torch's dtype/layout/memory-format constants, pure
     path objects and the builtin containers and scalars pickle encodes
-    without naming a class.
+    without naming a class. The ShardedTensor ``TensorProperties`` and
+    ``MEM_FORMAT_ENCODING`` that older torch wrote (and torch still loads)
+    are read as their current DCP equivalents, which share their pickled
+    state.
     """
 
     def find_class(self, module: str, name: str) -> Any:

@@ -8,7 +8,6 @@ length go into the metadata, so any item can be read alone with a ranged GET.
 from __future__ import annotations
 
 import io
-import pickle
 from collections.abc import Sequence
 from typing import IO, Any, Protocol, cast
 
@@ -19,8 +18,8 @@ from torch.distributed.checkpoint.storage import WriteResult
 from ._torch_compat import StorageInfo
 from .archive import tensor_view
 from .archive_writer import write_tensor
-from .errors import UnsafeCheckpointError
 from .integrity import DigestingWriter, set_checksum
+from .plain_data import MemoryReader, check_plain_data
 
 __all__ = ["item_nbytes", "split_items", "write_items", "MemoryReader", "load_tensor", "check_plain_data"]
 
@@ -45,13 +44,15 @@ def item_nbytes(item: WriteItem) -> int:
 def split_items(items: Sequence[WriteItem], bins: int) -> list[list[WriteItem]]:
     """Split items into ``bins`` files of similar size (largest first, greedy).
 
-    Byte items are dealt round-robin; empty bins are dropped, so fewer items
-    than bins gives fewer files.
+    Byte items are dealt round-robin. Always ``bins`` lists, empty ones
+    included: ``FileSystemWriter`` writes a file for each (an empty one for
+    a rank or thread with nothing to store), and a checkpoint holds the same
+    files whichever writer saved it.
     """
     if bins < 1:
-        raise ValueError("bins must be >= 1")
+        raise ValueError(f"bins must be an int >= 1 (the writer's thread_count), got {bins!r}")
     if bins == 1:
-        return [list(items)] if items else []
+        return [list(items)]
     buckets: list[list[WriteItem]] = [[] for _ in range(bins)]
     sizes = [0] * bins
     byte_items = [wi for wi in items if wi.type == WriteItemType.BYTE_IO]
@@ -64,7 +65,7 @@ def split_items(items: Sequence[WriteItem], bins: int) -> list[list[WriteItem]]:
         smallest = min(range(bins), key=sizes.__getitem__)
         buckets[smallest].append(item)
         sizes[smallest] += item_nbytes(item)
-    return [bucket for bucket in buckets if bucket]
+    return buckets
 
 
 def _as_saveable(tensor: torch.Tensor) -> torch.Tensor:
@@ -120,75 +121,6 @@ def write_items(
         set_checksum(info, writer.end())
         results.append(WriteResult(index=item.index, size_in_bytes=length, storage_data=info))
     return results
-
-
-class MemoryReader(io.RawIOBase):
-    """A seekable read-only file over a buffer, without copying it.
-
-    ``torch.load`` fills tensor storages through ``readinto``, so reading
-    from this copies each byte once; ``io.BytesIO(view)`` would copy the
-    whole buffer first.
-    """
-
-    def __init__(self, buffer: Any) -> None:
-        super().__init__()
-        self._view = memoryview(buffer).cast("B")
-        self._position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
-        if base + offset < 0:
-            raise ValueError("negative seek position")
-        self._position = base + offset
-        return self._position
-
-    def readinto(self, buffer: Any) -> int:
-        target = memoryview(buffer).cast("B")
-        count = max(0, min(len(target), len(self._view) - self._position))
-        target[:count] = self._view[self._position : self._position + count]
-        self._position += count
-        return count
-
-    def read(self, size: int | None = -1) -> bytes:
-        end = len(self._view) if size is None or size < 0 else min(len(self._view), self._position + size)
-        data = bytes(self._view[self._position : end])
-        self._position = max(self._position, end)
-        return data
-
-
-def check_plain_data(data: memoryview, item: str) -> None:
-    """Raise :class:`UnsafeCheckpointError` unless a ``BYTE_IO`` item is plain data.
-
-    DCP's default planner unpickles these items with ``weights_only=False``,
-    which runs whatever the pickle names. Loading them first with
-    ``weights_only=True`` (which admits tensors, containers, scalars and the
-    classes registered with ``torch.serialization.add_safe_globals``) proves
-    the bytes name nothing else, so the planner's load can run no code.
-    """
-    try:
-        torch.load(cast(IO[bytes], MemoryReader(data)), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise UnsafeCheckpointError(
-            f"item {item!r} is not plain data: loading it would run code it names "
-            f"({_why_refused(err)}). If you trust this checkpoint and the type is yours, allow it "
-            "with torch.serialization.add_safe_globals([...]) before loading"
-        ) from None
-
-
-def _why_refused(error: Exception) -> str:
-    """The line of torch's weights-only message that names what was refused."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
-    return (named or lines or [type(error).__name__])[0]
 
 
 def load_tensor(data: memoryview) -> torch.Tensor:

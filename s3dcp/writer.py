@@ -79,7 +79,9 @@ class S3StorageWriter(StorageWriter):
         prefix_strategy: where each rank's shard objects go (see
             :mod:`s3dcp.prefix`); default ``prefix/__{rank}_{i}.distcp``.
         thread_count: shard objects per rank, written in parallel and
-            balanced by size. Default 1.
+            balanced by size. Default 1. Like ``FileSystemWriter``, each rank
+            writes exactly this many, empty ones for threads (or a rank) with
+            nothing to store, so a synced directory holds the same files.
         part_size: multipart part size in bytes; overrides the config's.
         overwrite: allow saving over a complete checkpoint. Default ``False``:
             raise :class:`~s3dcp.errors.CheckpointExistsError` instead.

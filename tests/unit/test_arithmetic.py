@@ -84,13 +84,15 @@ def test_item_nbytes() -> None:
     assert item_nbytes(_item("a", 10, torch.bfloat16)) == 20
 
 
-def test_split_items_balances_by_size_and_drops_empty_bins() -> None:
+def test_split_items_balances_by_size_and_keeps_empty_bins() -> None:
     items = [_item(f"t{i}", n) for i, n in enumerate([100, 90, 40, 30, 20, 10])]
     bins = split_items(items, 2)
     sizes = [sum(item_nbytes(i) for i in b) for b in bins]
     assert sorted(sizes) == [560, 600]  # greedy, largest first: 100+30+20 vs 90+40+10
-    assert len(split_items(items[:1], 4)) == 1
-    assert split_items([], 3) == []
+    # one file per bin, empty or not, as FileSystemWriter writes them
+    assert [len(b) for b in split_items(items[:1], 4)] == [1, 0, 0, 0]
+    assert split_items([], 3) == [[], [], []]
+    assert split_items([], 1) == [[]]
     assert split_items(items, 1) == [items]
     with pytest.raises(ValueError):
         split_items(items, 0)

@@ -7,7 +7,7 @@ import pickle
 
 import torch.distributed.checkpoint.state_dict_loader as loader_module
 
-from s3dcp._torch_compat import DCP_VERSION, StorageInfo, called_from_dcp_load
+from s3dcp._torch_compat import DCP_VERSION, StorageInfo, called_from_dcp_load, weights_only_global_names
 
 
 def test_storage_info_fields_and_pickle() -> None:
@@ -27,3 +27,15 @@ def test_dcp_load_step_is_where_we_expect_it() -> None:
         return called_from_dcp_load()
 
     assert read_metadata() is False
+
+
+def test_weights_only_global_names_follow_torch_and_the_user() -> None:
+    import io
+
+    import torch
+
+    names = weights_only_global_names()
+    assert "torch._utils._rebuild_tensor_v2" in names and "collections.OrderedDict" in names
+    assert "_io.BytesIO" not in names
+    with torch.serialization.safe_globals([io.BytesIO]):
+        assert "_io.BytesIO" in weights_only_global_names()
