@@ -506,7 +506,8 @@ class TieredStorageReader(StorageReader):
                                     item.storage_index.fqn, problem)
                         failed.append(item)
                         continue
-                    deliver_item(item, data, planner, lock)
+                    with lock:
+                        deliver_item(item, data, planner)
                     size += info.length
             return failed, size
 
