@@ -313,10 +313,11 @@ class S3StorageReader(StorageReader):
 
     def _hand_over(self, job: _Fetch, result: _Fetched, planner: LoadPlanner) -> list[_Fetch]:
         """On the calling thread: copy and commit what one GET brought; return the GETs to make again."""
-        for item, value in result.parsed:
+        for item, value in result.parsed:  # first close the pairs the GET opened
             if value is None:  # read in place, checked
                 planner.commit_tensor(item, job.targets.pop(id(item)))
-            else:
+        for item, value in result.parsed:
+            if value is not None:
                 hand_to_planner(item, value, planner, job.targets.pop(id(item), None))
         again = []
         for item in result.again:
@@ -324,7 +325,6 @@ class S3StorageReader(StorageReader):
                       self.uri.child(job.relative), item.storage_index.fqn)
             retry = _Fetch(job.relative, self._range_of(item), [item], in_place=False)
             retry.targets[id(item)] = job.targets.pop(id(item))
-            retry.layout = SpanLayout(retry.span, [])
             again.append(retry)
         return again
 

@@ -11,6 +11,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import ReadItem
 
+import s3dcp.in_place
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
 from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like
@@ -132,3 +133,56 @@ def test_cuda_destinations_are_filled_on_the_callers_device_and_stream(
         stream.synchronize()
     assert set(seen) == {(device.index, stream.stream_id)}
     assert_same(state, {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in loaded.items()})
+
+
+class PairCountingPlanner(DefaultLoadPlanner):
+    """Hands out a temporary per tensor (as a casting planner would), copies it over on commit,
+    and counts the temporaries alive at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.open: dict[str, torch.Tensor] = {}
+        self.most_open = 0
+        self.calls: list[tuple[str, str]] = []
+
+    def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
+        name = read_item.dest_index.fqn
+        assert name not in self.open, f"{name} resolved twice"
+        self.calls.append(("resolve", name))
+        self.open[name] = torch.empty_like(super().resolve_tensor(read_item))
+        self.most_open = max(self.most_open, len(self.open))
+        return self.open[name]
+
+    def commit_tensor(self, read_item: ReadItem, tensor: torch.Tensor) -> None:
+        name = read_item.dest_index.fqn
+        self.calls.append(("commit", name))
+        assert self.open.pop(name).data_ptr() == tensor.data_ptr(), f"{name} committed without its resolve"
+        super().resolve_tensor(read_item).copy_(tensor)
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+@pytest.mark.parametrize("read_size", [64 * KIB, 256 * KIB], ids=["own-get", "coalesced"])
+def test_each_tensor_is_resolved_and_committed_as_a_pair(
+    s3_env: Any, bucket: str, mocker: Any, concurrency: int, read_size: int
+) -> None:
+    """Only the tensors of the GETs in flight are open at once, each read in place into its temporary."""
+    config = S3ClientConfig(max_concurrency=concurrency, max_read_size=read_size)
+    state = many_tensors()
+    path = save(bucket, "pairs", state, config)
+    planner = PairCountingPlanner()
+    loaded = blank_like(state)
+    spy = mocker.spy(s3dcp.in_place, "destination_bytes")
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, path, config), planner=planner)
+    assert_same(state, loaded)
+    assert spy.call_count == 24  # the big tensors still went in place
+    assert not planner.open
+    per_get = max(1, read_size // (64 * KIB))  # in-place tensors one GET can carry
+    assert planner.most_open <= concurrency * per_get
+    if concurrency == 1 and per_get == 1:
+        assert planner.most_open == 1
+    tensors = [name for name, value in state.items() if isinstance(value, torch.Tensor)]
+    assert sorted(name for hook, name in planner.calls if hook == "resolve") == sorted(tensors)
+    assert sorted(name for hook, name in planner.calls if hook == "commit") == sorted(tensors)
+    for at, (hook, name) in enumerate(planner.calls):  # copied tensors: nothing in between
+        if hook == "resolve" and name.startswith("small"):
+            assert planner.calls[at + 1] == ("commit", name)
