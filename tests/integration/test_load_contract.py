@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import ReadItem
 
 import s3dcp.in_place
-from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
+from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter, TieredStorageReader, TieredStorageWriter
 from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like
 
@@ -109,6 +110,25 @@ def test_planner_hooks_run_with_the_callers_modes(
     hooks = {hook for hook, _, _, _ in planner.calls}
     assert hooks == {"resolve", "commit", "bytes"}
     assert all(modes == expected for _, _, _, modes in planner.calls)
+    assert {thread for _, _, thread, _ in planner.calls} == {threading.get_ident()}
+
+
+@pytest.mark.parametrize("source", ["local", "s3"])
+def test_tiered_load_runs_the_planner_on_the_callers_thread_and_modes(
+    s3_env: Any, bucket: str, tmp_path: Path, source: str
+) -> None:
+    state = many_tensors()
+    local, remote = tmp_path / "tier", f"s3://{bucket}/run"
+    writer = TieredStorageWriter(local, remote, region=REGION, s3_every=1, background=False)
+    dcp.save(state, checkpoint_id="step_1", storage_writer=writer)
+    planner = RecordingPlanner()
+    with torch.inference_mode():
+        loaded = blank_like(state)
+        reader = TieredStorageReader(tmp_path / ("tier" if source == "local" else "empty"), remote, region=REGION)
+        dcp.load(loaded, checkpoint_id="step_1", storage_reader=reader, planner=planner)
+    assert reader.source == source
+    assert_same(state, loaded)
+    assert all(modes["inference"] and not modes["grad"] for _, _, _, modes in planner.calls)
     assert {thread for _, _, thread, _ in planner.calls} == {threading.get_ident()}
 
 
