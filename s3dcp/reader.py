@@ -9,7 +9,10 @@ DCP calls, in this order (torch 2.13, ``dcp.load``):
    raises any error kept from step 1 (see below);
 3. all ranks: ``prepare_local_plan(plan)``; 4. coordinator: ``prepare_global_plan``;
 5. all ranks: ``read_data(plan, planner)``: ranged, coalesced, parallel GETs
-   of just the bytes the plan needs.
+   of just the bytes the plan needs. The planner's hooks and the copies into
+   the caller's tensors run on the thread that called ``read_data`` (its
+   grad, inference and autocast modes, its CUDA device and stream), and each
+   tensor's ``resolve_tensor``/``commit_tensor`` pair closes once its GET is in.
 
 A checkpoint whose ``.metadata`` exists was saved: if objects it lists are
 missing or shorter than recorded, or the ``.metadata`` does not unpickle,
