@@ -36,6 +36,7 @@ __all__ = [
     "destination_bytes",
     "disjoint",
     "framed_tensor",
+    "in_place_candidate",
     "plan_in_place",
 ]
 
@@ -73,6 +74,27 @@ class InPlaceRead:
         """Where the tensor's bytes are in the object."""
         start = self.span.start + len(self.framing.head)
         return ByteRange(start, start + self.target.nbytes)
+
+
+def in_place_candidate(span: ByteRange, chunk: tuple[torch.dtype, tuple[int, ...]]) -> bool:
+    """Whether a whole stored chunk, laid out in ``span``, could be read in place into a fitting destination.
+
+    Asked before the planner is: only these items' destinations are resolved
+    ahead of their GET; the others are resolved when their bytes are there.
+    """
+    dtype, size = chunk
+    framing = framing_for(dtype, size)
+    nbytes = dtype.itemsize * _numel(size)
+    return framing is not None and nbytes >= IN_PLACE_MIN_BYTES and (
+        len(framing.head) + nbytes + len(framing.tail) == span.length
+    )
+
+
+def _numel(size: tuple[int, ...]) -> int:
+    numel = 1
+    for dim in size:
+        numel *= dim
+    return numel
 
 
 def plan_in_place(
@@ -164,9 +186,7 @@ def framed_tensor(data: memoryview, chunk: tuple[torch.dtype, tuple[int, ...]] |
         return None
     start = len(framing.head)
     end = data.nbytes - len(framing.tail)
-    numel = 1
-    for dim in size:
-        numel *= dim
+    numel = _numel(size)
     if end - start != numel * dtype.itemsize:
         return None
     if not framing.matches(data[:start], data[end:]):

@@ -9,7 +9,10 @@ DCP calls, in this order (torch 2.13, ``dcp.load``):
    raises any error kept from step 1 (see below);
 3. all ranks: ``prepare_local_plan(plan)``; 4. coordinator: ``prepare_global_plan``;
 5. all ranks: ``read_data(plan, planner)``: ranged, coalesced, parallel GETs
-   of just the bytes the plan needs.
+   of just the bytes the plan needs. The planner's hooks and the copies into
+   the caller's tensors run on the thread that called ``read_data`` (its
+   grad, inference and autocast modes, its CUDA device and stream), and each
+   tensor's ``resolve_tensor``/``commit_tensor`` pair closes once its GET is in.
 
 A checkpoint whose ``.metadata`` exists was saved: if objects it lists are
 missing or shorter than recorded, or the ``.metadata`` does not unpickle,
@@ -28,11 +31,12 @@ from __future__ import annotations
 import io
 import logging
 import os
-import threading
 import time
 import uuid
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict, deque
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import Future as PoolFuture
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,7 +52,6 @@ from .client import S3Client
 from .config import S3ClientConfig, resolve_settings
 from .download import (
     SHORT_OBJECT_CODE,
-    ByteBudget,
     ByteRange,
     DownloadBuffers,
     coalesce,
@@ -64,13 +67,22 @@ from .errors import (
     UnsafeCheckpointError,
 )
 from .metadata import check_relative_key, load_metadata
-from .in_place import InPlaceRead, SpanLayout, StoredChunks, destination_bytes, disjoint, framed_tensor, plan_in_place
+from .in_place import (
+    InPlaceRead,
+    SpanLayout,
+    StoredChunks,
+    destination_bytes,
+    disjoint,
+    framed_tensor,
+    in_place_candidate,
+    plan_in_place,
+)
 from .integrity import verify
 from .shard import check_plain_data, load_tensor
 from .stats import PhaseCallback, PhaseStats, report_phase
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
 
-__all__ = ["S3StorageReader", "deliver_item", "name_items"]
+__all__ = ["S3StorageReader", "deliver_item", "hand_to_planner", "name_items", "parse_item"]
 
 log = logging.getLogger("s3dcp")
 
@@ -199,103 +211,125 @@ class S3StorageReader(StorageReader):
         return plans
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        """Fetch the plan's bytes on worker threads; call the planner and copy only on this thread.
+
+        Planner hooks and the copies into the caller's tensors run where DCP
+        called ``read_data``, so they see its thread-local state (grad and
+        inference mode, autocast, the current CUDA device and stream) exactly as
+        with ``FileSystemReader``. Each tensor is resolved just before its bytes
+        are read (in-place reads) or copied, and committed right after, so a
+        planner that hands out temporaries holds only those of the GETs in flight.
+        """
         config = self._client.settings.config
-        planner_lock = threading.Lock()
-        in_place, targets = self._resolve_targets(plan, planner, planner_lock)
         by_object: dict[str, list[ReadItem]] = defaultdict(list)
         for item in plan.items:
             by_object[self.storage_data[item.storage_index].relative_path].append(item)
-        jobs: list[tuple[str, ByteRange, list[ReadItem]]] = []
+        waiting: deque[_Fetch] = deque()
         for relative, items in by_object.items():
             ranges = [self._range_of(item) for item in items]
             for fetch in coalesce(ranges, config.coalesce_gap, config.max_read_size):
-                jobs.append((relative, fetch.span, [items[i] for i in fetch.members]))
+                waiting.append(_Fetch(relative, fetch.span, [items[i] for i in fetch.members]))
 
         started = time.monotonic()
         fetched = requests = 0
-        budget = ByteBudget(config.max_concurrency * config.max_read_size)
-        buffers = DownloadBuffers(config.max_concurrency * config.max_read_size)
-
-        def fetch_and_deliver(relative: str, span: ByteRange, items: list[ReadItem], allow_in_place: bool) -> None:
-            """One GET of ``span``; tensors of ``in_place`` items land in their destinations."""
-            nonlocal fetched, requests
-            reads = [in_place[item] for item in items if item in in_place] if allow_in_place else []
-            if reads and not disjoint([self._range_of(item) for item in items]):
-                reads = []  # items sharing bytes: each needs all of its own in the buffer
-            reads.sort(key=lambda read: read.span.start)
-            layout = SpanLayout(span, reads)
-            laid_out_otherwise: list[ReadItem] = []
-            held = DownloadBuffers.capacity_for(layout.buffered)
-            budget.acquire(held)
-            try:
-                buffer = buffers.take(layout.buffered)
-                self._read(relative, span, layout.targets(buffer), items)
-                with planner_lock:
-                    fetched += span.length
-                    requests += 1
-                placed = {id(read.item): read for read in reads}
-                for item in items:
-                    read = placed.get(id(item))
-                    if read is None:
-                        item_range = self._range_of(item)
-                        item_data = layout.view(buffer, item_range.start, item_range.end)
-                        self._verify(item, relative, item_data)
-                        deliver_item(item, item_data, planner, planner_lock, targets.get(item), self._chunk_of(item))
-                        continue
-                    head = layout.view(buffer, read.span.start, read.data.start)
-                    tail = layout.view(buffer, read.data.end, read.span.end)
-                    if not read.framing.matches(head, tail):
-                        laid_out_otherwise.append(item)
-                        continue
-                    self._verify(item, relative, (head, destination_bytes(read.target), tail))
-                    with planner_lock:
-                        planner.commit_tensor(item, read.target)
-                buffers.give_back(buffer)
-                del buffer
-            finally:
-                budget.release(held)
-            for item in laid_out_otherwise:  # after releasing the budget: these need buffers of their own
-                log.debug("%s: item %r is not laid out as expected; reading it again the ordinary way",
-                          self.uri.child(relative), item.storage_index.fqn)
-                fetch_and_deliver(relative, self._range_of(item), [item], allow_in_place=False)
-
-        def run(job: tuple[str, ByteRange, list[ReadItem]]) -> None:
-            relative, span, items = job
-            fetch_and_deliver(relative, span, items, allow_in_place=True)
-
-        workers = max(1, min(config.max_concurrency, len(jobs)))
+        limit = config.max_concurrency * config.max_read_size
+        buffers = DownloadBuffers(limit)
+        held = 0  # buffer bytes of the GETs in flight, bounded by ``limit`` (or one larger GET alone)
+        workers = max(1, min(config.max_concurrency, len(waiting)))
+        plain_only = isinstance(planner, DefaultLoadPlanner)
+        in_flight: dict[PoolFuture[_Fetched], _Fetch] = {}
+        ready: _Fetch | None = None  # targets resolved, waiting for buffer bytes
         with ThreadPoolExecutor(workers, thread_name_prefix="s3dcp-read") as pool:
-            for _ in pool.map(run, jobs):
-                pass
+            try:
+                while waiting or in_flight or ready is not None:
+                    while len(in_flight) < workers and (ready is not None or waiting):
+                        if ready is None:
+                            ready = self._lay_out(waiting.popleft(), planner)
+                        size = DownloadBuffers.capacity_for(ready.layout.buffered)
+                        if in_flight and held + size > limit:
+                            break
+                        held += size
+                        in_flight[pool.submit(self._fetch, ready, buffers, plain_only)] = ready
+                        ready = None
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        job = in_flight.pop(future)
+                        result = future.result()
+                        try:
+                            waiting.extendleft(self._hand_over(job, result, planner))
+                        finally:
+                            buffers.give_back(result.buffer)
+                            held -= DownloadBuffers.capacity_for(job.layout.buffered)
+                        fetched += job.span.length
+                        requests += 1
+            finally:
+                for future in in_flight:
+                    future.cancel()
         self._report("load.read", items=len(plan.items), objects=len(by_object), requests=requests, size=fetched,
                      started=started)
-        future: Future[None] = Future()
-        future.set_result(None)
-        return future
+        result_future: Future[None] = Future()
+        result_future.set_result(None)
+        return result_future
 
-    def _resolve_targets(
-        self, plan: LoadPlan, planner: LoadPlanner, planner_lock: threading.Lock
-    ) -> tuple[dict[ReadItem, InPlaceRead], dict[ReadItem, torch.Tensor]]:
-        """Ask the planner for each whole stored tensor's destination, once.
-
-        Returns the items that can be read in place, and every destination
-        asked for (kept for delivery, so the planner is never asked twice).
-        """
-        in_place: dict[ReadItem, InPlaceRead] = {}
-        targets: dict[ReadItem, torch.Tensor] = {}
-        if self._chunks is None:
-            return in_place, targets
-        for item in plan.items:
-            chunk = self._chunk_of(item)
-            if item.type != LoadItemType.TENSOR or chunk is None or chunk[1] != tuple(item.lengths):
-                continue
-            with planner_lock:
+    def _lay_out(self, job: _Fetch, planner: LoadPlanner) -> _Fetch:
+        """Resolve the destinations of the tensors this GET can read in place (on the calling thread)."""
+        reads: list[InPlaceRead] = []
+        if job.in_place and self._chunks is not None and disjoint([self._range_of(i) for i in job.items]):
+            for item in job.items:
+                chunk = self._chunk_of(item)
+                if item.type != LoadItemType.TENSOR or chunk is None or chunk[1] != tuple(item.lengths):
+                    continue
+                if not in_place_candidate(self._range_of(item), chunk):
+                    continue
                 target = planner.resolve_tensor(item).detach()
-            targets[item] = target
-            read = plan_in_place(item, self._range_of(item), chunk, target)
-            if read is not None:
-                in_place[item] = read
-        return in_place, targets
+                job.targets[id(item)] = target
+                read = plan_in_place(item, self._range_of(item), chunk, target)
+                if read is not None:
+                    reads.append(read)
+        reads.sort(key=lambda read: read.span.start)
+        job.layout = SpanLayout(job.span, reads)
+        return job
+
+    def _fetch(self, job: _Fetch, buffers: DownloadBuffers, plain_only: bool) -> _Fetched:
+        """On a worker: one GET, then the checks and parsing that need no planner."""
+        buffer = buffers.take(job.layout.buffered)
+        self._read(job.relative, job.span, job.layout.targets(buffer), job.items)
+        placed = {id(read.item): read for read in job.layout.reads}
+        parsed: list[tuple[ReadItem, memoryview | torch.Tensor | None]] = []
+        again: list[ReadItem] = []
+        for item in job.items:
+            read = placed.get(id(item))
+            if read is None:
+                item_range = self._range_of(item)
+                data = job.layout.view(buffer, item_range.start, item_range.end)
+                self._verify(item, job.relative, data)
+                parsed.append((item, parse_item(item, data, self._chunk_of(item), plain_data_only=plain_only)))
+                continue
+            head = job.layout.view(buffer, read.span.start, read.data.start)
+            tail = job.layout.view(buffer, read.data.end, read.span.end)
+            if not read.framing.matches(head, tail):
+                again.append(item)
+                continue
+            self._verify(item, job.relative, (head, destination_bytes(read.target), tail))
+            parsed.append((item, None))
+        return _Fetched(buffer, parsed, again)
+
+    def _hand_over(self, job: _Fetch, result: _Fetched, planner: LoadPlanner) -> list[_Fetch]:
+        """On the calling thread: copy and commit what one GET brought; return the GETs to make again."""
+        for item, value in result.parsed:  # first close the pairs the GET opened
+            if value is None:  # read in place, checked
+                planner.commit_tensor(item, job.targets.pop(id(item)))
+        for item, value in result.parsed:
+            if value is not None:
+                hand_to_planner(item, value, planner, job.targets.pop(id(item), None))
+        again = []
+        for item in result.again:
+            log.debug("%s: item %r is not laid out as expected; reading it again the ordinary way",
+                      self.uri.child(job.relative), item.storage_index.fqn)
+            retry = _Fetch(job.relative, self._range_of(item), [item], in_place=False)
+            retry.targets[id(item)] = job.targets.pop(id(item))
+            again.append(retry)
+        return again
 
     def _chunk_of(self, item: ReadItem) -> tuple[torch.dtype, tuple[int, ...]] | None:
         return self._chunks.get(item.storage_index) if self._chunks is not None else None
@@ -366,38 +400,79 @@ def name_items(items: list[ReadItem], shown: int = 5) -> str:
     return text + (f" and {len(names) - shown} more" if len(names) > shown else "")
 
 
+def parse_item(
+    item: ReadItem, data: memoryview, chunk: tuple[torch.dtype, tuple[int, ...]] | None, *, plain_data_only: bool
+) -> memoryview | torch.Tensor:
+    """What a verified item's bytes hold: the (narrowed) stored tensor, or the bytes of a non-tensor.
+
+    Touches no caller state, so it may run on a worker thread. ``plain_data_only``:
+    the planner will unpickle bytes items with ``weights_only=False``
+    (``DefaultLoadPlanner`` does), so they are checked to be plain data first.
+    """
+    if item.type == LoadItemType.BYTE_IO:
+        if plain_data_only:
+            check_plain_data(data, item.storage_index.fqn)
+        return data
+    stored = framed_tensor(data, chunk)
+    if stored is None:
+        stored = load_tensor(data)
+    return narrow_tensor_by_index(stored, item.storage_offsets, item.lengths)
+
+
+def hand_to_planner(
+    item: ReadItem, value: memoryview | torch.Tensor, planner: LoadPlanner, target: torch.Tensor | None = None
+) -> None:
+    """Give one parsed item to the planner: ``load_bytes``, or resolve, copy and commit a tensor.
+
+    Run it on the thread that called ``read_data``: the copy and the planner
+    hooks must see that thread's modes. ``target`` is the item's destination
+    if it was resolved already (its pair is then closed here).
+    """
+    if isinstance(value, memoryview):
+        planner.load_bytes(item, io.BytesIO(value))
+        return
+    if target is None:
+        target = planner.resolve_tensor(item).detach()
+    if target.size() != value.size():
+        raise UnsafeCheckpointError(
+            f"item {item.storage_index.fqn!r} has shape {tuple(value.size())} in the "
+            f"checkpoint but {tuple(target.size())} in the plan"
+        )
+    target.copy_(value)
+    planner.commit_tensor(item, target)
+
+
 def deliver_item(
     item: ReadItem,
     data: memoryview,
     planner: LoadPlanner,
-    planner_lock: threading.Lock,
-    target: torch.Tensor | None = None,
     chunk: tuple[torch.dtype, tuple[int, ...]] | None = None,
 ) -> None:
-    """Hand one verified item's bytes to the planner (tensors copied into place, bytes checked first).
+    """Parse one verified item's bytes and hand them to the planner, on the calling thread."""
+    value = parse_item(item, data, chunk, plain_data_only=isinstance(planner, DefaultLoadPlanner))
+    hand_to_planner(item, value, planner)
 
-    ``target`` is the item's destination if the planner was already asked for
-    it; ``chunk`` the stored tensor's dtype and shape from the metadata.
-    """
-    if item.type == LoadItemType.BYTE_IO:
-        if isinstance(planner, DefaultLoadPlanner):
-            # it unpickles with weights_only=False: check the bytes are plain data first
-            check_plain_data(data, item.storage_index.fqn)
-        with planner_lock:
-            planner.load_bytes(item, io.BytesIO(data))
-        return
-    stored = framed_tensor(data, chunk)
-    if stored is None:
-        stored = load_tensor(data)
-    tensor = narrow_tensor_by_index(stored, item.storage_offsets, item.lengths)
-    if target is None:
-        with planner_lock:
-            target = planner.resolve_tensor(item).detach()
-    if target.size() != tensor.size():
-        raise UnsafeCheckpointError(
-            f"item {item.storage_index.fqn!r} has shape {tuple(tensor.size())} in the "
-            f"checkpoint but {tuple(target.size())} in the plan"
-        )
-    target.copy_(tensor)
-    with planner_lock:
-        planner.commit_tensor(item, target)
+
+@dataclass
+class _Fetch:
+    """One GET of ``span`` of one object, serving ``items``; ``targets``: destinations resolved for it."""
+
+    relative: str
+    span: ByteRange
+    items: list[ReadItem]
+    in_place: bool = True
+    targets: dict[int, torch.Tensor] = field(default_factory=dict)  # by id() of the item
+    layout: SpanLayout = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.layout = SpanLayout(self.span, [])
+
+
+@dataclass
+class _Fetched:
+    """What a worker made of one GET: each item parsed (``None``: read in place and checked), and the
+    in-place items whose framing was not the expected one (to be read again the ordinary way)."""
+
+    buffer: memoryview
+    parsed: list[tuple[ReadItem, memoryview | torch.Tensor | None]]
+    again: list[ReadItem]

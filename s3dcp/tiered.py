@@ -18,8 +18,9 @@ import os
 import threading
 import time
 import uuid
-from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from collections import defaultdict, deque
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import Future as PoolFuture
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -54,6 +55,8 @@ log = logging.getLogger("s3dcp")
 # copy of the writer for every save.
 _SAVE_COUNTS: dict[tuple[str, str], int] = defaultdict(int)
 _COUNT_LOCK = threading.Lock()
+# local items read ahead of their delivery to the planner
+_LOCAL_READS = 4
 
 
 def _checkpoint_name(checkpoint_id: str | os.PathLike[str]) -> str:
@@ -479,42 +482,61 @@ class TieredStorageReader(StorageReader):
         return plans
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        """Read and check items on worker threads; hand them to the planner on this thread.
+
+        The planner hooks and copies see the caller's thread-local modes (as in
+        :meth:`S3StorageReader.read_data`); at most ``_LOCAL_READS`` items are
+        read ahead of delivery, so memory stays bounded by a few items.
+        """
         started = time.monotonic()
         use_local = self.source == "local" or self.verify
         by_file: dict[str, list[ReadItem]] = defaultdict(list)
         for item in plan.items:
             by_file[self.storage_data[item.storage_index].relative_path].append(item)
-        lock = threading.Lock()
         missing: list[ReadItem] = []
-
-        def read_file(relative: str) -> tuple[list[ReadItem], int]:
-            items = by_file[relative]
+        waiting: deque[tuple[Path, ReadItem]] = deque()
+        for relative, items in by_file.items():
             path = self._local_dir / relative
-            if not use_local or not path.is_file():
-                if use_local and self.source == "local":
-                    log.warning("s3dcp: local file %s is missing; reading its %d items from S3", path, len(items))
-                return items, 0
-            failed, size = [], 0
+            if use_local and path.is_file():
+                waiting.extend((path, item) for item in items)
+                continue
+            if use_local and self.source == "local":
+                log.warning("s3dcp: local file %s is missing; reading its %d items from S3", path, len(items))
+            missing.extend(items)
+
+        def read_item(path: Path, item: ReadItem) -> memoryview | None:
+            """The item's bytes if the local copy has them intact; ``None`` (and a warning) if not."""
+            info = self.storage_data[item.storage_index]
+            data = memoryview(bytearray(info.length))
             with path.open("rb", buffering=0) as stream:
-                for item in items:
-                    info = self.storage_data[item.storage_index]
-                    data = memoryview(bytearray(info.length))
-                    got = _read_at(stream, info.offset, data)
-                    problem = _local_problem(info, data, got, self.verify)
-                    if problem:
-                        log.warning("s3dcp: local copy damaged: %s item %r %s; reading it from S3", path,
-                                    item.storage_index.fqn, problem)
-                        failed.append(item)
-                        continue
-                    deliver_item(item, data, planner, lock)
-                    size += info.length
-            return failed, size
+                got = _read_at(stream, info.offset, data)
+            problem = _local_problem(info, data, got, self.verify)
+            if problem:
+                log.warning("s3dcp: local copy damaged: %s item %r %s; reading it from S3", path,
+                            item.storage_index.fqn, problem)
+                return None
+            return data
 
         local_bytes = 0
-        with ThreadPoolExecutor(max(1, min(4, len(by_file))), thread_name_prefix="s3dcp-local") as pool:
-            for failed, size in pool.map(read_file, list(by_file)):
-                missing.extend(failed)
-                local_bytes += size
+        in_flight: dict[PoolFuture[memoryview | None], ReadItem] = {}
+        with ThreadPoolExecutor(_LOCAL_READS, thread_name_prefix="s3dcp-local") as pool:
+            try:
+                while waiting or in_flight:
+                    while waiting and len(in_flight) < _LOCAL_READS:
+                        path, item = waiting.popleft()
+                        in_flight[pool.submit(read_item, path, item)] = item
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        item = in_flight.pop(future)
+                        data = future.result()
+                        if data is None:
+                            missing.append(item)
+                            continue
+                        deliver_item(item, data, planner)
+                        local_bytes += data.nbytes
+            finally:
+                for future in in_flight:
+                    future.cancel()
         self.last_stats.append(report_phase(
             "load.local", rank=self.rank, checkpoint=str(self._local_dir), items=len(plan.items) - len(missing),
             objects=len(by_file), requests=0, size=local_bytes, seconds=time.monotonic() - started,
@@ -522,9 +544,9 @@ class TieredStorageReader(StorageReader):
         ))
         if missing:
             self._read_from_s3(missing, planner)
-        future: Future[None] = Future()
-        future.set_result(None)
-        return future
+        future_done: Future[None] = Future()
+        future_done.set_result(None)
+        return future_done
 
     def _read_from_s3(self, items: list[ReadItem], planner: LoadPlanner) -> None:
         """Read the items the local copy lacks from S3; with no usable S3 copy the checkpoint is damaged."""

@@ -43,3 +43,15 @@ def test_anything_else_is_left_to_the_parser(stored: torch.Tensor, chunk: tuple[
 
 def test_no_metadata_no_shortcut() -> None:
     assert framed_tensor(archive(torch.ones(3)), None) is None
+
+
+def test_only_whole_chunks_of_64_kib_or_more_laid_out_as_expected_are_resolved_ahead() -> None:
+    from s3dcp.download import ByteRange
+    from s3dcp.in_place import in_place_candidate
+
+    big, small = torch.zeros(16 * 1024), torch.zeros(16 * 1024 - 1)  # 64 KiB, and 4 bytes short
+    for tensor, expected in ((big, True), (small, False)):
+        length = len(archive(tensor))
+        chunk = (torch.float32, tuple(tensor.shape))
+        assert in_place_candidate(ByteRange(100, 100 + length), chunk) is expected
+        assert not in_place_candidate(ByteRange(100, 100 + length + 1), chunk)  # another layout
