@@ -59,3 +59,10 @@ def weights_only_global_names() -> set[str]:
     """
     user_allowed = cast(Callable[[], dict[str, Any]], _weights_only_unpickler._get_user_allowed_globals)
     return set(_weights_only_unpickler._get_allowed_globals()) | set(user_allowed())
+
+
+def extension_registry() -> Any:
+    """A fresh ``ExtensionRegistry`` of DCP's stream transforms (private in torch 2.13)."""
+    from torch.distributed.checkpoint._extension import ExtensionRegistry
+
+    return ExtensionRegistry()
