@@ -36,7 +36,7 @@ def descriptors_of(storage_info: Any) -> tuple[str, ...]:
 def resolve(descriptors: Sequence[str], where: str, item: str) -> list[Any]:
     """The extensions that undo ``descriptors``; raise a clear error for one this process cannot undo."""
     registry = extension_registry()
-    extensions = []
+    extensions: list[Any] = []
     for descriptor in descriptors:
         if not isinstance(descriptor, str):
             raise UnsafeCheckpointError(

@@ -12,11 +12,12 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint._extension import ZStandard
 from torch.distributed.checkpoint.api import CheckpointException
 
-from s3dcp import S3ClientConfig, S3StorageReader
-from s3dcp.errors import CheckpointDamagedError, UnsafeCheckpointError
+from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
+from s3dcp.errors import CheckpointDamagedError, ChecksumMismatchError, UnsafeCheckpointError
 from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like, s3dcp_error
-from tests.integration.test_interop import upload_tree
+from s3dcp.integrity import get_checksum
+from tests.integration.test_interop import download_tree, upload_tree
 from tests.integration.test_roundtrip import mixed_state_dict
 
 pytestmark = pytest.mark.s3
@@ -96,3 +97,55 @@ def test_damaged_compressed_bytes_are_reported_as_damage(
     with pytest.raises(CheckpointException) as raised:
         dcp.load(blank_like(state), storage_reader=S3StorageReader(REGION, f"s3://{bucket}/bad"))
     assert isinstance(s3dcp_error(raised.value), CheckpointDamagedError)
+
+
+@pytest.mark.parametrize("thread_count", [1, 2])
+def test_s3dcp_writes_zstd_that_filesystem_reader_and_s3dcp_load(
+    s3_env: Any, s3: Any, bucket: str, tmp_path: Path, thread_count: int
+) -> None:
+    state = mixed_state_dict()
+    writer = S3StorageWriter(REGION, f"s3://{bucket}/ours", thread_count=thread_count, extensions=[ZStandard()])
+    dcp.save(state, storage_writer=writer)
+    download_tree(s3, bucket, "ours", tmp_path)
+    reader = dcp.FileSystemReader(tmp_path)
+    stored = reader.read_metadata().storage_data
+    assert all(info.transform_descriptors == ["stream.zstd/1"] and get_checksum(info) for info in stored.values())
+    from_disk = blank_like(state)
+    dcp.load(from_disk, storage_reader=reader)
+    assert_same(state, from_disk)
+    from_s3 = blank_like(state)
+    dcp.load(from_s3, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/ours"))
+    assert_same(state, from_s3)
+
+
+def test_zstd_shards_are_smaller_and_plain_saves_record_no_transforms(
+    s3_env: Any, s3: Any, bucket: str
+) -> None:
+    state = compressible_state()
+    dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/zstd", extensions=[ZStandard()]))
+    dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/plain"))
+    zstd = s3.get_object(Bucket=bucket, Key="zstd/__0_0.distcp")["Body"].read()
+    plain = s3.get_object(Bucket=bucket, Key="plain/__0_0.distcp")["Body"].read()
+    assert len(zstd) < len(plain) // 2
+    metadata = S3StorageReader(REGION, f"s3://{bucket}/plain").read_metadata()
+    assert all(info.transform_descriptors is None for info in metadata.storage_data.values())
+
+
+def test_damaged_s3dcp_zstd_item_fails_its_checksum_before_decoding(
+    s3_env: Any, s3: Any, bucket: str
+) -> None:
+    state = {"w": torch.arange(256, dtype=torch.float32)}
+    dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/c", extensions=[ZStandard()]))
+    key = "c/__0_0.distcp"
+    data = bytearray(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    data[-1] ^= 0xFF
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+    with pytest.raises(CheckpointException) as raised:
+        dcp.load(blank_like(state), storage_reader=S3StorageReader(REGION, f"s3://{bucket}/c"))
+    assert isinstance(s3dcp_error(raised.value), ChecksumMismatchError)
+
+
+@pytest.mark.parametrize("extensions", [ZStandard(), ["zstd"], [object()]])
+def test_extensions_must_be_stream_transforms(s3_env: Any, bucket: str, extensions: Any) -> None:
+    with pytest.raises(TypeError, match="StreamTransformExtension"):
+        S3StorageWriter(REGION, f"s3://{bucket}/x", extensions=extensions)
