@@ -184,6 +184,7 @@ class S3StorageReader(StorageReader):
         where = str(self.uri.child(METADATA_NAME))
         storage_data = metadata.storage_data
         self._transforms = {}
+        resolved: dict[tuple[str, ...], list[Any]] = {}
         if not isinstance(storage_data, dict):
             raise CheckpointDamagedError(
                 f"{where} has no per-item storage records, so no item can be found: {_DAMAGED_ADVICE}",
@@ -199,9 +200,11 @@ class S3StorageReader(StorageReader):
                     bucket=self.uri.bucket,
                     key=self.uri.key(METADATA_NAME),
                 )
-            descriptors = transforms.descriptors_of(info)
+            descriptors = transforms.checked_descriptors(info, where, index.fqn)
             if descriptors:
-                self._transforms[index] = transforms.resolve(descriptors, where, index.fqn)
+                if descriptors not in resolved:  # the extensions keep no state between items
+                    resolved[descriptors] = transforms.resolve(descriptors, where, index.fqn)
+                self._transforms[index] = resolved[descriptors]
         self.storage_data = storage_data
         self._chunks = StoredChunks(metadata)
 

@@ -21,7 +21,7 @@ from typing import Any
 from ._torch_compat import extension_registry
 from .errors import UnsafeCheckpointError
 
-__all__ = ["descriptors_of", "resolve", "decode"]
+__all__ = ["descriptors_of", "checked_descriptors", "resolve", "decode"]
 
 _INSTALL_HINT = {
     "stream.zstd": "pip install 's3dcp[zstd]' (or pip install zstandard)",
@@ -33,15 +33,22 @@ def descriptors_of(storage_info: Any) -> tuple[str, ...]:
     return tuple(getattr(storage_info, "transform_descriptors", None) or ())
 
 
-def resolve(descriptors: Sequence[str], where: str, item: str) -> list[Any]:
-    """The extensions that undo ``descriptors``; raise a clear error for one this process cannot undo."""
-    registry = extension_registry()
-    extensions: list[Any] = []
+def checked_descriptors(storage_info: Any, where: str, item: str) -> tuple[str, ...]:
+    """Like :func:`descriptors_of`, refusing a record whose descriptors are not strings."""
+    descriptors = descriptors_of(storage_info)
     for descriptor in descriptors:
         if not isinstance(descriptor, str):
             raise UnsafeCheckpointError(
                 f"{where} records a stream transform for {item!r} that is not a string: {descriptor!r}"
             )
+    return descriptors
+
+
+def resolve(descriptors: Sequence[str], where: str, item: str) -> list[Any]:
+    """The extensions that undo ``descriptors``; raise a clear error for one this process cannot undo."""
+    registry = extension_registry()
+    extensions: list[Any] = []
+    for descriptor in descriptors:
         try:
             extensions.extend(registry.from_descriptor_list([descriptor]))
         except ValueError as err:

@@ -149,3 +149,19 @@ def test_damaged_s3dcp_zstd_item_fails_its_checksum_before_decoding(
 def test_extensions_must_be_stream_transforms(s3_env: Any, bucket: str, extensions: Any) -> None:
     with pytest.raises(TypeError, match="StreamTransformExtension"):
         S3StorageWriter(REGION, f"s3://{bucket}/x", extensions=extensions)
+
+
+def test_descriptors_that_are_not_strings_are_refused(
+    s3_env: Any, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    state = {"w": torch.ones(4)}
+    save_compressed(state, tmp_path)
+    metadata = pickle.loads((tmp_path / ".metadata").read_bytes())
+    for info in metadata.storage_data.values():
+        info.transform_descriptors = [["stream.zstd/1"]]
+    (tmp_path / ".metadata").write_bytes(pickle.dumps(metadata))
+    upload_tree(s3, tmp_path, bucket, "odd")
+    with pytest.raises(CheckpointException) as raised:
+        dcp.load(blank_like(state), storage_reader=S3StorageReader(REGION, f"s3://{bucket}/odd"))
+    error = s3dcp_error(raised.value)
+    assert isinstance(error, UnsafeCheckpointError) and "not a string" in str(error)
