@@ -5,7 +5,9 @@
 loadable by ``FileSystemReader`` and the other way round. If a torch release
 moves it, this module is the one to change (``tests/unit/test_torch_compat.py``
 checks the shape s3dcp expects). The same goes for the names of the globals
-``torch.load(weights_only=True)`` admits, which torch keeps private.
+``torch.load(weights_only=True)`` admits, which torch keeps private, and for
+DCP's stream transforms (``StreamTransformExtension``, ``ExtensionRegistry``),
+which torch marks experimental.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from torch import _weights_only_unpickler
+from torch.distributed.checkpoint._extension import ExtensionRegistry, StreamTransformExtension
 from torch.distributed.checkpoint.filesystem import CURRENT_DCP_VERSION, _StorageInfo
 
 from .layout import METADATA_NAME, SHARD_SUFFIX
 
 __all__ = [
     "StorageInfo",
+    "StreamTransformExtension",
+    "extension_registry",
     "DCP_VERSION",
     "METADATA_NAME",
     "SHARD_SUFFIX",
@@ -59,3 +64,8 @@ def weights_only_global_names() -> set[str]:
     """
     user_allowed = cast(Callable[[], dict[str, Any]], _weights_only_unpickler._get_user_allowed_globals)
     return set(_weights_only_unpickler._get_allowed_globals()) | set(user_allowed())
+
+
+def extension_registry() -> ExtensionRegistry:
+    """A fresh ``ExtensionRegistry`` of DCP's stream transforms (private in torch 2.13)."""
+    return ExtensionRegistry()

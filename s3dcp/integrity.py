@@ -3,7 +3,9 @@
 Each item's digest (xxh3-64 of exactly the bytes its storage record points
 at) rides on that record as one extra attribute. ``FileSystemReader``
 unpickles the record as usual and never looks at it, so the checkpoint stays
-in DCP's own format; s3dcp's reader checks it before using any item.
+in DCP's own format; s3dcp's reader checks it before using any item. For
+an item stored through DCP stream transforms (e.g. ZStandard) those are the
+transformed bytes, so damage is caught before a decoder sees it.
 """
 
 from __future__ import annotations

@@ -77,6 +77,7 @@ from .in_place import (
     in_place_candidate,
     plan_in_place,
 )
+from . import transforms
 from .integrity import verify
 from .shard import check_plain_data, load_tensor
 from .stats import PhaseCallback, PhaseStats, report_phase
@@ -126,6 +127,7 @@ class S3StorageReader(StorageReader):
         self.load_id = str(uuid.uuid4())
         self.storage_data: dict[MetadataIndex, Any] = {}
         self._chunks: StoredChunks | None = None
+        self._transforms: dict[MetadataIndex, list[Any]] = {}  # items stored through DCP stream transforms
         self._kept_error: S3DCPError | None = None
         self.on_phase = on_phase
         self.last_stats: list[PhaseStats] = []
@@ -181,6 +183,8 @@ class S3StorageReader(StorageReader):
         self.rank = kwargs.get("rank", self.rank)
         where = str(self.uri.child(METADATA_NAME))
         storage_data = metadata.storage_data
+        self._transforms = {}
+        resolved: dict[tuple[str, ...], list[Any]] = {}
         if not isinstance(storage_data, dict):
             raise CheckpointDamagedError(
                 f"{where} has no per-item storage records, so no item can be found: {_DAMAGED_ADVICE}",
@@ -196,11 +200,11 @@ class S3StorageReader(StorageReader):
                     bucket=self.uri.bucket,
                     key=self.uri.key(METADATA_NAME),
                 )
-            if getattr(info, "transform_descriptors", None):
-                raise UnsafeCheckpointError(
-                    f"{where} uses DCP stream transforms for {index.fqn!r}, which s3dcp "
-                    "does not read"
-                )
+            descriptors = transforms.checked_descriptors(info, where, index.fqn)
+            if descriptors:
+                if descriptors not in resolved:  # the extensions keep no state between items
+                    resolved[descriptors] = transforms.resolve(descriptors, where, index.fqn)
+                self._transforms[index] = resolved[descriptors]
         self.storage_data = storage_data
         self._chunks = StoredChunks(metadata)
 
@@ -279,6 +283,8 @@ class S3StorageReader(StorageReader):
                 chunk = self._chunk_of(item)
                 if item.type != LoadItemType.TENSOR or chunk is None or chunk[1] != tuple(item.lengths):
                     continue
+                if item.storage_index in self._transforms:  # stored transformed: fetched whole, decoded
+                    continue
                 if not in_place_candidate(self._range_of(item), chunk):
                     continue
                 target = planner.resolve_tensor(item).detach()
@@ -303,6 +309,7 @@ class S3StorageReader(StorageReader):
                 item_range = self._range_of(item)
                 data = job.layout.view(buffer, item_range.start, item_range.end)
                 self._verify(item, job.relative, data)
+                data = self._decode(item, job.relative, data)
                 parsed.append((item, parse_item(item, data, self._chunk_of(item), plain_data_only=plain_only)))
                 continue
             head = job.layout.view(buffer, read.span.start, read.data.start)
@@ -366,6 +373,19 @@ class S3StorageReader(StorageReader):
                 key=self.uri.key(relative),
                 item=item.storage_index.fqn,
             )
+
+    def _decode(self, item: ReadItem, relative: str, data: memoryview) -> memoryview:
+        """Undo the item's stream transforms (after its stored bytes were checked), if it has any."""
+        extensions = self._transforms.get(item.storage_index)
+        if not extensions:
+            return data
+        try:
+            return transforms.decode(data, extensions)
+        except Exception as err:  # whatever the extension's decoder raises on bytes it cannot undo
+            names = ", ".join(transforms.descriptors_of(self.storage_data[item.storage_index]))
+            raise self._damaged(
+                relative, [item], f"its stored bytes do not decode through {names} ({type(err).__name__}: {err})"
+            ) from err
 
     # -- helpers -------------------------------------------------------------------
     def _report(self, phase: str, *, items: int, objects: int, requests: int, size: int, started: float) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch.distributed.checkpoint.planner import SavePlanner, WriteItem, WriteItemType
 from torch.distributed.checkpoint.storage import WriteResult
 
-from ._torch_compat import StorageInfo
+from ._torch_compat import StorageInfo, StreamTransformExtension
 from .archive import tensor_view
 from .archive_writer import write_tensor
 from .integrity import DigestingWriter, set_checksum
@@ -87,15 +87,24 @@ def write_items(
     items: Sequence[WriteItem],
     planner: SavePlanner,
     relative_path: str,
+    *,
+    extensions: Sequence[StreamTransformExtension] = (),
 ) -> list[WriteResult]:
     """Serialize ``items`` one after another into ``stream``.
 
     Items are resolved one at a time (``resolve_data`` may allocate, e.g. a
     device-to-host copy), so at most one item's staging copy is alive. Each
     item's checksum is computed from the bytes as they go into the stream.
+    With ``extensions`` (DCP stream transforms, e.g. ``ZStandard()``) each
+    item goes through them as ``FileSystemWriter`` sends it, its storage
+    record names them, and its checksum covers the transformed (stored) bytes.
     """
     results = []
     writer = DigestingWriter(stream)
+    if extensions:
+        for item in items:
+            results.append(_write_transformed(writer, item, planner, relative_path, extensions))
+        return results
     for item in items:
         offset = writer.tell()
         writer.begin()
@@ -121,6 +130,62 @@ def write_items(
         set_checksum(info, writer.end())
         results.append(WriteResult(index=item.index, size_in_bytes=length, storage_data=info))
     return results
+
+
+class _ItemEnd:
+    """The bottom of one item's transform chain: passes writes on, ignores ``flush`` and ``close``.
+
+    Extensions close (and may flush) the stream under them when their item
+    ends; the shard stream itself must stay open for the next item.
+    """
+
+    def __init__(self, stream: DigestingWriter) -> None:
+        self._stream = stream
+
+    def write(self, data: Any) -> int:
+        return self._stream.write(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+
+def _write_transformed(
+    writer: DigestingWriter,
+    item: WriteItem,
+    planner: SavePlanner,
+    relative_path: str,
+    extensions: Sequence[StreamTransformExtension],
+) -> WriteResult:
+    """Write one item through ``extensions`` (the first is applied last, as ``FileSystemWriter`` does)."""
+    offset = writer.tell()
+    writer.begin()
+    chain: Any = _ItemEnd(writer)
+    for extension in extensions:
+        chain = extension.transform_to(chain)
+    data = planner.resolve_data(item)
+    if item.type == WriteItemType.BYTE_IO:
+        if not isinstance(data, io.BytesIO):
+            raise TypeError(f"BYTE_IO item {item.index.fqn!r} resolved to {type(data).__name__}")
+        chain.write(data.getbuffer())
+    else:
+        if not isinstance(data, torch.Tensor):
+            raise TypeError(f"tensor item {item.index.fqn!r} resolved to {type(data).__name__}")
+        torch.save(_as_saveable(data), chain)
+    chain.close()
+    length = writer.tell() - offset
+    descriptors = [extension.get_descriptor() for extension in reversed(extensions)]
+    info = StorageInfo(relative_path, offset, length, transform_descriptors=descriptors)
+    set_checksum(info, writer.end())
+    return WriteResult(index=item.index, size_in_bytes=length, storage_data=info)
 
 
 def load_tensor(data: memoryview) -> torch.Tensor:

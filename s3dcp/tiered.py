@@ -41,6 +41,7 @@ from .local_tier import complete_local_checkpoints, mark_uploading, prune_local,
 from .metadata import check_relative_key, dump_metadata
 from .prefix import DefaultPrefixStrategy, PrefixStrategy, is_prefix_strategy, stems_for
 from .reader import S3StorageReader, deliver_item, name_items
+from .transforms import descriptors_of
 from .shard import split_items
 from .stats import PhaseCallback, PhaseStats, report_phase
 from .tier_upload import UploadJob, UploadStatus, uploader
@@ -498,7 +499,11 @@ class TieredStorageReader(StorageReader):
         for relative, items in by_file.items():
             path = self._local_dir / relative
             if use_local and path.is_file():
-                waiting.extend((path, item) for item in items)
+                for item in items:  # items stored through DCP stream transforms are decoded by the S3 path
+                    if descriptors_of(self.storage_data[item.storage_index]):
+                        missing.append(item)
+                    else:
+                        waiting.append((path, item))
                 continue
             if use_local and self.source == "local":
                 log.warning("s3dcp: local file %s is missing; reading its %d items from S3", path, len(items))

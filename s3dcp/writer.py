@@ -30,7 +30,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
@@ -42,7 +42,7 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
-from ._torch_compat import DCP_VERSION, METADATA_NAME, SHARD_SUFFIX
+from ._torch_compat import DCP_VERSION, METADATA_NAME, SHARD_SUFFIX, StreamTransformExtension
 from .client import S3Client
 from .commit import commit_metadata, put_saving_marker, tidy_after_commit
 from .config import S3ClientConfig, resolve_settings, validate_part_size
@@ -56,6 +56,24 @@ from .upload import ObjectUpload, PartBuffers, TransferPool, choose_part_size
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
 
 __all__ = ["S3StorageWriter"]
+
+
+def _check_extensions(extensions: Sequence[StreamTransformExtension] | None) -> tuple[StreamTransformExtension, ...]:
+    """The writer's stream transforms as a tuple; a ``TypeError`` saying what to pass otherwise."""
+    if extensions is None:
+        return ()
+    if isinstance(extensions, (str, bytes)) or not isinstance(extensions, Sequence):
+        raise TypeError(
+            "extensions must be a list of DCP StreamTransformExtension instances, e.g. [ZStandard()] "
+            f"from torch.distributed.checkpoint._extension, not {type(extensions).__name__}"
+        )
+    for extension in extensions:
+        if not isinstance(extension, StreamTransformExtension):
+            raise TypeError(
+                "each of extensions must be a DCP StreamTransformExtension instance, e.g. ZStandard() "
+                f"from torch.distributed.checkpoint._extension, not {extension!r}"
+            )
+    return tuple(extensions)
 
 
 
@@ -88,6 +106,11 @@ class S3StorageWriter(StorageWriter):
         on_phase: called with a :class:`~s3dcp.stats.PhaseStats` as each
             phase of a save ends on this rank (bytes, seconds, MB/s); the
             latest save's phases are also kept in ``last_stats``.
+        extensions: DCP stream transforms to pass every item through, as
+            ``FileSystemWriter(_extensions=...)`` does, e.g. ``[ZStandard()]``
+            (needs ``s3dcp[zstd]``). Default none: items are stored as is.
+            Each item's storage record names them (``transform_descriptors``),
+            so ``FileSystemReader`` and ``S3StorageReader`` undo them on load.
     """
 
     def __init__(
@@ -101,8 +124,10 @@ class S3StorageWriter(StorageWriter):
         part_size: int | None = None,
         overwrite: bool = False,
         on_phase: PhaseCallback | None = None,
+        extensions: Sequence[StreamTransformExtension] | None = None,
     ) -> None:
         super().__init__()
+        self.extensions = _check_extensions(extensions)
         if not isinstance(thread_count, int) or isinstance(thread_count, bool) or thread_count < 1:
             raise ValueError(f"thread_count must be an int >= 1, got {thread_count!r}")
         if part_size is not None:
@@ -256,7 +281,7 @@ class S3StorageWriter(StorageWriter):
                 part_size,
                 size_hint=expected + 4096 * len(items),
             ) as upload:
-                written = write_items(upload, items, planner, relative)
+                written = write_items(upload, items, planner, relative, extensions=self.extensions)
             requests.append(upload.requests)  # list.append is atomic: no lock needed
             return written
 

@@ -39,3 +39,16 @@ def test_weights_only_global_names_follow_torch_and_the_user() -> None:
     assert "_io.BytesIO" not in names
     with torch.serialization.safe_globals([io.BytesIO]):
         assert "_io.BytesIO" in weights_only_global_names()
+
+
+def test_extension_registry_knows_zstd_and_refuses_unknown_names() -> None:
+    from s3dcp._torch_compat import extension_registry
+
+    registry = extension_registry()
+    (zstd,) = registry.from_descriptor_list(["stream.zstd/1"])
+    assert zstd.get_descriptor() == "stream.zstd/1"
+    try:
+        registry.from_descriptor_list(["stream.unknown/1"])
+    except ValueError:
+        return
+    raise AssertionError("an unknown descriptor must raise ValueError")
