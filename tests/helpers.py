@@ -8,9 +8,11 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 import torch
 
 from s3dcp import S3DCPError, find_s3dcp_error
+from s3dcp.cli import main
 
 
 def assert_same(expected: Any, actual: Any, path: str = "") -> None:
@@ -66,3 +68,10 @@ def serve_on_loopback(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run the s3dcp command in this process: (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

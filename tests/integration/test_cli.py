@@ -18,15 +18,10 @@ import torch.distributed.checkpoint as dcp
 from s3dcp import S3StorageReader, S3StorageWriter
 from s3dcp.cli import main
 from tests.conftest import REGION, list_keys
+from tests.helpers import run_cli as run
 from tests.integration.test_roundtrip import mixed_state_dict
 
 pytestmark = pytest.mark.s3
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def save(bucket: str, path: str, state: dict[str, Any] | None = None) -> dict[str, Any]:

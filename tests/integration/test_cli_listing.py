@@ -15,18 +15,13 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3StorageWriter, list_checkpoints
-from s3dcp.cli import human_bytes, main
+from s3dcp.cli import human_bytes
 from tests.conftest import REGION, list_keys
+from tests.helpers import run_cli as run
 
 pytestmark = pytest.mark.s3
 
 STRAY = 8 * 1024
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def save(bucket: str, path: str) -> None:

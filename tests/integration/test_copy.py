@@ -12,19 +12,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import CheckpointExistsError, RoundRobinPrefixStrategy, S3StorageReader, S3StorageWriter
-from s3dcp.cli import main
 from s3dcp.copy import copy_checkpoint
 from tests.conftest import REGION, list_keys
-from tests.helpers import assert_same, blank_like
+from tests.helpers import assert_same, blank_like, run_cli as run
 from tests.integration.test_roundtrip import mixed_state_dict
 
 pytestmark = pytest.mark.s3
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def save(uri: str, state: dict[str, Any], overwrite: bool = False) -> None:

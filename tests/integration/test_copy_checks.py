@@ -10,21 +10,15 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import CheckpointDamagedError, S3StorageReader, S3StorageWriter
-from s3dcp.cli import human_bytes, main
+from s3dcp.cli import human_bytes
 from s3dcp.copy import copy_checkpoint
 from tests.conftest import REGION, list_keys
-from tests.helpers import assert_same, blank_like
+from tests.helpers import assert_same, blank_like, run_cli as run
 
 pytestmark = pytest.mark.s3
 
 OLD = {"w": torch.arange(32, dtype=torch.float32), "step": 1}
 NEW = {"w": torch.arange(64, dtype=torch.float32) * -1, "step": 2}
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def save(uri: str, state: dict[str, Any]) -> None:

@@ -16,18 +16,13 @@ import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3StorageWriter, list_checkpoints
 from s3dcp.catalog import delete_checkpoint, gc, prune
-from s3dcp.cli import human_bytes, main
+from s3dcp.cli import human_bytes
 from tests.conftest import REGION, list_keys
+from tests.helpers import run_cli as run
 
 pytestmark = pytest.mark.s3
 
 UNRELATED = ("datasets/train.csv", "run-a/logs/train.log")
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def save(bucket: str, path: str) -> None:
