@@ -44,18 +44,18 @@ def item_nbytes(item: WriteItem) -> int:
 def split_items(items: Sequence[WriteItem], bins: int) -> list[list[WriteItem]]:
     """Split items into ``bins`` files of similar size (largest first, greedy).
 
-    Byte items are dealt round-robin. Always ``bins`` lists, empty ones
-    included: ``FileSystemWriter`` writes a file for each (an empty one for
-    a rank or thread with nothing to store), and a checkpoint holds the same
-    files whichever writer saved it.
+    Byte items are dealt round-robin and come first in each file. Always
+    ``bins`` lists, empty ones included. Both as ``FileSystemWriter`` does
+    it (an empty file for a rank or thread with nothing to store, byte items
+    before tensors), so a shard holds the same bytes whichever writer saved it.
     """
     if bins < 1:
         raise ValueError(f"bins must be an int >= 1 (the writer's thread_count), got {bins!r}")
+    byte_items = [wi for wi in items if wi.type == WriteItemType.BYTE_IO]
     if bins == 1:
-        return [list(items)]
+        return [byte_items + [wi for wi in items if wi.type != WriteItemType.BYTE_IO]]
     buckets: list[list[WriteItem]] = [[] for _ in range(bins)]
     sizes = [0] * bins
-    byte_items = [wi for wi in items if wi.type == WriteItemType.BYTE_IO]
     tensor_items = sorted(
         (wi for wi in items if wi.type != WriteItemType.BYTE_IO), key=item_nbytes, reverse=True
     )

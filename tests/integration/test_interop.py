@@ -75,12 +75,37 @@ def test_filesystem_writer_checkpoint_loads_from_s3(
     assert_same(state, loaded)
 
 
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "zstd"])
+@pytest.mark.parametrize("thread_count", [1, 2])
+@pytest.mark.parametrize("kind", ["tensors", "mixed"])
 def test_shard_bytes_equal_filesystem_writer_bytes(
-    s3_env: Any, s3: Any, bucket: str, tmp_path: Path
+    s3_env: Any, s3: Any, bucket: str, tmp_path: Path, kind: str, thread_count: int, compress: bool
 ) -> None:
-    """Not just loadable: the shard object is byte-identical to DCP's file."""
-    state = {"a": torch.arange(1000, dtype=torch.float32), "b": torch.ones(3, 3, dtype=torch.bfloat16)}
-    dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp_path, sync_files=False))
-    dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/same"))
-    ours = s3.get_object(Bucket=bucket, Key="same/__0_0.distcp")["Body"].read()
-    assert ours == (tmp_path / "__0_0.distcp").read_bytes()
+    """Not just loadable: every shard object is byte-identical to DCP's file.
+
+    ``mixed`` holds plain values too, which both writers store before the tensors.
+    """
+    from torch.distributed.checkpoint._extension import ZStandard
+
+    if kind == "tensors":
+        state: dict[str, Any] = {"a": torch.arange(1000, dtype=torch.float32), "b": torch.ones(3, 3, dtype=torch.bfloat16)}
+    else:
+        state = mixed_state_dict()
+    extensions = [ZStandard()] if compress else []
+    dcp.save(
+        state,
+        storage_writer=dcp.FileSystemWriter(
+            tmp_path, thread_count=thread_count, sync_files=False, _extensions=extensions or None
+        ),
+    )
+    dcp.save(
+        state,
+        storage_writer=S3StorageWriter(
+            REGION, f"s3://{bucket}/same", thread_count=thread_count, extensions=extensions or None
+        ),
+    )
+    shards = sorted(path.name for path in tmp_path.glob("*.distcp"))
+    assert shards == [f"__0_{i}.distcp" for i in range(thread_count)]
+    for name in shards:
+        ours = s3.get_object(Bucket=bucket, Key=f"same/{name}")["Body"].read()
+        assert ours == (tmp_path / name).read_bytes(), name

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
-from torch.distributed.checkpoint.planner_helpers import _create_write_item_for_tensor
+from torch.distributed.checkpoint.planner_helpers import (
+    _create_write_item_for_bytesio,
+    _create_write_item_for_tensor,
+)
 from torch.distributed.checkpoint.planner import WriteItemType
 
 from s3dcp.config import GIB, MIB
@@ -97,6 +102,14 @@ def test_split_items_balances_by_size_and_keeps_empty_bins() -> None:
     with pytest.raises(ValueError):
         split_items(items, 0)
     assert all(i.type != WriteItemType.BYTE_IO for b in bins for i in b)
+
+
+def test_split_items_puts_byte_items_first_in_every_file() -> None:
+    """FileSystemWriter writes a file's byte items before its tensors, with one file too."""
+    tensors = [_item("t0", 10), _item("t1", 30)]
+    plain = _create_write_item_for_bytesio("step", io.BytesIO(b"7"))
+    assert split_items([tensors[0], plain, tensors[1]], 1) == [[plain, tensors[0], tensors[1]]]
+    assert split_items([tensors[0], plain, tensors[1]], 2) == [[plain, tensors[1]], [tensors[0]]]
 
 
 def test_byte_budget_lets_big_requests_through_alone() -> None:
