@@ -19,6 +19,7 @@ which overwrites whatever the first read put into the destination.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ __all__ = [
     "destination_bytes",
     "disjoint",
     "framed_tensor",
+    "framing_into",
     "in_place_candidate",
     "plan_in_place",
 ]
@@ -76,31 +78,27 @@ class InPlaceRead:
         return ByteRange(start, start + self.target.nbytes)
 
 
-def in_place_candidate(span: ByteRange, chunk: tuple[torch.dtype, tuple[int, ...]]) -> bool:
+def in_place_candidate(span: ByteRange | None, chunk: tuple[torch.dtype, tuple[int, ...]]) -> bool:
     """Whether a whole stored chunk, laid out in ``span``, could be read in place into a fitting destination.
 
     Asked before the planner is: only these items' destinations are resolved
     ahead of their GET; the others are resolved when their bytes are there.
+    ``span`` is ``None`` for an item stored through stream transforms: its
+    stored length says nothing of the archive inside, which is checked as
+    it is decoded.
     """
     dtype, size = chunk
     framing = framing_for(dtype, size)
-    nbytes = dtype.itemsize * _numel(size)
+    nbytes = dtype.itemsize * math.prod(size)
     return framing is not None and nbytes >= IN_PLACE_MIN_BYTES and (
-        len(framing.head) + nbytes + len(framing.tail) == span.length
+        span is None or len(framing.head) + nbytes + len(framing.tail) == span.length
     )
 
 
-def _numel(size: tuple[int, ...]) -> int:
-    numel = 1
-    for dim in size:
-        numel *= dim
-    return numel
-
-
-def plan_in_place(
-    item: ReadItem, span: ByteRange, chunk: tuple[torch.dtype, tuple[int, ...]] | None, target: torch.Tensor
-) -> InPlaceRead | None:
-    """An in-place read of ``item`` into ``target``, or ``None`` if it must go the ordinary way."""
+def framing_into(
+    item: ReadItem, chunk: tuple[torch.dtype, tuple[int, ...]] | None, target: torch.Tensor
+) -> Framing | None:
+    """The framing around ``item``'s tensor bytes if they can go straight into ``target``, else ``None``."""
     if item.type != LoadItemType.TENSOR or chunk is None:
         return None
     dtype, size = chunk
@@ -115,7 +113,14 @@ def plan_in_place(
         or target.nbytes < IN_PLACE_MIN_BYTES
     ):
         return None
-    framing = framing_for(dtype, size)
+    return framing_for(dtype, size)
+
+
+def plan_in_place(
+    item: ReadItem, span: ByteRange, chunk: tuple[torch.dtype, tuple[int, ...]] | None, target: torch.Tensor
+) -> InPlaceRead | None:
+    """An in-place read of ``item`` into ``target``, or ``None`` if it must go the ordinary way."""
+    framing = framing_into(item, chunk, target)
     if framing is None or len(framing.head) + target.nbytes + len(framing.tail) != span.length:
         return None
     return InPlaceRead(item, target, framing, span)
@@ -186,7 +191,7 @@ def framed_tensor(data: memoryview, chunk: tuple[torch.dtype, tuple[int, ...]] |
         return None
     start = len(framing.head)
     end = data.nbytes - len(framing.tail)
-    numel = _numel(size)
+    numel = math.prod(size)
     if end - start != numel * dtype.itemsize:
         return None
     if not framing.matches(data[:start], data[end:]):

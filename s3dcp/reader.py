@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import time
 import uuid
@@ -67,6 +68,7 @@ from .errors import (
     UnsafeCheckpointError,
 )
 from .metadata import check_relative_key, load_metadata
+from .archive_writer import Framing
 from .in_place import (
     InPlaceRead,
     SpanLayout,
@@ -74,11 +76,13 @@ from .in_place import (
     destination_bytes,
     disjoint,
     framed_tensor,
+    framing_into,
     in_place_candidate,
     plan_in_place,
 )
 from . import transforms
-from .integrity import verify
+from . import crc32
+from .integrity import get_checksum, verify
 from .shard import check_plain_data, load_tensor
 from .stats import PhaseCallback, PhaseStats, report_phase
 from .uri import S3Uri, is_s3_uri, parse_s3_uri
@@ -238,7 +242,7 @@ class S3StorageReader(StorageReader):
         fetched = requests = 0
         limit = config.max_concurrency * config.max_read_size
         buffers = DownloadBuffers(limit)
-        held = 0  # buffer bytes of the GETs in flight, bounded by ``limit`` (or one larger GET alone)
+        held = 0  # buffer (and decoding) bytes of the GETs in flight, bounded by ``limit`` (or one larger GET alone)
         workers = max(1, min(config.max_concurrency, len(waiting)))
         plain_only = isinstance(planner, DefaultLoadPlanner)
         in_flight: dict[PoolFuture[_Fetched], _Fetch] = {}
@@ -249,7 +253,7 @@ class S3StorageReader(StorageReader):
                     while len(in_flight) < workers and (ready is not None or waiting):
                         if ready is None:
                             ready = self._lay_out(waiting.popleft(), planner)
-                        size = DownloadBuffers.capacity_for(ready.layout.buffered)
+                        size = DownloadBuffers.capacity_for(ready.layout.buffered) + ready.decoding
                         if in_flight and held + size > limit:
                             break
                         held += size
@@ -263,7 +267,7 @@ class S3StorageReader(StorageReader):
                             waiting.extendleft(self._hand_over(job, result, planner))
                         finally:
                             buffers.give_back(result.buffer)
-                            held -= DownloadBuffers.capacity_for(job.layout.buffered)
+                            held -= DownloadBuffers.capacity_for(job.layout.buffered) + job.decoding
                         fetched += job.span.length
                         requests += 1
             finally:
@@ -276,14 +280,30 @@ class S3StorageReader(StorageReader):
         return result_future
 
     def _lay_out(self, job: _Fetch, planner: LoadPlanner) -> _Fetch:
-        """Resolve the destinations of the tensors this GET can read in place (on the calling thread)."""
+        """Resolve the destinations of the tensors this GET can read (or decode) in place, on the calling thread.
+
+        Also count what the GET's transformed items will need to be decoded
+        into, so the bytes held by the GETs in flight stay bounded.
+        """
         reads: list[InPlaceRead] = []
+        for item in job.items:
+            if item.storage_index not in self._transforms:
+                continue
+            chunk = self._chunk_of(item)
+            if job.in_place and chunk is not None and in_place_candidate(None, chunk):
+                target = planner.resolve_tensor(item).detach()
+                job.targets[id(item)] = target
+                framing = framing_into(item, chunk, target)
+                if framing is not None:
+                    job.decode_into[id(item)] = framing
+                    continue
+            job.decoding += self._decoded_size(item)
         if job.in_place and self._chunks is not None and disjoint([self._range_of(i) for i in job.items]):
             for item in job.items:
                 chunk = self._chunk_of(item)
                 if item.type != LoadItemType.TENSOR or chunk is None or chunk[1] != tuple(item.lengths):
                     continue
-                if item.storage_index in self._transforms:  # stored transformed: fetched whole, decoded
+                if item.storage_index in self._transforms:
                     continue
                 if not in_place_candidate(self._range_of(item), chunk):
                     continue
@@ -296,8 +316,15 @@ class S3StorageReader(StorageReader):
         job.layout = SpanLayout(job.span, reads)
         return job
 
+    def _decoded_size(self, item: ReadItem) -> int:
+        """About how many bytes a transformed item decodes to: its tensor's, or (bytes) twice what is stored."""
+        chunk = self._chunk_of(item)
+        if item.type == LoadItemType.TENSOR and chunk is not None:
+            return chunk[0].itemsize * math.prod(chunk[1])
+        return 2 * self._range_of(item).length
+
     def _fetch(self, job: _Fetch, buffers: DownloadBuffers, plain_only: bool) -> _Fetched:
-        """On a worker: one GET, then the checks and parsing that need no planner."""
+        """On a worker: one GET, then the checks, decoding and parsing that need no planner."""
         buffer = buffers.take(job.layout.buffered)
         self._read(job.relative, job.span, job.layout.targets(buffer), job.items)
         placed = {id(read.item): read for read in job.layout.reads}
@@ -309,6 +336,11 @@ class S3StorageReader(StorageReader):
                 item_range = self._range_of(item)
                 data = job.layout.view(buffer, item_range.start, item_range.end)
                 self._verify(item, job.relative, data)
+                framing = job.decode_into.get(id(item))
+                if framing is not None and self._decode_into(item, job.relative, data, framing,
+                                                             job.targets[id(item)]):
+                    parsed.append((item, None))
+                    continue
                 data = self._decode(item, job.relative, data)
                 parsed.append((item, parse_item(item, data, self._chunk_of(item), plain_data_only=plain_only)))
                 continue
@@ -380,12 +412,37 @@ class S3StorageReader(StorageReader):
         if not extensions:
             return data
         try:
-            return transforms.decode(data, extensions)
+            return transforms.decode(data, extensions, self._decoded_size(item))
         except Exception as err:  # whatever the extension's decoder raises on bytes it cannot undo
-            names = ", ".join(transforms.descriptors_of(self.storage_data[item.storage_index]))
-            raise self._damaged(
-                relative, [item], f"its stored bytes do not decode through {names} ({type(err).__name__}: {err})"
-            ) from err
+            raise self._undecodable(item, relative, err) from err
+
+    def _decode_into(self, item: ReadItem, relative: str, data: memoryview, framing: Framing,
+                     target: torch.Tensor) -> bool:
+        """Decode a transformed tensor straight into its destination; ``False``: its archive is laid out
+        otherwise (it is then decoded the ordinary way, which overwrites whatever went into ``target``)."""
+        extensions = self._transforms[item.storage_index]
+        destination = destination_bytes(target)
+        try:
+            tail = transforms.decode_into(data, extensions, framing.head, destination, len(framing.tail))
+        except Exception as err:  # whatever the extension's decoder raises on bytes it cannot undo
+            raise self._undecodable(item, relative, err) from err
+        if tail is None or not framing.matches(framing.head, tail):
+            return False
+        if self.verify and get_checksum(self.storage_data[item.storage_index]) is None:
+            # no digest of the stored bytes (another writer saved it), and zstd frames carry no
+            # checksum by default: the archive's own CRC-32 of the tensor's bytes is the check left
+            recorded = int.from_bytes(tail[framing.data_crc_at[0] : framing.data_crc_at[0] + 4], "little")
+            if crc32.compute(destination) != recorded:
+                names = ", ".join(transforms.descriptors_of(self.storage_data[item.storage_index]))
+                raise self._damaged(relative, [item], f"its bytes, decoded through {names}, hold a tensor whose "
+                                    "CRC-32 is not the one its archive records")
+        return True
+
+    def _undecodable(self, item: ReadItem, relative: str, err: Exception) -> CheckpointDamagedError:
+        names = ", ".join(transforms.descriptors_of(self.storage_data[item.storage_index]))
+        return self._damaged(
+            relative, [item], f"its stored bytes do not decode through {names} ({type(err).__name__}: {err})"
+        )
 
     # -- helpers -------------------------------------------------------------------
     def _report(self, phase: str, *, items: int, objects: int, requests: int, size: int, started: float) -> None:
@@ -482,6 +539,8 @@ class _Fetch:
     items: list[ReadItem]
     in_place: bool = True
     targets: dict[int, torch.Tensor] = field(default_factory=dict)  # by id() of the item
+    decode_into: dict[int, Framing] = field(default_factory=dict)  # transformed tensors decoded into their targets
+    decoding: int = 0  # bytes the other transformed items will be decoded into
     layout: SpanLayout = field(init=False)
 
     def __post_init__(self) -> None:

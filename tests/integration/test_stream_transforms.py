@@ -154,3 +154,59 @@ def test_damaged_s3dcp_zstd_item_fails_its_checksum_before_decoding(
 def test_extensions_must_be_stream_transforms(s3_env: Any, bucket: str, extensions: Any) -> None:
     with pytest.raises(TypeError, match="StreamTransformExtension"):
         S3StorageWriter(REGION, f"s3://{bucket}/x", extensions=extensions)
+
+
+def _spy_decoders(mocker: Any) -> tuple[Any, Any]:
+    from s3dcp import transforms
+
+    return mocker.spy(transforms, "decode_into"), mocker.spy(transforms, "decode")
+
+
+def test_whole_tensors_decode_straight_into_their_destinations(
+    s3_env: Any, s3: Any, bucket: str, mocker: Any
+) -> None:
+    """A big tensor goes from the decoder into the caller's tensor, with no buffer of its own."""
+    state = {"big": torch.arange(40_000, dtype=torch.float32), "small": torch.ones(8), "step": 3}
+    dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/z", extensions=[ZStandard()]))
+    decode_into, decode = _spy_decoders(mocker)
+    loaded = blank_like(state)
+    destination = loaded["big"].data_ptr()
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/z"))
+    assert_same(state, loaded)
+    assert loaded["big"].data_ptr() == destination
+    assert decode_into.call_count == 1 and decode_into.spy_return is not None
+    assert decode.call_count == 2  # "small" and "step": too small to be worth it, not tensors
+
+
+def test_archive_laid_out_otherwise_is_decoded_the_ordinary_way(
+    s3_env: Any, s3: Any, bucket: str, tmp_path: Path, mocker: Any
+) -> None:
+    """A transposed tensor's archive records other strides: its framing is not the expected one."""
+    state = {"t": torch.randn(128, 256, generator=torch.Generator().manual_seed(3)).t()}
+    save_compressed(state, tmp_path)
+    upload_tree(s3, tmp_path, bucket, "zt")
+    decode_into, decode = _spy_decoders(mocker)
+    loaded = {"t": torch.zeros(256, 128)}
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/zt"))
+    assert torch.equal(loaded["t"], state["t"])
+    assert decode_into.call_count == 1 and decode_into.spy_return is None
+    assert decode.call_count == 1
+
+
+def test_damaged_compressed_tensor_decoded_in_place_is_reported_as_damage(
+    s3_env: Any, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """FileSystemWriter records no digest, so the decoder is the first to see the damage."""
+    state = {"w": torch.arange(40_000, dtype=torch.float32)}
+    save_compressed(state, tmp_path)
+    (info,) = dcp.FileSystemReader(tmp_path).read_metadata().storage_data.values()
+    shard = tmp_path / info.relative_path
+    data = bytearray(shard.read_bytes())
+    middle = info.offset + info.length // 2
+    data[middle : middle + 64] = bytes(64)
+    shard.write_bytes(bytes(data))
+    upload_tree(s3, tmp_path, bucket, "bad")
+    with pytest.raises(CheckpointException) as raised:
+        dcp.load(blank_like(state), storage_reader=S3StorageReader(REGION, f"s3://{bucket}/bad"))
+    error = s3dcp_error(raised.value)
+    assert isinstance(error, CheckpointDamagedError) and "stream.zstd/1" in str(error), str(error)
