@@ -15,6 +15,9 @@ in few distinct lengths (whole parts, whole read chunks), so it is cached.
 installed: its carry-less-multiply CRC runs about three times faster than
 zlib's (0.09 vs 0.28 CPU seconds per GiB here), and a save computes one CRC
 pass over every byte. Both release the GIL; the results are identical.
+``combine`` is isal's ``crc32_combine`` too when installed (about 0.5 us a
+call against about 28 us for the Python below, which is kept for where
+isal has no wheel).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import zlib
 from functools import lru_cache
 from typing import Callable
 
-__all__ = ["combine", "compute"]
+__all__ = ["combine", "combine_python", "compute"]
 
 compute: Callable[..., int]
 """``compute(data, value=0)``: CRC-32 of ``data`` continuing from ``value``, as ``zlib.crc32``."""
@@ -73,8 +76,16 @@ def _shift(length: int) -> int:
     return result
 
 
-def combine(crc_a: int, crc_b: int, length_b: int) -> int:
-    """CRC-32 of ``a + b`` given ``crc32(a)``, ``crc32(b)`` and ``len(b)``."""
+def combine_python(crc_a: int, crc_b: int, length_b: int) -> int:
+    """CRC-32 of ``a + b`` given ``crc32(a)``, ``crc32(b)`` and ``len(b)``, in Python."""
     if length_b <= 0:
         return crc_a
     return _multiply(_shift(length_b), crc_a) ^ crc_b
+
+
+combine: Callable[[int, int, int], int]
+"""``combine(crc_a, crc_b, length_b)``: CRC-32 of ``a + b`` from ``crc32(a)``, ``crc32(b)`` and ``len(b)``."""
+try:
+    from isal.isal_zlib import crc32_combine as combine
+except ImportError:
+    combine = combine_python
