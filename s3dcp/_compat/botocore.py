@@ -109,6 +109,8 @@ def _probe_body(client: Any) -> Any:
         client.put_object(Bucket="s3dcp-probe", Key="probe", Body=memoryview(_PROBE))
     except _Probed as probed:
         body = probed.body
+        if hasattr(body, "getvalue"):  # botocore's own wrapping of a bytes body
+            body = body.getvalue()
         return bytes(body) if isinstance(body, (bytes, bytearray, memoryview)) else body
     except Exception as err:  # the pipeline itself refused the view: copy instead
         return err
