@@ -19,6 +19,13 @@ Whatever does not fit these assumptions (another urllib3, a proxy tunnel,
 chunked bodies) is read with ``http.client``'s ``readinto`` or, failing
 that, through ``body.read`` and a copy. Every item's digest is checked after
 the read in any case.
+
+The private names this needs (botocore's, urllib3's, http.client's and
+ssl's) are looked up through :mod:`s3dcp._compat`: one that is missing
+means the plain path. A direct read that fails as if its signature changed
+retires the direct TLS reads for the process; the body goes on through
+``http.client`` if no byte came from the socket yet, else the request is
+retried (:class:`~s3dcp.retry.TruncatedBodyError`).
 """
 
 from __future__ import annotations
