@@ -19,6 +19,13 @@ Whatever does not fit these assumptions (another urllib3, a proxy tunnel,
 chunked bodies) is read with ``http.client``'s ``readinto`` or, failing
 that, through ``body.read`` and a copy. Every item's digest is checked after
 the read in any case.
+
+The private names this needs (botocore's, urllib3's, http.client's and
+ssl's) are looked up through :mod:`s3dcp._compat`: one that is missing
+means the plain path. A direct read that fails as if its signature changed
+retires the direct TLS reads for the process; the body goes on through
+``http.client`` if no byte came from the socket yet, else the request is
+retried (:class:`~s3dcp.retry.TruncatedBodyError`).
 """
 
 from __future__ import annotations
@@ -29,6 +36,10 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
+from ._compat import botocore as _botocore
+from ._compat import http_client as _http_client
+from ._compat import ssl as _ssl
+from ._compat import urllib3 as _urllib3
 from .retry import TruncatedBodyError
 
 __all__ = ["BodyReader", "open_body"]
@@ -44,18 +55,16 @@ class BodyReader:
 
 def open_body(body: Any, where: str) -> BodyReader:
     """The fastest reader that fits ``body`` (a botocore ``StreamingBody``); ``where`` names it in errors."""
-    stream: Any = getattr(body, "_raw_stream", None)
-    response: Any = getattr(stream, "_fp", None)
-    if not (
-        isinstance(response, http.client.HTTPResponse)
-        and hasattr(stream, "release_conn")
-        and hasattr(response, "readinto")
-    ):
+    stream: Any = _botocore.raw_stream(body)
+    response = _urllib3.http_client_response(stream)
+    if response is None or not hasattr(response, "readinto"):
         return _copying_reader(body)
-    receive = _socket_receiver(getattr(getattr(stream, "connection", None), "sock", None))
-    if receive is None or response.chunked or response.length is None:
+    receive = _socket_receiver(_urllib3.connection_socket(stream))
+    length = _http_client.known_length(response) if receive is not None else None
+    buffered = _http_client.buffered_reader(response) if length is not None else None
+    if receive is None or length is None or buffered is None:
         return _http_client_reader(stream, response, where)
-    return _socket_reader(stream, response, receive, where)
+    return _socket_reader(stream, response, buffered, length, receive, where)
 
 
 def _copying_reader(body: Any) -> BodyReader:
@@ -90,13 +99,13 @@ def _http_client_reader(stream: Any, response: http.client.HTTPResponse, where: 
 def _socket_receiver(sock: Any) -> Callable[[memoryview], int] | None:
     """One C call that reads what the socket has (one TLS record at most) into a view."""
     if isinstance(sock, ssl.SSLSocket):
-        tls: Any = getattr(sock, "_sslobj", None)
-        if tls is None or not hasattr(tls, "read"):
+        tls_read = _ssl.record_reader(sock)
+        if tls_read is None:
             return None
 
         def receive_tls(view: memoryview) -> int:
             try:
-                return int(tls.read(view.nbytes, view))
+                return int(tls_read(view.nbytes, view))
             except ssl.SSLZeroReturnError:  # the peer closed the TLS session: end of stream
                 return 0
 
@@ -107,23 +116,39 @@ def _socket_receiver(sock: Any) -> Callable[[memoryview], int] | None:
 
 
 def _socket_reader(
-    stream: Any, response: http.client.HTTPResponse, receive: Callable[[memoryview], int], where: str
+    stream: Any,
+    response: http.client.HTTPResponse,
+    buffered: Any,
+    length: int,
+    receive: Callable[[memoryview], int],
+    where: str,
 ) -> BodyReader:
-    buffered: Any = response.fp  # the BufferedReader http.client read the headers through
-    left = int(response.length or 0)
+    """Read ``length`` bytes: those ``buffered`` (http.client's reader) holds, then by ``receive``.
+
+    Should ``receive`` fail with AttributeError or TypeError (a private name
+    changed), the direct reads are retired for the process; if no byte had
+    come from the socket yet, this body goes on through ``http.client``,
+    else :class:`TruncatedBodyError` has the request retried.
+    """
+    left = length
+    taken = 0  # bytes taken from the buffer so far (all of them when the socket was not read yet)
     try:
         ahead = len(buffered.peek()) if left else 0  # body bytes it already holds (reads once if none)
     except (OSError, http.client.HTTPException) as err:
         raise TruncatedBodyError(f"reading the body of {where} failed: {err!r}") from err
+    plain: BodyReader | None = None  # http.client's reader, once the direct reads failed
 
     def read_into(view: memoryview) -> int:
-        nonlocal left, ahead
+        nonlocal left, ahead, taken, plain
+        if plain is not None:
+            return plain.read_into(view)
         size = min(view.nbytes, left)
         filled = 0
         try:
             if ahead and size:
                 filled = buffered.readinto(view[: min(ahead, size)])  # from its buffer: no socket read
                 ahead -= filled
+                taken += filled
             while filled < size:
                 count = receive(view[filled:size])
                 if not count:
@@ -131,12 +156,22 @@ def _socket_reader(
                 filled += count
         except (OSError, http.client.HTTPException) as err:  # reset, timeout, TLS error
             raise TruncatedBodyError(f"reading the body of {where} failed: {err!r}") from err
+        except (AttributeError, TypeError) as err:  # a private name changed under the direct read
+            _ssl.retire_record_reader(err)
+            if length - left + filled != taken:  # bytes already came from the socket: start again
+                raise TruncatedBodyError(f"reading the body of {where} failed: {err!r}") from err
+            left -= filled
+            _http_client.set_remaining(response, left)
+            plain = _http_client_reader(stream, response, where)
+            return filled + (plain.read_into(view[filled:size]) if filled < size else 0)
         left -= filled
         return filled
 
     def release() -> None:
-        if left == 0:
-            response.length = 0
+        if plain is not None:
+            plain.release()
+        elif left == 0:
+            _http_client.set_remaining(response, 0)
             response.read()  # nothing left to read: http.client marks the response finished
             stream.release_conn()
 

@@ -23,12 +23,14 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+import botocore
 import botocore.config
 import botocore.exceptions
 import botocore.session
 import tenacity
 
 from . import crc32
+from ._compat import botocore as _botocore
 from .config import ClientSettings, S3ClientConfig
 from .errors import (
     AccessDeniedError,
@@ -103,7 +105,30 @@ class _ClientCache:
 _CACHE = _ClientCache()
 
 
+BOTOCORE_FLOOR = (1, 36, 0)  # the first with Config(request_checksum_calculation=...)
+
+
+def _require_botocore_floor() -> None:
+    """Refuse a botocore older than :data:`BOTOCORE_FLOOR`: every request would fail on a bare TypeError."""
+    found = botocore.__version__
+    try:
+        version = tuple(int(part) for part in found.split(".")[:3])
+    except ValueError:
+        return  # a development build: the Config in _client_config decides
+    if version < BOTOCORE_FLOOR:
+        raise S3DCPError(_botocore_floor_message(found))
+
+
+def _botocore_floor_message(found: str) -> str:
+    major, minor, patch = BOTOCORE_FLOOR
+    return (
+        f"s3dcp needs botocore>={major}.{minor}.{patch}; this environment has {found}: "
+        f"pip install -U 'botocore>={major}.{minor}'"
+    )
+
+
 def _create_client(settings: ClientSettings) -> Any:
+    _require_botocore_floor()
     session = botocore.session.Session()
     if settings.config_file:
         session.set_config_variable("config_file", settings.config_file)
@@ -112,16 +137,7 @@ def _create_client(settings: ClientSettings) -> Any:
     if settings.profile and settings.access_key_id is None:
         session.set_config_variable("profile", settings.profile)
     config = settings.config
-    client_config = botocore.config.Config(
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-        retries={"total_max_attempts": 1, "mode": "standard"},
-        max_pool_connections=max(10, 2 * config.max_concurrency),
-        s3=_s3_options(settings),
-        tcp_keepalive=True,
-        # "when_required": botocore adds no checksum of its own; the hooks below add the chosen one
-        request_checksum_calculation="when_required",
-    )
+    client_config = _client_config(settings)
     client = session.create_client(
         "s3",
         region_name=settings.region,
@@ -132,39 +148,26 @@ def _create_client(settings: ClientSettings) -> Any:
         config=client_config,
     )
     _install_request_defaults(client, config)
-    _admit_memoryview_bodies(client)
+    _botocore.admit_memoryview_bodies(client, BODY_OPERATIONS)
     client.meta.events.register("before-parse.s3", _refuse_non_s3_answer)
     return client
 
 
-_PARKED_BODY = "s3dcp_memoryview_body"
-
-
-def _admit_memoryview_bodies(client: Any) -> None:
-    """Let ``Body`` be a ``memoryview`` (a part sent straight from tensor memory).
-
-    botocore's parameter validator takes bytes, bytearray or a file object,
-    though everything after it (signing, checksums, urllib3) sends a
-    memoryview as it is; a file object would be sent in 16 KiB reads. The
-    view is set aside before validation and put back just before the
-    request is built. Registered after the checksum handlers, which see it.
-    """
-    for operation in BODY_OPERATIONS:
-        client.meta.events.register(f"before-parameter-build.s3.{operation}", _park_memoryview_body)
-        client.meta.events.register(f"before-call.s3.{operation}", _restore_memoryview_body)
-
-
-def _park_memoryview_body(params: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
-    body = params.get("Body")
-    if isinstance(body, memoryview):
-        context[_PARKED_BODY] = body
-        params["Body"] = b""
-
-
-def _restore_memoryview_body(params: dict[str, Any], context: dict[str, Any], **kwargs: Any) -> None:
-    body = context.pop(_PARKED_BODY, None)
-    if body is not None:
-        params["body"] = body
+def _client_config(settings: ClientSettings) -> botocore.config.Config:
+    config = settings.config
+    try:
+        return botocore.config.Config(
+            connect_timeout=config.connect_timeout,
+            read_timeout=config.read_timeout,
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            max_pool_connections=max(10, 2 * config.max_concurrency),
+            s3=_s3_options(settings),
+            tcp_keepalive=True,
+            # "when_required": botocore adds no checksum of its own; the hooks below add the chosen one
+            request_checksum_calculation="when_required",
+        )
+    except TypeError as err:  # an option this botocore does not know: older than its version says
+        raise S3DCPError(_botocore_floor_message(botocore.__version__)) from err
 
 
 # Every S3 operation s3dcp sends; all of them accept ExpectedBucketOwner (not

@@ -21,6 +21,11 @@ and networks do:
   ``partition_chars`` characters of the key after ``partition_root``), as S3
   limits request rates per prefix; requests over the rate get 503 SlowDown.
 
+With ``tls=True`` the proxy answers HTTPS with a certificate from a
+throw-away CA made by the ``openssl`` command (``ca_bundle`` is its file,
+for ``AWS_CA_BUNDLE``), and keeps connections alive: the TLS counterpart
+of the plain proxy, where moto itself closes every connection.
+
 A rule fires by method, key pattern, query text, header, probability
 (seeded, so runs repeat) and a count limit. Every request is recorded with
 its method, key, range, status and bytes, so tests can assert on what
@@ -34,12 +39,17 @@ import hashlib
 import http.client
 import random
 import re
+import shutil
 import socket
+import ssl
+import subprocess
+import tempfile
 import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -164,8 +174,11 @@ class Record:
 class FaultProxy:
     """A loopback reverse proxy in front of ``upstream``; a context manager."""
 
-    def __init__(self, upstream: str, seed: int = 1234) -> None:
+    def __init__(self, upstream: str, seed: int = 1234, tls: bool = False) -> None:
         parts = urlsplit(upstream)
+        self.tls = tls
+        self.ca_bundle: str | None = None  # the CA file clients trust, with tls=True
+        self._tls_dir: Path | None = None
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 80
         self.rules: list[Rule] = []
@@ -254,10 +267,48 @@ class FaultProxy:
         handler = _make_handler(self)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
+        scheme = "http"
+        if self.tls:
+            context = self._tls_context()
+            # the handshake is done in each connection's thread (Handler.setup), not in accept
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
+            scheme = "https"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
-        self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self.endpoint_url = f"{scheme}://127.0.0.1:{self._server.server_address[1]}"
         return self
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """A server context whose certificate, for 127.0.0.1, a new throw-away CA signed."""
+        self._tls_dir = Path(tempfile.mkdtemp(prefix="fault-proxy-tls-"))
+        ca, ca_key, key, request, cert = (
+            self._tls_dir / name for name in ("ca.pem", "ca.key", "server.key", "server.csr", "server.pem")
+        )
+        extensions = self._tls_dir / "server.ext"
+        extensions.write_text(
+            "subjectAltName = IP:127.0.0.1, DNS:localhost\n"
+            "basicConstraints = critical, CA:FALSE\n"
+            "keyUsage = critical, digitalSignature, keyEncipherment\n"
+            "extendedKeyUsage = serverAuth\n"
+            "subjectKeyIdentifier = hash\n"
+            "authorityKeyIdentifier = keyid\n"
+        )
+        new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for args in (
+            ["req", "-x509", *new_key, "-keyout", ca_key, "-out", ca, "-days", "2",
+             "-subj", "/CN=fault proxy throw-away CA", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            ["req", "-new", *new_key, "-keyout", key, "-out", request, "-subj", "/CN=localhost"],
+            ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-set_serial", "1",
+             "-days", "2", "-extfile", extensions, "-out", cert],
+        ):
+            subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
+        self.ca_bundle = str(ca)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        return context
 
     def stop(self) -> None:
         with self._lock:
@@ -267,6 +318,9 @@ class FaultProxy:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        if self._tls_dir is not None:
+            shutil.rmtree(self._tls_dir, ignore_errors=True)
+            self._tls_dir = None
 
     def __enter__(self) -> FaultProxy:
         return self.start()
@@ -292,6 +346,9 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def setup(self) -> None:
+            if isinstance(self.request, ssl.SSLSocket):
+                self.request.settimeout(60)
+                self.request.do_handshake()
             super().setup()
             proxy._connected()
 

@@ -10,6 +10,8 @@ import pytest
 import urllib3
 from botocore.response import StreamingBody
 
+import s3dcp.body
+from s3dcp._compat import ssl as compat_ssl
 from s3dcp.body import open_body
 from s3dcp.retry import TruncatedBodyError
 from tests.helpers import serve_on_loopback
@@ -114,3 +116,48 @@ def test_a_body_of_another_kind_is_read_and_copied() -> None:
             pass
 
     assert read_all(Plain(), len(PAYLOAD)) == PAYLOAD  # type: ignore[arg-type]
+
+
+def failing_receiver(after: int) -> Any:
+    """A ``_socket_receiver`` whose receive raises TypeError (a changed signature) after ``after`` calls."""
+
+    def receiver(sock: Any) -> Any:
+        calls = 0
+
+        def receive(view: memoryview) -> int:
+            nonlocal calls
+            calls += 1
+            if calls > after:
+                raise TypeError("read() takes 1 positional argument but 2 were given")
+            return int(sock.recv_into(view))
+
+        return receive
+
+    return receiver
+
+
+def test_a_direct_read_that_fails_before_the_socket_was_read_goes_on_through_http_client(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compat_ssl.SWITCH, "on", True)
+    monkeypatch.setattr(s3dcp.body, "_socket_receiver", failing_receiver(after=0))
+    pool = urllib3.PoolManager(maxsize=1)
+    for _ in range(2):
+        assert read_all(streaming(pool, server + "/plain"), len(PAYLOAD)) == PAYLOAD
+    assert _Handler.connections == 1  # released as usual after the fallback
+    assert not compat_ssl.SWITCH.on  # retired for the process
+
+
+def test_a_direct_read_that_fails_after_socket_bytes_has_the_request_retried(
+    server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(compat_ssl.SWITCH, "on", True)
+    monkeypatch.setattr(s3dcp.body, "_socket_receiver", failing_receiver(after=1))
+    pool = urllib3.PoolManager(maxsize=1)
+    body = streaming(pool, server + "/plain")
+    reader = open_body(body, "test")
+    target = memoryview(bytearray(len(PAYLOAD)))
+    with pytest.raises(TruncatedBodyError, match="TypeError"):
+        reader.read_into(target)
+    body.close()
+    assert not compat_ssl.SWITCH.on
