@@ -27,7 +27,13 @@ import torch
 from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.metadata import Metadata
 
-from ._compat.torch import FallbackStorageInfo, mem_format_encoding, storage_info_class
+from ._compat.torch import (
+    GET_LAYOUT,
+    OLD_PROPERTIES_MODULE,
+    FallbackStorageInfo,
+    mem_format_encoding,
+    storage_info_class,
+)
 from .errors import CheckpointDamagedError, UnsafeCheckpointError
 
 __all__ = ["dump_metadata", "load_metadata", "check_relative_key", "SafeUnpickler"]
@@ -52,15 +58,13 @@ def _layout_by_name(name: object) -> torch.layout:
     raise UnsafeCheckpointError(f"names an unknown tensor layout {name!r}")
 
 
-_OLD_PROPERTIES_MODULE = "torch.distributed._shard.sharded_tensor.metadata"
-
-
 def _allowed() -> dict[tuple[str, str], Any]:
     """What a ``.metadata`` may name, with torch's private classes looked up as this torch has them.
 
-    Without ``_StorageInfo`` only s3dcp's stand-in is admitted (it always is);
-    without ``_MEM_FORMAT_ENCODING`` memory formats are admitted only as torch's
-    constants, the form a torch without that enum would have to use.
+    s3dcp's stand-in for ``_StorageInfo`` is always admitted, so what it saved
+    without torch's class loads anywhere. Without ``_MEM_FORMAT_ENCODING``
+    memory formats are admitted only as torch's constants, the form a torch
+    without that enum would have to use.
     """
     storage_infos = {storage_info_class(), FallbackStorageInfo}
     allowed: dict[tuple[str, str], Any] = {
@@ -68,17 +72,17 @@ def _allowed() -> dict[tuple[str, str], Any]:
         **{(cls.__module__, cls.__qualname__): cls for cls in storage_infos},
         ("torch", "Size"): torch.Size,
         ("collections", "OrderedDict"): OrderedDict,
-        ("torch.serialization", "_get_layout"): _layout_by_name,
+        GET_LAYOUT: _layout_by_name,
         # FileSystemWriter records its checkpoint_id as a path object; building one touches nothing
         **{("pathlib", cls.__name__): cls for cls in (pathlib.PosixPath, pathlib.PurePosixPath, pathlib.PureWindowsPath)},
         # Older torch wrote tensor properties with the ShardedTensor classes. torch still loads
         # them; their pickled state is the same as the current classes', so they load as those.
-        (_OLD_PROPERTIES_MODULE, "TensorProperties"): dcp_metadata.TensorProperties,
+        (OLD_PROPERTIES_MODULE, "TensorProperties"): dcp_metadata.TensorProperties,
     }
     encoding = mem_format_encoding()
     if encoding is not None:
         allowed[(encoding.__module__, encoding.__qualname__)] = encoding
-        allowed[(_OLD_PROPERTIES_MODULE, "MEM_FORMAT_ENCODING")] = encoding
+        allowed[(OLD_PROPERTIES_MODULE, "MEM_FORMAT_ENCODING")] = encoding
     return allowed
 
 

@@ -17,8 +17,11 @@ and its caller takes the plain path:
 - ``checkpoint._extension``: no stream transforms; only a save given
   extensions, or a load of items that record transforms, fails (clearly).
 
-``tests/unit/test_compat_torch.py`` checks the names have the shape s3dcp
-expects; ``tests/integration/test_torch_fallbacks.py`` forces each fallback.
+Three more names are only matched in pickles, never looked up, so they need
+no fallback: :data:`REBUILD_TENSOR_V2`, :data:`GET_LAYOUT` and
+:data:`OLD_PROPERTIES_MODULE`. ``tests/unit/test_compat_torch.py`` checks
+the names have the shape s3dcp expects;
+``tests/integration/test_torch_fallbacks.py`` forces each fallback.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ import torch
 __all__ = [
     "FALLBACK_ALLOWED_GLOBALS",
     "FALLBACK_DCP_VERSION",
+    "GET_LAYOUT",
+    "OLD_PROPERTIES_MODULE",
     "REBUILD_TENSOR_V2",
     "FallbackStorageInfo",
     "StreamTransform",
@@ -60,6 +65,12 @@ _DCP_LOADER = "torch.distributed.checkpoint.state_dict_loader"
 
 REBUILD_TENSOR_V2 = ("torch._utils", "_rebuild_tensor_v2")
 """The global a ``torch.save`` archive names to rebuild a dense tensor (module, name)."""
+
+GET_LAYOUT = ("torch.serialization", "_get_layout")
+"""The global a pickled ``torch.layout`` names (module, name); metadata maps it to its own function."""
+
+OLD_PROPERTIES_MODULE = "torch.distributed._shard.sharded_tensor.metadata"
+"""Where older torch's ``TensorProperties`` lived; metadata naming it loads as the current class."""
 
 FALLBACK_DCP_VERSION = "1.0.0"
 """The version ``FileSystemWriter`` records (torch 2.13), for a torch that no longer says."""
