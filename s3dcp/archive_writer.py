@@ -15,8 +15,8 @@ dtype, shape and strides, so it is laid out once per such key and reused.
 The layout is learnt from a template archive that ``torch.save`` itself
 writes, and the writer checks itself against ``torch.save`` once per process
 before it is used; if anything differs (another torch release, an unusual
-tensor) :func:`write_tensor` returns ``False`` and the caller uses
-``torch.save``.
+tensor, a torch without the ``_rebuild_tensor_v2`` its archives name)
+:func:`write_tensor` returns ``False`` and the caller uses ``torch.save``.
 """
 
 from __future__ import annotations
