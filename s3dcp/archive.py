@@ -25,9 +25,12 @@ from typing import Any
 
 import torch
 
+from ._compat.torch import REBUILD_TENSOR_V2
+
 __all__ = ["tensor_view"]
 
-_STORAGE_DTYPES = {
+LEGACY_STORAGE_DTYPES = {
+    # the legacy storage classes a torch.save pickle names for each dtype; part of the format
     "FloatStorage": torch.float32,
     "DoubleStorage": torch.float64,
     "HalfStorage": torch.float16,
@@ -185,12 +188,12 @@ class _SpecUnpickler(pickle.Unpickler):
     """Knows just enough to describe one dense tensor; refuses everything else."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+        if (module, name) == REBUILD_TENSOR_V2:
             return _rebuild_tensor_v2
         if (module, name) == ("collections", "OrderedDict"):
             return OrderedDict
-        if module == "torch" and name in _STORAGE_DTYPES:
-            return _STORAGE_DTYPES[name]
+        if module == "torch" and name in LEGACY_STORAGE_DTYPES:
+            return LEGACY_STORAGE_DTYPES[name]
         raise _Unsupported(f"{module}.{name}")
 
     def persistent_load(self, pid: Any) -> _StorageRef:

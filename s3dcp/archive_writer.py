@@ -15,8 +15,8 @@ dtype, shape and strides, so it is laid out once per such key and reused.
 The layout is learnt from a template archive that ``torch.save`` itself
 writes, and the writer checks itself against ``torch.save`` once per process
 before it is used; if anything differs (another torch release, an unusual
-tensor) :func:`write_tensor` returns ``False`` and the caller uses
-``torch.save``.
+tensor, a torch without the ``_rebuild_tensor_v2`` its archives name)
+:func:`write_tensor` returns ``False`` and the caller uses ``torch.save``.
 """
 
 from __future__ import annotations
@@ -27,12 +27,15 @@ import pickle
 import struct
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from . import crc32
+from ._compat.torch import rebuild_tensor_v2
+from .archive import LEGACY_STORAGE_DTYPES
 
 __all__ = ["Framing", "framing_for", "write_tensor"]
 
@@ -54,6 +57,7 @@ class _Template:
     prefix: str  # "archive"
     records: tuple[tuple[str, bytes | None], ...]  # (name, constant payload or None if per-tensor)
     name_hash: str  # the first 20 digits of the serialization id
+    rebuild: Callable[..., Any]  # torch._utils._rebuild_tensor_v2, looked up once
 
 
 def _hash_combine(seed: int, value: int) -> int:
@@ -68,13 +72,14 @@ class _StorageStandIn:
 class _TensorStandIn:
     """Pickles as the ``_rebuild_tensor_v2`` call ``torch.save`` writes for a dense tensor."""
 
-    def __init__(self, size: tuple[int, ...], stride: tuple[int, ...]) -> None:
+    def __init__(self, rebuild: Callable[..., Any], size: tuple[int, ...], stride: tuple[int, ...]) -> None:
+        self.rebuild = rebuild
         self.size = size
         self.stride = stride
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
-            torch._utils._rebuild_tensor_v2,
+            self.rebuild,
             (_StorageStandIn(), 0, self.size, self.stride, False, OrderedDict()),
         )
 
@@ -88,16 +93,15 @@ class _ArchivePickler(pickle.Pickler):
         return self._storage_id if isinstance(obj, _StorageStandIn) else None
 
 
-def _data_pkl(tensor: torch.Tensor) -> bytes:
-    storage_type = getattr(torch, _legacy_storage_name(tensor.dtype))
+def _data_pkl(tensor: torch.Tensor, rebuild: Callable[..., Any]) -> bytes:
+    storage_type = getattr(torch, _LEGACY_STORAGE_NAMES[tensor.dtype])
     storage_id = ("storage", storage_type, "0", "cpu", tensor.numel())
     out = io.BytesIO()
-    _ArchivePickler(out, storage_id).dump(_TensorStandIn(tuple(tensor.size()), tuple(tensor.stride())))
+    _ArchivePickler(out, storage_id).dump(_TensorStandIn(rebuild, tuple(tensor.size()), tuple(tensor.stride())))
     return out.getvalue()
 
 
-def _legacy_storage_name(dtype: torch.dtype) -> str:
-    return torch.storage._dtype_to_storage_type_map()[dtype]  # type: ignore[attr-defined,no-any-return]
+_LEGACY_STORAGE_NAMES = {dtype: name for name, dtype in LEGACY_STORAGE_DTYPES.items()}
 
 
 _ID_DIGITS = 40  # the serialization id: 20 digits of the torch release's hash, 20 of the archive's
@@ -174,7 +178,7 @@ def _lay_out(template: _Template, tensor: torch.Tensor) -> Framing | None:
 
     for name, constant in template.records:
         full_name = f"{template.prefix}/{name}".encode()
-        payload = _data_pkl(tensor) if name == _PICKLE_RECORD else constant
+        payload = _data_pkl(tensor, template.rebuild) if name == _PICKLE_RECORD else constant
         if name == _STORAGE_RECORD:
             size, crc = nbytes, 0
         elif name == _ID_RECORD:
@@ -234,8 +238,16 @@ def _lay_out(template: _Template, tensor: torch.Tensor) -> Framing | None:
 
 
 def _learn_template() -> _Template | None:
-    """Read the record layout off a real ``torch.save`` archive."""
+    """Read the record layout off a real ``torch.save`` archive.
+
+    ``None`` if the layout is not one this writer knows, or if torch no
+    longer has the function its archives name to rebuild a tensor.
+    """
     import zipfile
+
+    rebuild = rebuild_tensor_v2()
+    if rebuild is None:
+        return None
 
     buffer = io.BytesIO()
     torch.save(torch.arange(3, dtype=torch.float32), buffer)
@@ -254,7 +266,7 @@ def _learn_template() -> _Template | None:
     ] or records[-1][0] != _ID_RECORD:
         return None
     serialization_id = archive.read(f"{prefix}/{_ID_RECORD}").decode()
-    return _Template(prefix, tuple(records), serialization_id[:20])
+    return _Template(prefix, tuple(records), serialization_id[:20], rebuild)
 
 
 def _framing(tensor: torch.Tensor, template: _Template) -> Framing | None:
@@ -329,7 +341,7 @@ def _ready() -> _Template | None:
                 if template is not None and _matches_torch_save(template):
                     _template = template
                 else:
-                    log.debug("direct tensor archives disabled: layout differs from torch.save")
+                    log.debug("direct tensor archives disabled: torch.save writes a layout this writer does not know")
             except Exception as err:  # a torch we do not know: use torch.save
                 log.debug("direct tensor archives disabled: %r", err)
         return _template

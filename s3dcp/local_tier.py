@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import SavePlanner, WriteItem
 from torch.distributed.checkpoint.storage import WriteResult
 
-from ._torch_compat import METADATA_NAME
+from .layout import METADATA_NAME
 from .catalog import parse_step
 from .errors import S3DCPError
 from .metadata import load_metadata

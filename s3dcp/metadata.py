@@ -21,13 +21,19 @@ import io
 import pathlib
 import pickle
 from collections import OrderedDict
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.metadata import Metadata
 
-from ._torch_compat import StorageInfo
+from ._compat.torch import (
+    GET_LAYOUT,
+    OLD_PROPERTIES_MODULE,
+    FallbackStorageInfo,
+    mem_format_encoding,
+    storage_info_class,
+)
 from .errors import CheckpointDamagedError, UnsafeCheckpointError
 
 __all__ = ["dump_metadata", "load_metadata", "check_relative_key", "SafeUnpickler"]
@@ -40,7 +46,6 @@ _METADATA_CLASSES = (
     "BytesStorageMetadata",
     "ChunkStorageMetadata",
     "TensorProperties",
-    "_MEM_FORMAT_ENCODING",
 )
 
 
@@ -53,27 +58,42 @@ def _layout_by_name(name: object) -> torch.layout:
     raise UnsafeCheckpointError(f"names an unknown tensor layout {name!r}")
 
 
-_OLD_PROPERTIES_MODULE = "torch.distributed._shard.sharded_tensor.metadata"
-_ALLOWED: dict[tuple[str, str], Any] = {
-    **{(dcp_metadata.__name__, name): getattr(dcp_metadata, name) for name in _METADATA_CLASSES},
-    (StorageInfo.__module__, StorageInfo.__qualname__): StorageInfo,
-    ("torch", "Size"): torch.Size,
-    ("collections", "OrderedDict"): OrderedDict,
-    ("torch.serialization", "_get_layout"): _layout_by_name,
-    # FileSystemWriter records its checkpoint_id as a path object; building one touches nothing
-    **{("pathlib", cls.__name__): cls for cls in (pathlib.PosixPath, pathlib.PurePosixPath, pathlib.PureWindowsPath)},
-    # Older torch wrote tensor properties with the ShardedTensor classes. torch still loads
-    # them; their pickled state is the same as the current classes', so they load as those.
-    (_OLD_PROPERTIES_MODULE, "TensorProperties"): dcp_metadata.TensorProperties,
-    (_OLD_PROPERTIES_MODULE, "MEM_FORMAT_ENCODING"): dcp_metadata._MEM_FORMAT_ENCODING,
-}
+def _allowed() -> dict[tuple[str, str], Any]:
+    """What a ``.metadata`` may name, with torch's private classes looked up as this torch has them.
+
+    s3dcp's stand-in for ``_StorageInfo`` is always admitted, so what it saved
+    without torch's class loads anywhere. Without ``_MEM_FORMAT_ENCODING``
+    memory formats are admitted only as torch's constants, the form a torch
+    without that enum would have to use.
+    """
+    storage_infos = {storage_info_class(), FallbackStorageInfo}
+    allowed: dict[tuple[str, str], Any] = {
+        **{(dcp_metadata.__name__, name): getattr(dcp_metadata, name) for name in _METADATA_CLASSES},
+        **{(cls.__module__, cls.__qualname__): cls for cls in storage_infos},
+        ("torch", "Size"): torch.Size,
+        ("collections", "OrderedDict"): OrderedDict,
+        GET_LAYOUT: _layout_by_name,
+        # FileSystemWriter records its checkpoint_id as a path object; building one touches nothing
+        **{("pathlib", cls.__name__): cls for cls in (pathlib.PosixPath, pathlib.PurePosixPath, pathlib.PureWindowsPath)},
+        # Older torch wrote tensor properties with the ShardedTensor classes. torch still loads
+        # them; their pickled state is the same as the current classes', so they load as those.
+        (OLD_PROPERTIES_MODULE, "TensorProperties"): dcp_metadata.TensorProperties,
+    }
+    encoding = mem_format_encoding()
+    if encoding is not None:
+        allowed[(encoding.__module__, encoding.__qualname__)] = encoding
+        allowed[(OLD_PROPERTIES_MODULE, "MEM_FORMAT_ENCODING")] = encoding
+    return allowed
+
+
 _TORCH_CONSTANT_TYPES = (torch.dtype, torch.layout, torch.memory_format)
 
 
 class SafeUnpickler(pickle.Unpickler):
     """Unpickles DCP metadata and nothing else.
 
-    Admitted: DCP's metadata dataclasses, ``_StorageInfo``, ``torch.Size``,
+    Admitted: DCP's metadata dataclasses, ``_StorageInfo`` (and s3dcp's
+    stand-in for it), ``torch.Size``,
     ``OrderedDict``, torch's dtype/layout/memory-format constants, pure
     path objects and the builtin containers and scalars pickle encodes
     without naming a class. The ShardedTensor ``TensorProperties`` and
@@ -82,8 +102,12 @@ class SafeUnpickler(pickle.Unpickler):
     state.
     """
 
+    def __init__(self, file: IO[bytes]) -> None:
+        super().__init__(file)
+        self._allowed = _allowed()  # once per record: torch's private names looked up as they are now
+
     def find_class(self, module: str, name: str) -> Any:
-        allowed = _ALLOWED.get((module, name))
+        allowed = self._allowed.get((module, name))
         if allowed is not None:
             return allowed
         if module == "torch" and isinstance(getattr(torch, name, None), _TORCH_CONSTANT_TYPES):

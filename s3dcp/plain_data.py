@@ -30,7 +30,7 @@ from typing import IO, Any, cast
 
 import torch
 
-from ._torch_compat import weights_only_global_names
+from ._compat.torch import weights_only_global_names
 from .errors import UnsafeCheckpointError
 
 __all__ = ["check_plain_data", "MemoryReader"]

@@ -37,18 +37,19 @@ import uuid
 from collections import defaultdict, deque
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from concurrent.futures import Future as PoolFuture
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.distributed._shard._utils import narrow_tensor_by_index
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
-from ._torch_compat import METADATA_NAME, called_from_dcp_load
+from ._compat.torch import called_from_dcp_load
+from .layout import METADATA_NAME
 from .client import S3Client
 from .config import S3ClientConfig, resolve_settings
 from .download import (
@@ -493,7 +494,18 @@ def parse_item(
     stored = framed_tensor(data, chunk)
     if stored is None:
         stored = load_tensor(data)
-    return narrow_tensor_by_index(stored, item.storage_offsets, item.lengths)
+    return _narrow(stored, item.storage_offsets, item.lengths)
+
+
+def _narrow(tensor: torch.Tensor, offsets: Sequence[int], lengths: Sequence[int]) -> torch.Tensor:
+    """The part of a stored chunk a read item asks for: a view, never a copy.
+
+    Dimensions the item takes whole are left alone, as DCP's own reader does.
+    """
+    for dim, (offset, length) in enumerate(zip(offsets, lengths)):
+        if length < tensor.size(dim):
+            tensor = tensor.narrow(dim, offset, length)
+    return tensor
 
 
 def hand_to_planner(

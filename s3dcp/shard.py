@@ -15,7 +15,7 @@ import torch
 from torch.distributed.checkpoint.planner import SavePlanner, WriteItem, WriteItemType
 from torch.distributed.checkpoint.storage import WriteResult
 
-from ._torch_compat import StorageInfo, StreamTransformExtension
+from ._compat.torch import StreamTransform, storage_info_class
 from .archive import tensor_view
 from .archive_writer import write_tensor
 from .integrity import DigestingWriter, set_checksum
@@ -88,7 +88,7 @@ def write_items(
     planner: SavePlanner,
     relative_path: str,
     *,
-    extensions: Sequence[StreamTransformExtension] = (),
+    extensions: Sequence[StreamTransform] = (),
 ) -> list[WriteResult]:
     """Serialize ``items`` one after another into ``stream``.
 
@@ -101,9 +101,10 @@ def write_items(
     """
     results = []
     writer = DigestingWriter(stream)
+    storage_info = storage_info_class()  # once per shard, not per item
     if extensions:
         for item in items:
-            results.append(_write_transformed(writer, item, planner, relative_path, extensions))
+            results.append(_write_transformed(writer, item, planner, relative_path, extensions, storage_info))
         return results
     for item in items:
         offset = writer.tell()
@@ -126,7 +127,7 @@ def write_items(
             if not write_tensor(writer, tensor, unchanging=unchanging):
                 torch.save(tensor, writer)  # type: ignore[arg-type]
         length = writer.tell() - offset
-        info = StorageInfo(relative_path, offset, length)
+        info = storage_info(relative_path, offset, length)
         set_checksum(info, writer.end())
         results.append(WriteResult(index=item.index, size_in_bytes=length, storage_data=info))
     return results
@@ -163,7 +164,8 @@ def _write_transformed(
     item: WriteItem,
     planner: SavePlanner,
     relative_path: str,
-    extensions: Sequence[StreamTransformExtension],
+    extensions: Sequence[StreamTransform],
+    storage_info: type[Any],
 ) -> WriteResult:
     """Write one item through ``extensions`` (the first is applied last, as ``FileSystemWriter`` does)."""
     offset = writer.tell()
@@ -183,7 +185,7 @@ def _write_transformed(
     chain.close()
     length = writer.tell() - offset
     descriptors = [extension.get_descriptor() for extension in reversed(extensions)]
-    info = StorageInfo(relative_path, offset, length, transform_descriptors=descriptors)
+    info = storage_info(relative_path, offset, length, transform_descriptors=descriptors)
     set_checksum(info, writer.end())
     return WriteResult(index=item.index, size_in_bytes=length, storage_data=info)
 

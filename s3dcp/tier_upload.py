@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ._torch_compat import METADATA_NAME
+from .layout import METADATA_NAME
 from .client import S3Client
 from .commit import commit_metadata
 from .copy import upload_file

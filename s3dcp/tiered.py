@@ -30,7 +30,8 @@ from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
-from ._torch_compat import DCP_VERSION, METADATA_NAME, SHARD_SUFFIX, called_from_dcp_load
+from ._compat.torch import called_from_dcp_load, dcp_version
+from .layout import METADATA_NAME, SHARD_SUFFIX
 from .catalog import latest_checkpoint, parse_step
 from .client import S3Client
 from .config import S3ClientConfig, resolve_settings
@@ -276,7 +277,7 @@ class TieredStorageWriter(StorageWriter):
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         started = time.monotonic()
         assert self._plan is not None
-        metadata.version = DCP_VERSION
+        metadata.version = dcp_version()
         metadata.storage_data = {wr.index: wr.storage_data for rank in results for wr in rank}
         metadata.storage_meta = self.storage_meta()
         body = dump_metadata(metadata)

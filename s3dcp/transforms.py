@@ -7,7 +7,8 @@ transformed bytes, so it is fetched whole, then decoded: a whole tensor
 whose destination can take it is decoded straight into the destination
 (its archive's framing checked on the way, as for in-place reads), anything
 else into one buffer of its own. torch's extension registry maps
-descriptors to extensions, as ``FileSystemReader`` does.
+descriptors to extensions, as ``FileSystemReader`` does; a torch without
+one can still load every item that records no transforms.
 
 s3dcp's digest of a transformed item covers the *stored* bytes: it is
 checked before decoding, so a damaged object is reported as such and never
@@ -20,7 +21,7 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from ._torch_compat import extension_registry
+from ._compat.torch import extension_registry
 from .errors import UnsafeCheckpointError
 
 __all__ = ["descriptors_of", "checked_descriptors", "resolve", "decode", "decode_into"]
@@ -49,6 +50,12 @@ def checked_descriptors(storage_info: Any, where: str, item: str) -> tuple[str, 
 def resolve(descriptors: Sequence[str], where: str, item: str) -> list[Any]:
     """The extensions that undo ``descriptors``; raise a clear error for one this process cannot undo."""
     registry = extension_registry()
+    if registry is None:
+        raise UnsafeCheckpointError(
+            f"{where} stores {item!r} through the DCP stream transforms {list(descriptors)!r}, which this "
+            "process cannot undo: this torch does not provide DCP stream transforms "
+            "(torch.distributed.checkpoint._extension is missing or changed); load it with a torch that has them"
+        )
     extensions: list[Any] = []
     for descriptor in descriptors:
         try:

@@ -21,7 +21,7 @@ from typing import Any
 import botocore.exceptions
 import xxhash
 
-from ._torch_compat import METADATA_NAME
+from .layout import METADATA_NAME
 from .client import S3Client
 from .config import S3ClientConfig
 from .errors import CheckpointDamagedError

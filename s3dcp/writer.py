@@ -42,7 +42,8 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
-from ._torch_compat import DCP_VERSION, METADATA_NAME, SHARD_SUFFIX, StreamTransformExtension
+from ._compat.torch import StreamTransform, dcp_version, stream_transform_class
+from .layout import METADATA_NAME, SHARD_SUFFIX
 from .client import S3Client
 from .commit import commit_metadata, put_saving_marker, tidy_after_commit
 from .config import S3ClientConfig, resolve_settings, validate_part_size
@@ -58,7 +59,7 @@ from .uri import S3Uri, is_s3_uri, parse_s3_uri
 __all__ = ["S3StorageWriter"]
 
 
-def _check_extensions(extensions: Sequence[StreamTransformExtension] | None) -> tuple[StreamTransformExtension, ...]:
+def _check_extensions(extensions: Sequence[StreamTransform] | None) -> tuple[StreamTransform, ...]:
     """The writer's stream transforms as a tuple; a ``TypeError`` saying what to pass otherwise."""
     if extensions is None:
         return ()
@@ -67,8 +68,16 @@ def _check_extensions(extensions: Sequence[StreamTransformExtension] | None) -> 
             "extensions must be a list of DCP StreamTransformExtension instances, e.g. [ZStandard()] "
             f"from torch.distributed.checkpoint._extension, not {type(extensions).__name__}"
         )
+    if not extensions:
+        return ()
+    extension_class = stream_transform_class()
+    if extension_class is None:
+        raise TypeError(
+            "extensions need DCP stream transforms, which this torch does not provide "
+            "(torch.distributed.checkpoint._extension is missing or changed); save without them"
+        )
     for extension in extensions:
-        if not isinstance(extension, StreamTransformExtension):
+        if not isinstance(extension, extension_class):
             raise TypeError(
                 "each of extensions must be a DCP StreamTransformExtension instance, e.g. ZStandard() "
                 f"from torch.distributed.checkpoint._extension, not {extension!r}"
@@ -124,7 +133,7 @@ class S3StorageWriter(StorageWriter):
         part_size: int | None = None,
         overwrite: bool = False,
         on_phase: PhaseCallback | None = None,
-        extensions: Sequence[StreamTransformExtension] | None = None,
+        extensions: Sequence[StreamTransform] | None = None,
     ) -> None:
         super().__init__()
         self.extensions = _check_extensions(extensions)
@@ -330,7 +339,7 @@ class S3StorageWriter(StorageWriter):
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         started = time.monotonic()
-        metadata.version = DCP_VERSION
+        metadata.version = dcp_version()
         metadata.storage_data = {wr.index: wr.storage_data for rank in results for wr in rank}
         metadata.storage_meta = self.storage_meta()
         body = dump_metadata(metadata)

@@ -8,8 +8,10 @@ import pytest
 import xxhash
 
 from s3dcp import ChecksumMismatchError
-from s3dcp._torch_compat import StorageInfo
+from s3dcp._compat.torch import storage_info_class
 from s3dcp.integrity import DigestingWriter, digest, get_checksum, set_checksum, verify
+
+StorageInfo = storage_info_class()
 
 
 def test_digesting_writer_digests_each_item_and_passes_bytes_on() -> None:
