@@ -26,9 +26,7 @@ the names have the shape s3dcp expects;
 
 from __future__ import annotations
 
-import functools
 import importlib
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +34,8 @@ from enum import Enum
 from typing import IO, Any, Protocol, cast
 
 import torch
+
+from ._missing import report_missing
 
 __all__ = [
     "FALLBACK_ALLOWED_GLOBALS",
@@ -55,7 +55,6 @@ __all__ = [
     "weights_only_global_names",
 ]
 
-log = logging.getLogger("s3dcp")
 
 _FILESYSTEM = "torch.distributed.checkpoint.filesystem"
 _METADATA = "torch.distributed.checkpoint.metadata"
@@ -85,9 +84,8 @@ def _private(module: str, name: str) -> Any:
         return None
 
 
-@functools.cache
 def _log_missing(qualified: str, why: str) -> None:
-    log.debug("torch has no %s (%s); s3dcp uses its plain fallback", qualified, why)
+    report_missing(qualified, f"{why}; s3dcp uses its plain fallback")
 
 
 @dataclass

@@ -84,7 +84,12 @@ def test_extension_registry_knows_zstd_and_refuses_unknown_names() -> None:
         registry.from_descriptor_list(["stream.unknown/1"])
 
 
-def test_a_missing_name_is_none_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_missing_name_is_none_and_logged_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from s3dcp._compat import _missing
+
+    monkeypatch.setattr(_missing, "_reported", set())
     caplog.set_level(logging.DEBUG, logger="s3dcp")
     for _ in range(2):
         assert compat._private("torch", "_no_such_name_for_this_test") is None
