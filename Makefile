@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.s3dcp-installed
 
-.PHONY: all install demo demo-distributed demo-tiered test test-rgw typecheck unit integration clean bench-prefix
+.PHONY: all install demo demo-distributed demo-tiered test test-rgw test-floor test-newest matrix-leg typecheck unit integration clean bench-prefix
 
 all: test
 
@@ -56,12 +56,29 @@ test-rgw: $(STAMP)
 	$(BIN)/python tests/servers/ceph_rgw.py stop --dir $(RGW_DIR); \
 	exit $$status
 
+# The version matrix: the whole suite again in a venv of its own, once on the lowest
+# release of every dependency pyproject.toml declares (pinned in .ci/constraints-floor.txt)
+# and once on the newest the registry serves. torch stays the CPU wheel in both.
+MATRIX_VENV = .venv-$(LEG)
+MATRIX_PIP  = $(MATRIX_VENV)/bin/python -m pip install --quiet --disable-pip-version-check
+test-floor:
+	$(MAKE) matrix-leg LEG=floor PIN='-c .ci/constraints-floor.txt'
+test-newest:
+	$(MAKE) matrix-leg LEG=newest PIN='--upgrade --upgrade-strategy eager'
+matrix-leg:
+	rm -rf $(MATRIX_VENV)
+	$(PYTHON) -m venv $(MATRIX_VENV)
+	$(MATRIX_PIP) torch==2.13.0
+	$(MATRIX_PIP) $(PIN) torch==2.13.0 -e '.[test]'
+	$(MATRIX_VENV)/bin/python -m pip list --disable-pip-version-check 2>/dev/null | grep -iE '^(torch|botocore|boto3|urllib3|numpy|tenacity|xxhash|isal|zstandard|moto) '
+	$(MATRIX_VENV)/bin/python -m pytest -p no:cacheprovider
+
 # prefix strategies against the proxy's per-partition throttling model (test venv)
 bench-prefix: $(STAMP)
 	$(BIN)/python benchmarks/prefix_throttle.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache
+	rm -rf $(VENV) .venv-floor .venv-newest build *.egg-info .pytest_cache .mypy_cache
 
 # make bench: side-by-side benchmark (s3dcp, s3torchconnector, fsspec/s3fs, boto3, local disk)
 # in its own venv, so s3fs's botocore pin never touches .venv. Options: make bench BENCH_ARGS='--size-mib 64 --runs 1'

@@ -1,4 +1,4 @@
-"""boto3 clients (lazy, once per process and settings) and error translation.
+"""botocore clients (lazy, once per process and settings) and error translation.
 
 :class:`S3Client` is the one door to S3 for the rest of the package: every
 request goes through :meth:`S3Client.call`, which retries by the

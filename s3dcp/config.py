@@ -3,7 +3,7 @@
 :class:`S3ClientConfig` is what users pass. :class:`ClientSettings` is the
 fully resolved, hashable snapshot (config + region + environment) that a
 writer or reader takes when it is built or ``reset()``: the environment is
-read then, not once per process, and the boto3 client cache is keyed on it.
+read then, not once per process, and the botocore client cache is keyed on it.
 """
 
 from __future__ import annotations
@@ -233,7 +233,7 @@ def redact_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class ClientSettings:
-    """Everything that decides which boto3 client to use, resolved once.
+    """Everything that decides which botocore client to use, resolved once.
 
     Secrets are kept out of ``repr`` and compared by value, so two writers
     built under the same environment share one client per process.
