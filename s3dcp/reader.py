@@ -48,7 +48,7 @@ from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPla
 from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
-from ._compat.torch import called_from_dcp_load
+from ._compat.torch import called_from_dcp_load, storage_rank
 from .layout import METADATA_NAME
 from .client import S3Client
 from .config import S3ClientConfig, resolve_settings
@@ -185,7 +185,7 @@ class S3StorageReader(StorageReader):
         if self._kept_error is not None:
             error, self._kept_error = self._kept_error, None
             raise error
-        self.rank = kwargs.get("rank", self.rank)
+        self.rank = storage_rank(kwargs.get("rank", self.rank))
         where = str(self.uri.child(METADATA_NAME))
         storage_data = metadata.storage_data
         self._transforms = {}

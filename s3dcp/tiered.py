@@ -30,7 +30,7 @@ from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
-from ._compat.torch import called_from_dcp_load, dcp_version
+from ._compat.torch import called_from_dcp_load, dcp_version, storage_rank
 from .layout import METADATA_NAME, SHARD_SUFFIX
 from .catalog import latest_checkpoint, parse_step
 from .client import S3Client
@@ -217,7 +217,7 @@ class TieredStorageWriter(StorageWriter):
         if not kwargs.get("use_collectives", True):
             raise ValueError("TieredStorageWriter needs DCP's collective mode (use_collectives=True)")
         self.is_coordinator = is_coordinator
-        self.rank = kwargs.get("rank") or 0
+        self.rank = storage_rank(kwargs.get("rank"))
         self.last_stats = []
 
     def storage_meta(self) -> StorageMeta | None:
@@ -456,7 +456,7 @@ class TieredStorageReader(StorageReader):
         if self._kept_error is not None:
             error, self._kept_error = self._kept_error, None
             raise self._not_found(error) if isinstance(error, CheckpointNotFoundError) else error
-        self.rank = kwargs.get("rank", self.rank)
+        self.rank = storage_rank(kwargs.get("rank", self.rank))
         self._s3.set_up_storage_reader(metadata, is_coordinator, *args, **kwargs)  # checks every path
         self.storage_data = self._s3.storage_data
 

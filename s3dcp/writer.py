@@ -37,12 +37,13 @@ from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
-from ._compat.torch import StreamTransform, dcp_version, stream_transform_class
+from ._compat.torch import StreamTransform, dcp_version, storage_rank, stream_transform_class
 from .layout import METADATA_NAME, SHARD_SUFFIX
 from .client import S3Client
 from .commit import commit_metadata, put_saving_marker, tidy_after_commit
@@ -74,7 +75,8 @@ def _check_extensions(extensions: Sequence[StreamTransform] | None) -> tuple[Str
     if extension_class is None:
         raise TypeError(
             "extensions need DCP stream transforms, which this torch does not provide "
-            "(torch.distributed.checkpoint._extension is missing or changed); save without them"
+            f"(torch {torch.__version__} has no torch.distributed.checkpoint._extension, or a changed one); "
+            "save without them, or with a newer torch"
         )
     for extension in extensions:
         if not isinstance(extension, extension_class):
@@ -197,7 +199,7 @@ class S3StorageWriter(StorageWriter):
     def set_up_storage_writer(self, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         self.last_stats = []
         self.is_coordinator = is_coordinator
-        self.rank = kwargs.get("rank")
+        self.rank = storage_rank(kwargs.get("rank"))
         if not kwargs.get("use_collectives", True):
             raise ValueError(
                 "S3StorageWriter needs DCP's collective mode (use_collectives=True) "

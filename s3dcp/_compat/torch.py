@@ -17,6 +17,11 @@ and its caller takes the plain path:
 - ``checkpoint._extension``: no stream transforms; only a save given
   extensions, or a load of items that record transforms, fails (clearly).
 
+One difference in what DCP passes is also handled here: older DCP (torch
+2.6) calls ``set_up_storage_writer(is_coordinator)`` and
+``set_up_storage_reader(metadata, is_coordinator)`` without ``rank=``;
+:func:`storage_rank` then finds the rank itself.
+
 Three more names are only matched in pickles, never looked up, so they need
 no fallback: :data:`REBUILD_TENSOR_V2`, :data:`GET_LAYOUT` and
 :data:`OLD_PROPERTIES_MODULE`. ``tests/unit/test_compat_torch.py`` checks
@@ -34,6 +39,7 @@ from enum import Enum
 from typing import IO, Any, Protocol, cast
 
 import torch
+import torch.distributed as dist
 
 from ._missing import report_missing
 
@@ -51,6 +57,7 @@ __all__ = [
     "mem_format_encoding",
     "rebuild_tensor_v2",
     "storage_info_class",
+    "storage_rank",
     "stream_transform_class",
     "weights_only_global_names",
 ]
@@ -224,3 +231,18 @@ def extension_registry() -> Any:
     """A fresh ``ExtensionRegistry`` of DCP's stream transforms; ``None`` if this torch has none."""
     registry = _private(_EXTENSION, "ExtensionRegistry")
     return registry() if callable(registry) else None
+
+
+def storage_rank(passed: object) -> int:
+    """This process's rank in a save or load, from what DCP passed to ``set_up_storage_*``.
+
+    Newer DCP passes ``rank=`` (its rank in the checkpoint's process group);
+    older DCP (torch 2.6) passes none. Then it is the default group's rank
+    when ``torch.distributed`` is running (a save over a sub-group gets its
+    global rank), else 0: a one-process save, as DCP's own.
+    """
+    if isinstance(passed, int) and not isinstance(passed, bool):
+        return passed
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank())
+    return 0
