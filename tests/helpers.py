@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,9 +11,41 @@ from typing import Any
 
 import pytest
 import torch
+from torch.distributed.checkpoint import state_dict_saver
 
 from s3dcp import S3DCPError, find_s3dcp_error
 from s3dcp.cli import main
+
+
+# -- torch features some tests need ---------------------------------------------------
+# Each marker skips only on a torch without the feature, naming it and the torch that added it.
+HAS_STREAM_TRANSFORMS = importlib.util.find_spec("torch.distributed.checkpoint._extension") is not None
+HAS_ASYNC_EXECUTOR_CHOICE = hasattr(state_dict_saver, "AsyncCheckpointerType")
+
+needs_stream_transforms = pytest.mark.skipif(
+    not HAS_STREAM_TRANSFORMS,
+    reason=f"DCP stream transforms (torch.distributed.checkpoint._extension) arrived in torch 2.7; "
+    f"torch {torch.__version__} has none",
+)
+needs_process_async_save = pytest.mark.skipif(
+    not HAS_ASYNC_EXECUTOR_CHOICE,
+    reason=f"dcp.async_save's process executor (AsyncCheckpointerType.PROCESS) arrived in a newer torch; "
+    f"torch {torch.__version__} saves in a thread only",
+)
+
+
+def async_save_options(executor: str) -> dict[str, Any]:
+    """``dcp.async_save`` keywords for ``executor`` ("thread" or "process").
+
+    A torch without ``AsyncCheckpointerType`` always saves in a thread, so
+    "thread" needs no keyword there; "process" tests carry
+    ``needs_process_async_save``.
+    """
+    if HAS_ASYNC_EXECUTOR_CHOICE:
+        return {"async_checkpointer_type": state_dict_saver.AsyncCheckpointerType(executor)}
+    if executor != "thread":
+        raise ValueError(f"torch {torch.__version__} has no {executor!r} executor for dcp.async_save")
+    return {}
 
 
 def assert_same(expected: Any, actual: Any, path: str = "") -> None:

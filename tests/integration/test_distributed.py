@@ -15,14 +15,13 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
 from s3dcp import BucketNotFoundError, S3StorageReader, S3StorageWriter
 from tests.conftest import AWS_VARIABLES, REGION, list_keys
 from tests.distributed import run_ranks
-from tests.helpers import s3dcp_error
+from tests.helpers import async_save_options, needs_process_async_save, s3dcp_error
 
 pytestmark = pytest.mark.s3
 
@@ -164,7 +163,7 @@ def async_save_and_check(rank: int, world_size: int, uri: str, executor: str) ->
     future = dcp.async_save(
         state,
         storage_writer=S3StorageWriter(REGION, uri),
-        async_checkpointer_type=AsyncCheckpointerType(executor),
+        **async_save_options(executor),
     )
     # training goes on while the upload runs: the checkpoint must hold the values at the call
     for name in full_tensors():
@@ -174,7 +173,7 @@ def async_save_and_check(rank: int, world_size: int, uri: str, executor: str) ->
     load_dtensors_and_check(rank, world_size, uri)
 
 
-@pytest.mark.parametrize("executor", ["thread", "process"])
+@pytest.mark.parametrize("executor", ["thread", pytest.param("process", marks=needs_process_async_save)])
 def test_async_save_produces_a_loadable_checkpoint(s3_env: Any, s3: Any, bucket: str, executor: str) -> None:
     uri = f"s3://{bucket}/async-{executor}"
     run_ranks(2, async_save_and_check, uri, executor, env=aws_env())
@@ -186,7 +185,7 @@ def async_save_to_missing_bucket(rank: int, world_size: int, uri: str, executor:
     future = dcp.async_save(
         state,
         storage_writer=S3StorageWriter(REGION, uri),
-        async_checkpointer_type=AsyncCheckpointerType(executor),
+        **async_save_options(executor),
     )
     try:
         future.result(timeout=180)
@@ -197,7 +196,7 @@ def async_save_to_missing_bucket(rank: int, world_size: int, uri: str, executor:
         raise AssertionError("async_save to a missing bucket reported success")
 
 
-@pytest.mark.parametrize("executor", ["thread", "process"])
+@pytest.mark.parametrize("executor", ["thread", pytest.param("process", marks=needs_process_async_save)])
 def test_async_save_future_surfaces_upload_failures(s3_env: Any, executor: str) -> None:
     run_ranks(2, async_save_to_missing_bucket, "s3://does-not-exist-bucket/ckpt", executor, env=aws_env())
 

@@ -9,18 +9,20 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint._extension import ZStandard
 from torch.distributed.checkpoint.api import CheckpointException
 
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
 from s3dcp.errors import CheckpointDamagedError, ChecksumMismatchError, UnsafeCheckpointError
 from tests.conftest import REGION
-from tests.helpers import assert_same, blank_like, s3dcp_error
+from tests.helpers import HAS_STREAM_TRANSFORMS, assert_same, blank_like, needs_stream_transforms, s3dcp_error
 from s3dcp.integrity import get_checksum
 from tests.integration.test_interop import download_tree, upload_tree
 from tests.integration.test_roundtrip import mixed_state_dict
 
-pytestmark = pytest.mark.s3
+if HAS_STREAM_TRANSFORMS:
+    from torch.distributed.checkpoint._extension import ZStandard
+
+pytestmark = [pytest.mark.s3, needs_stream_transforms]
 
 
 def compressible_state() -> dict[str, Any]:
@@ -150,7 +152,7 @@ def test_damaged_s3dcp_zstd_item_fails_its_checksum_before_decoding(
     assert isinstance(s3dcp_error(raised.value), ChecksumMismatchError)
 
 
-@pytest.mark.parametrize("extensions", [ZStandard(), ["zstd"], [object()]])
+@pytest.mark.parametrize("extensions", [ZStandard() if HAS_STREAM_TRANSFORMS else None, ["zstd"], [object()]])
 def test_extensions_must_be_stream_transforms(s3_env: Any, bucket: str, extensions: Any) -> None:
     with pytest.raises(TypeError, match="StreamTransformExtension"):
         S3StorageWriter(REGION, f"s3://{bucket}/x", extensions=extensions)

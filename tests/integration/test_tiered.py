@@ -15,7 +15,6 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
 from s3dcp import (
     CheckpointDamagedError,
@@ -31,6 +30,7 @@ from s3dcp import (
     latest_tiered_checkpoint,
 )
 from tests.conftest import REGION, list_keys
+from tests.helpers import async_save_options
 
 pytestmark = pytest.mark.s3
 
@@ -314,7 +314,7 @@ def test_works_with_async_save(s3_env: Any, bucket: str, local: Path) -> None:
     w = writer(local, bucket)
     want = state(11)
     future = dcp.async_save(want, checkpoint_id="step_11", storage_writer=w,
-                            async_checkpointer_type=AsyncCheckpointerType.THREAD)
+                            **async_save_options("thread"))
     future.result(timeout=120)
     w.wait_for_uploads(timeout=120)
     got = blank()

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 
 from s3dcp import S3StorageReader, TieredStorageReader, TieredStorageWriter
 from tests.conftest import AWS_VARIABLES, REGION, list_keys
 from tests.distributed import run_ranks
+from tests.helpers import async_save_options, needs_process_async_save
 
 pytestmark = pytest.mark.s3
 
@@ -32,17 +32,21 @@ def rank_state(rank: int, step: int) -> dict[str, Any]:
     return {f"shard{rank}": torch.full((1000,), float(rank * 100 + step)), "step": step}
 
 
-def save_three_ways(rank: int, world_size: int, local: str, root: str) -> None:
+def save_three_ways(rank: int, world_size: int, local: str, root: str, step_3: str) -> None:
     background = TieredStorageWriter(local, root, region=REGION, keep_local=2)
     dcp.save(rank_state(rank, 1), checkpoint_id="step_1", storage_writer=background)
     future = dcp.async_save(rank_state(rank, 2), checkpoint_id="step_2", storage_writer=background,
-                            async_checkpointer_type=AsyncCheckpointerType.THREAD)
+                            **async_save_options("thread"))
     future.result(timeout=180)
-    # the process executor already runs off the training loop: upload there, before it reports done
+    # background=False: the upload happens inside the save, before it reports done
     in_process = TieredStorageWriter(local, root, region=REGION, background=False, keep_local=2)
-    future = dcp.async_save(rank_state(rank, 3), checkpoint_id="step_3", storage_writer=in_process,
-                            async_checkpointer_type=AsyncCheckpointerType.PROCESS)
-    future.result(timeout=180)
+    if step_3 == "process_async_save":
+        # the process executor already runs off the training loop: upload there
+        future = dcp.async_save(rank_state(rank, 3), checkpoint_id="step_3", storage_writer=in_process,
+                                **async_save_options("process"))
+        future.result(timeout=180)
+    else:
+        dcp.save(rank_state(rank, 3), checkpoint_id="step_3", storage_writer=in_process)
     statuses = background.wait_for_uploads(timeout=180)
     states = sorted((s.checkpoint, s.state) for s in statuses)
     expected = [("step_1", "uploaded"), ("step_2", "uploaded")]
@@ -66,12 +70,13 @@ def load_and_check(rank: int, world_size: int, local: str, root: str, saved_worl
         assert from_s3["step"] == tiered["step"] == step
 
 
+@pytest.mark.parametrize("step_3", ["save", pytest.param("process_async_save", marks=needs_process_async_save)])
 def test_ranks_share_a_local_directory_and_commit_once_in_s3(
-    s3_env: Any, s3: Any, bucket: str, tmp_path: Path
+    s3_env: Any, s3: Any, bucket: str, tmp_path: Path, step_3: str
 ) -> None:
     root = f"s3://{bucket}/run"
     tmp_path = tmp_path / "tier"
-    run_ranks(3, save_three_ways, str(tmp_path), root, env=aws_env())
+    run_ranks(3, save_three_ways, str(tmp_path), root, step_3, env=aws_env())
 
     keys = sorted(list_keys(s3, bucket, "run/"))
     assert keys == [f"run/step_{step}/{name}" for step in (1, 2, 3)

@@ -11,6 +11,7 @@ import io
 import pickle
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ from s3dcp._compat import torch as compat
 from s3dcp.errors import UnsafeCheckpointError
 from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like, s3dcp_error
+from tests.integration.test_interop import upload_tree
 from tests.integration.test_roundtrip import mixed_state_dict
 
 pytestmark = pytest.mark.s3
@@ -134,21 +136,45 @@ def test_without_the_dcp_frame_check_reads_are_direct_calls(
     assert_round_trip(state, f"s3://{bucket}/run")
 
 
+class _StandIn:
+    """Shaped like a stream transform, for a torch that has none to make."""
+
+    def get_descriptor(self) -> str:
+        return "stream.zstd/1"
+
+    def transform_to(self, output: Any) -> Any:
+        return output
+
+    def transform_from(self, input: Any) -> Any:
+        return input
+
+
 def test_without_stream_transforms_plain_checkpoints_still_work(
     monkeypatch: pytest.MonkeyPatch, s3_env: Any, bucket: str
 ) -> None:
-    from torch.distributed.checkpoint._extension import ZStandard
-
-    path = f"s3://{bucket}/zstd"
-    dcp.save({"w": torch.zeros(64)}, storage_writer=S3StorageWriter(REGION, path, extensions=[ZStandard()]))
+    """On a torch without ``_extension`` (torch 2.6) as on one where the lookup misses."""
     miss(monkeypatch, (_EXTENSION, "ExtensionRegistry"), (_EXTENSION, "StreamTransformExtension"))
     state = mixed_state_dict()
     assert_round_trip(state, f"s3://{bucket}/run")
     assert S3StorageWriter(REGION, f"s3://{bucket}/other", extensions=[]).extensions == ()
-    with pytest.raises(TypeError, match="which this torch does not provide"):
-        S3StorageWriter(REGION, f"s3://{bucket}/other", extensions=[ZStandard()])
+    with pytest.raises(TypeError, match="which this torch does not provide") as raised:
+        S3StorageWriter(REGION, f"s3://{bucket}/other", extensions=[_StandIn()])
+    assert f"torch {torch.__version__} has no torch.distributed.checkpoint._extension" in str(raised.value)
+
+
+def test_without_stream_transforms_a_transformed_checkpoint_is_refused(
+    monkeypatch: pytest.MonkeyPatch, s3: Any, s3_env: Any, bucket: str, tmp_path: Path
+) -> None:
+    """A checkpoint whose items record transforms (as a newer torch's zstd save does) fails to load, clearly."""
+    dcp.save({"w": torch.zeros(64)}, storage_writer=dcp.FileSystemWriter(tmp_path, sync_files=False))
+    metadata = pickle.loads((tmp_path / ".metadata").read_bytes())
+    for info in metadata.storage_data.values():
+        info.transform_descriptors = ["stream.zstd/1"]
+    (tmp_path / ".metadata").write_bytes(pickle.dumps(metadata))
+    upload_tree(s3, tmp_path, bucket, "zstd")
+    miss(monkeypatch, (_EXTENSION, "ExtensionRegistry"), (_EXTENSION, "StreamTransformExtension"))
     with pytest.raises(CheckpointException) as raised:
-        dcp.load({"w": torch.ones(64)}, storage_reader=S3StorageReader(REGION, path))
+        dcp.load({"w": torch.ones(64)}, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/zstd"))
     error = s3dcp_error(raised.value)
     assert isinstance(error, UnsafeCheckpointError)
     assert "this torch does not provide DCP stream transforms" in str(error)

@@ -22,27 +22,48 @@ from s3dcp._compat.torch import (
     mem_format_encoding,
     rebuild_tensor_v2,
     storage_info_class,
+    storage_rank,
     stream_transform_class,
     weights_only_global_names,
 )
+from tests.helpers import HAS_STREAM_TRANSFORMS, needs_stream_transforms
 
 
 def test_storage_info_is_torchs_and_the_fallback_has_its_shape() -> None:
     assert storage_info_class() is filesystem._StorageInfo
     names = [f.name for f in dataclasses.fields(filesystem._StorageInfo)]
-    assert names == [f.name for f in dataclasses.fields(FallbackStorageInfo)]
+    fallback = dataclasses.fields(FallbackStorageInfo)
+    # the fallback has the newest torch's fields; an older torch (2.6) lacks the stream transforms'
+    assert names == [f.name for f in fallback][: len(names)]
+    assert names == [f.name for f in fallback] or not HAS_STREAM_TRANSFORMS
+    assert all(f.default is None for f in fallback[len(names) :])  # unset, they are left out when pickled
     for cls in (filesystem._StorageInfo, FallbackStorageInfo):
         info = cls("__0_0.distcp", 10, 20)
         assert pickle.loads(pickle.dumps(info)) == info
         assert info.__getstate__() == filesystem._StorageInfo("__0_0.distcp", 10, 20).__getstate__()
-    assert dcp_version() == filesystem.CURRENT_DCP_VERSION
+
+
+def test_dcp_version_is_torchs_or_the_fallback() -> None:
+    """``CURRENT_DCP_VERSION`` came with the stream transforms; an older torch records no version."""
+    if hasattr(filesystem, "CURRENT_DCP_VERSION"):
+        assert dcp_version() == filesystem.CURRENT_DCP_VERSION
+    else:
+        assert not HAS_STREAM_TRANSFORMS and dcp_version() == compat.FALLBACK_DCP_VERSION
 
 
 def test_each_name_is_found_in_this_torch() -> None:
     assert rebuild_tensor_v2() is torch._utils._rebuild_tensor_v2
     encoding = mem_format_encoding()
     assert encoding is not None and encoding.__name__ == "_MEM_FORMAT_ENCODING"
-    assert stream_transform_class() is not None and extension_registry() is not None
+    assert (stream_transform_class() is not None) == HAS_STREAM_TRANSFORMS
+    assert (extension_registry() is not None) == HAS_STREAM_TRANSFORMS
+
+
+def test_storage_rank_is_dcps_or_found_when_dcp_passes_none() -> None:
+    """Newer DCP passes ``rank=``; torch 2.6's passes none, and one process is rank 0."""
+    assert storage_rank(3) == 3 and storage_rank(0) == 0
+    assert not torch.distributed.is_initialized()
+    assert storage_rank(None) == 0
 
 
 def test_dcp_load_step_is_where_we_expect_it() -> None:
@@ -73,9 +94,14 @@ def test_weights_only_fallback_is_a_subset_of_torchs_defaults(monkeypatch: pytes
     fallback = weights_only_global_names()
     assert "torch._utils._rebuild_tensor_v2" in fallback and "torch.float32" in fallback
     metadata_classes = {name for name in fallback if name.startswith("torch.distributed.checkpoint.")}
-    assert fallback - metadata_classes <= torchs
+    # the fallback admits every dtype of this torch; torch 2.6 leaves its sub-byte integers out
+    # (torch.uint1..uint7, int1..int7), a newer torch lists them all
+    unlisted = set(compat._dtype_names()) - torchs
+    assert unlisted <= {f"torch.{sign}int{bits}" for sign in ("u", "") for bits in range(1, 8)}
+    assert fallback - metadata_classes - unlisted <= torchs
 
 
+@needs_stream_transforms
 def test_extension_registry_knows_zstd_and_refuses_unknown_names() -> None:
     registry = extension_registry()
     (zstd,) = registry.from_descriptor_list(["stream.zstd/1"])
@@ -112,7 +138,8 @@ _IMPORT_WITHOUT = """
 import importlib, sys
 for spec in sys.argv[1:]:
     module, _, name = spec.rpartition(".")
-    delattr(importlib.import_module(module), name)
+    if hasattr(importlib.import_module(module), name):  # an older torch may lack it already
+        delattr(importlib.import_module(module), name)
 sys.modules["torch.distributed.checkpoint._extension"] = None  # import fails from here on
 import s3dcp, s3dcp.writer, s3dcp.reader, s3dcp.tiered, s3dcp.metadata, s3dcp.archive_writer, s3dcp.plain_data
 from s3dcp._compat import torch as compat

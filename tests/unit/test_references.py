@@ -16,7 +16,7 @@ from s3dcp.references import referenced_objects
 
 def _saved_metadata(tmp_path: Path) -> bytes:
     state = {"a": torch.arange(10.0), "b": torch.ones(3, 4, dtype=torch.bfloat16), "step": 7}
-    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(tmp_path)), no_dist=True)
+    dcp.save(state, storage_writer=dcp.FileSystemWriter(str(tmp_path)))  # one process: no process group
     return (tmp_path / ".metadata").read_bytes()
 
 

@@ -6,9 +6,15 @@ import io
 import os
 
 import pytest
-from torch.distributed.checkpoint._extension import ZStandard
+
+from tests.helpers import HAS_STREAM_TRANSFORMS, needs_stream_transforms
+
+if HAS_STREAM_TRANSFORMS:
+    from torch.distributed.checkpoint._extension import ZStandard
 
 from s3dcp import transforms
+
+pytestmark = needs_stream_transforms
 
 
 def _compressed(data: bytes) -> memoryview:
