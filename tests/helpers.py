@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from torch.distributed.checkpoint import state_dict_saver
+from torch.distributed.checkpoint import staging, state_dict_saver
 
 from s3dcp import S3DCPError, find_s3dcp_error
 from s3dcp.cli import main
@@ -21,6 +21,7 @@ from s3dcp.cli import main
 # Each marker skips only on a torch without the feature, naming it and the torch that added it.
 HAS_STREAM_TRANSFORMS = importlib.util.find_spec("torch.distributed.checkpoint._extension") is not None
 HAS_ASYNC_EXECUTOR_CHOICE = hasattr(state_dict_saver, "AsyncCheckpointerType")
+ASYNC_SAVE_COPIES_CPU_STATE = hasattr(staging, "DefaultStager")  # torch 2.6 copies only what is not on CPU yet
 
 needs_stream_transforms = pytest.mark.skipif(
     not HAS_STREAM_TRANSFORMS,
@@ -31,6 +32,16 @@ needs_process_async_save = pytest.mark.skipif(
     not HAS_ASYNC_EXECUTOR_CHOICE,
     reason=f"dcp.async_save's process executor (AsyncCheckpointerType.PROCESS) arrived in a newer torch; "
     f"torch {torch.__version__} saves in a thread only",
+)
+needs_async_save_copy = pytest.mark.skipif(
+    not ASYNC_SAVE_COPIES_CPU_STATE,
+    reason="dcp.async_save copying tensors already on CPU before it returns (DefaultStager) arrived in a newer "
+    f"torch; torch {torch.__version__}'s async_save (FileSystemWriter's too) writes them as they are when written",
+)
+needs_fsdp2_on_cpu = pytest.mark.skipif(
+    not hasattr(torch.cpu.Stream, "record_event"),
+    reason="FSDP2 (fully_shard) on a CPU device mesh needs torch.cpu.Stream.record_event, which arrived in a "
+    f"newer torch; torch {torch.__version__}'s FSDP2 fails on CPU",
 )
 
 

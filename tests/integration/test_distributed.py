@@ -21,7 +21,13 @@ from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tenso
 from s3dcp import BucketNotFoundError, S3StorageReader, S3StorageWriter
 from tests.conftest import AWS_VARIABLES, REGION, list_keys
 from tests.distributed import run_ranks
-from tests.helpers import async_save_options, needs_process_async_save, s3dcp_error
+from tests.helpers import (
+    async_save_options,
+    needs_async_save_copy,
+    needs_fsdp2_on_cpu,
+    needs_process_async_save,
+    s3dcp_error,
+)
 
 pytestmark = pytest.mark.s3
 
@@ -149,6 +155,7 @@ def load_fsdp_and_check(rank: int, world_size: int, uri: str, reference: str) ->
             assert torch.equal(torch.as_tensor(got), torch.as_tensor(value)), f"rank {rank}: optim {param_name}.{key}"
 
 
+@needs_fsdp2_on_cpu
 def test_fsdp2_model_and_optimizer_reshard_from_4_to_2_ranks(
     s3_env: Any, bucket: str, tmp_path: Path
 ) -> None:
@@ -158,25 +165,34 @@ def test_fsdp2_model_and_optimizer_reshard_from_4_to_2_ranks(
 
 
 # -- async_save in both executors ---------------------------------------------------
-def async_save_and_check(rank: int, world_size: int, uri: str, executor: str) -> None:
+def async_save_and_check(rank: int, world_size: int, uri: str, executor: str, training: bool) -> None:
     state = distributed_state(world_size, fill=None)
     future = dcp.async_save(
         state,
         storage_writer=S3StorageWriter(REGION, uri),
         **async_save_options(executor),
     )
-    # training goes on while the upload runs: the checkpoint must hold the values at the call
-    for name in full_tensors():
-        state[name].to_local().add_(1000)
+    if training:  # training goes on while the upload runs: the checkpoint must hold the values at the call
+        for name in full_tensors():
+            state[name].to_local().add_(1000)
     future.result(timeout=180)
     dist.barrier()
     load_dtensors_and_check(rank, world_size, uri)
 
 
-@pytest.mark.parametrize("executor", ["thread", pytest.param("process", marks=needs_process_async_save)])
-def test_async_save_produces_a_loadable_checkpoint(s3_env: Any, s3: Any, bucket: str, executor: str) -> None:
+@pytest.mark.parametrize(
+    ("executor", "training"),
+    [
+        pytest.param("thread", False, id="thread-idle"),
+        pytest.param("thread", True, id="thread", marks=needs_async_save_copy),
+        pytest.param("process", True, id="process", marks=needs_process_async_save),
+    ],
+)
+def test_async_save_produces_a_loadable_checkpoint(
+    s3_env: Any, s3: Any, bucket: str, executor: str, training: bool
+) -> None:
     uri = f"s3://{bucket}/async-{executor}"
-    run_ranks(2, async_save_and_check, uri, executor, env=aws_env())
+    run_ranks(2, async_save_and_check, uri, executor, training, env=aws_env())
     assert f"async-{executor}/.metadata" in list_keys(s3, bucket, f"async-{executor}/")
 
 
