@@ -30,8 +30,6 @@ MIB = 1024 * 1024
 def test_parts_sent_from_tensor_memory_round_trip_bit_exact(
     proxied_env: Any, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch, bucket: str, shared: bool
 ) -> None:
-    if not shared:
-        unshared_context(monkeypatch)
     views = 0
     send_view = ObjectUpload._send_view
 
@@ -44,7 +42,10 @@ def test_parts_sent_from_tensor_memory_round_trip_bit_exact(
     state = {"w": torch.randn(3 * MIB, generator=torch.Generator().manual_seed(9))}  # 12 MiB: 3 parts
     path = f"s3://{bucket}/views"
     config = S3ClientConfig(part_size=5 * MIB)
-    dcp.save(state, storage_writer=S3StorageWriter(REGION, path, config))
+    with monkeypatch.context() as botocore_patch:  # undone before the bucket fixture empties the bucket
+        if not shared:
+            unshared_context(botocore_patch)
+        dcp.save(state, storage_writer=S3StorageWriter(REGION, path, config))
     parts = proxy.requests("PUT", r"distcp$")
     assert views >= 1  # the memoryview path was taken
     assert len(parts) == 3 and all(record.request_bytes > 0 for record in parts)
