@@ -82,6 +82,16 @@ def _as_saveable(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _resolved(planner: SavePlanner, item: WriteItem) -> io.BytesIO | torch.Tensor:
+    """The planner's data for ``item``, refused unless it is the kind the item says."""
+    data = planner.resolve_data(item)
+    wanted = io.BytesIO if item.type == WriteItemType.BYTE_IO else torch.Tensor
+    if not isinstance(data, wanted):
+        kind = "BYTE_IO" if wanted is io.BytesIO else "tensor"
+        raise TypeError(f"{kind} item {item.index.fqn!r} resolved to {type(data).__name__}")
+    return data
+
+
 def write_items(
     stream: _BinaryStream,
     items: Sequence[WriteItem],
@@ -109,14 +119,10 @@ def write_items(
     for item in items:
         offset = writer.tell()
         writer.begin()
-        data = planner.resolve_data(item)
-        if item.type == WriteItemType.BYTE_IO:
-            if not isinstance(data, io.BytesIO):
-                raise TypeError(f"BYTE_IO item {item.index.fqn!r} resolved to {type(data).__name__}")
+        data = _resolved(planner, item)
+        if isinstance(data, io.BytesIO):
             writer.write(data.getbuffer())
         else:
-            if not isinstance(data, torch.Tensor):
-                raise TypeError(f"tensor item {item.index.fqn!r} resolved to {type(data).__name__}")
             tensor = _as_saveable(data)
             # the caller's own CPU memory (no copy made here) is left as it is until the
             # stream is committed, so whole parts may be sent from it; a copy made here
@@ -173,14 +179,10 @@ def _write_transformed(
     chain: Any = _ItemEnd(writer)
     for extension in extensions:
         chain = extension.transform_to(chain)
-    data = planner.resolve_data(item)
-    if item.type == WriteItemType.BYTE_IO:
-        if not isinstance(data, io.BytesIO):
-            raise TypeError(f"BYTE_IO item {item.index.fqn!r} resolved to {type(data).__name__}")
+    data = _resolved(planner, item)
+    if isinstance(data, io.BytesIO):
         chain.write(data.getbuffer())
     else:
-        if not isinstance(data, torch.Tensor):
-            raise TypeError(f"tensor item {item.index.fqn!r} resolved to {type(data).__name__}")
         torch.save(_as_saveable(data), chain)
     chain.close()
     length = writer.tell() - offset
