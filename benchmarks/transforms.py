@@ -57,7 +57,7 @@ def run_worker(op: str, coding: str, workload: str, uri: str, size_mib: int, wei
     from torch.distributed.checkpoint._extension import ZStandard
 
     from s3dcp import S3StorageReader, S3StorageWriter
-    from s3dcp.uri import parse_s3_uri
+    from s3dcp._uri import parse_s3_uri
     from transfer import measure
     from workload import blank_copy, tensor_bytes
 

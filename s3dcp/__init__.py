@@ -16,9 +16,9 @@ start without importing torch.
 import importlib
 import typing
 
-from .catalog import CheckpointInfo, latest_checkpoint, list_checkpoints
-from .config import S3ClientConfig
-from .errors import (
+from s3dcp._catalog import CheckpointInfo, latest_checkpoint, list_checkpoints
+from s3dcp._config import S3ClientConfig
+from s3dcp._errors import (
     AccessDeniedError,
     BucketNotFoundError,
     CheckpointDamagedError,
@@ -35,7 +35,7 @@ from .errors import (
     WrongRegionError,
     find_s3dcp_error,
 )
-from .prefix import (
+from s3dcp._prefix import (
     BinaryPrefixStrategy,
     HexPrefixStrategy,
     RoundRobinPrefixStrategy,
@@ -43,21 +43,21 @@ from .prefix import (
 )
 
 if typing.TYPE_CHECKING:
-    from .reader import S3StorageReader
-    from .tier_upload import UploadStatus
-    from .tiered import TieredStorageReader, TieredStorageWriter, latest_tiered_checkpoint
-    from .writer import S3StorageWriter
+    from s3dcp._reader import S3StorageReader
+    from s3dcp._tiered.upload import UploadStatus
+    from s3dcp._tiered.storage import TieredStorageReader, TieredStorageWriter, latest_tiered_checkpoint
+    from s3dcp._writer import S3StorageWriter
 
 __version__ = "0.1.0"
 
 # public name -> the module that defines it, imported on first use (it imports torch)
 _NEEDS_TORCH = {
-    "S3StorageWriter": ".writer",
-    "S3StorageReader": ".reader",
-    "UploadStatus": ".tier_upload",
-    "TieredStorageWriter": ".tiered",
-    "TieredStorageReader": ".tiered",
-    "latest_tiered_checkpoint": ".tiered",
+    "S3StorageWriter": "._writer",
+    "S3StorageReader": "._reader",
+    "UploadStatus": "._tiered.upload",
+    "TieredStorageWriter": "._tiered.storage",
+    "TieredStorageReader": "._tiered.storage",
+    "latest_tiered_checkpoint": "._tiered.storage",
 }
 
 __all__ = [

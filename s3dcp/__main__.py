@@ -2,6 +2,6 @@
 
 import sys
 
-from .cli import main
+from s3dcp._cli import main
 
 sys.exit(main())

@@ -14,7 +14,7 @@ import torch
 from torch.distributed.checkpoint import staging, state_dict_saver
 
 from s3dcp import S3DCPError, find_s3dcp_error
-from s3dcp.cli import main
+from s3dcp._cli import main
 
 
 # -- torch features some tests need ---------------------------------------------------

@@ -39,7 +39,7 @@ from _s3_target import s3_target
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter, latest_checkpoint
-from s3dcp.uri import parse_s3_uri
+from s3dcp._uri import parse_s3_uri
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 

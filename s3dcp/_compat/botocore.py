@@ -1,7 +1,7 @@
 """What s3dcp relies on below botocore's public API.
 
 * ``StreamingBody._raw_stream``: the urllib3 response below a GetObject
-  body, which :mod:`s3dcp.body` reads without botocore's copy.
+  body, which :mod:`s3dcp._s3.body` reads without botocore's copy.
 * One request ``context`` dict shared by an API call's
   ``before-parameter-build`` and ``before-call`` events, which lets a
   ``memoryview`` body pass the parameter validator (see

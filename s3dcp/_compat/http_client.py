@@ -3,7 +3,7 @@
 ``fp`` is the buffered reader the headers were read through (it may hold
 the first body bytes), ``length`` the body bytes still to come (``None``
 when unknown) and ``chunked`` whether the body is chunked. The socket
-reader of :mod:`s3dcp.body` needs all three, and sets ``length`` to tell
+reader of :mod:`s3dcp._s3.body` needs all three, and sets ``length`` to tell
 ``http.client`` how much of the body it has taken itself.
 """
 

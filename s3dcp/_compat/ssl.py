@@ -2,7 +2,7 @@
 
 ``SSLSocket.recv_into`` reaches it through two Python frames per 16 KiB
 record; calling it directly saves about a quarter of a TLS load's CPU (see
-:mod:`s3dcp.body`). If it is missing, or once a call fails in a way that
+:mod:`s3dcp._s3.body`). If it is missing, or once a call fails in a way that
 says its signature changed, :func:`record_reader` returns ``None`` for the
 rest of the process and bodies are read through ``http.client``.
 """

@@ -3,7 +3,7 @@
 urllib3 keeps the ``http.client.HTTPResponse`` it wraps in ``_fp`` and its
 pooled connection, whose socket is ``.sock``, in ``connection``. Reading
 from those directly skips urllib3's copy of every chunk (see
-:mod:`s3dcp.body`).
+:mod:`s3dcp._s3.body`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3StorageWriter, latest_checkpoint, list_checkpoints
-from s3dcp.catalog import parse_step
+from s3dcp._catalog import parse_step
 from tests.conftest import REGION
 
 pytestmark = pytest.mark.s3
@@ -81,7 +81,7 @@ def test_nothing_to_resume_from(s3_env: Any, s3: Any, bucket: str) -> None:
 
 
 def test_prune_never_removes_the_newest_complete_checkpoint(s3_env: Any, s3: Any, bucket: str) -> None:
-    from s3dcp.catalog import prune
+    from s3dcp._catalog import prune
 
     with pytest.raises(ValueError, match="keep must be an int >= 1"):
         prune(f"s3://{bucket}/run", 0)

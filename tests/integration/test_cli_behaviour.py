@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from s3dcp.cli import build_parser, main
+from s3dcp._cli import build_parser, main
 from tests.conftest import list_keys
 
 pytestmark = pytest.mark.s3
 
 _TORCH_FREE = """
 import json, sys
-from s3dcp.cli import main
+from s3dcp._cli import main
 codes = [main(argv) for argv in json.loads(sys.argv[1])]
 try:
     main(["--help"])

@@ -15,7 +15,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3StorageWriter, list_checkpoints
-from s3dcp.cli import human_bytes
+from s3dcp._cli import human_bytes
 from tests.conftest import REGION, list_keys
 from tests.helpers import run_cli as run
 

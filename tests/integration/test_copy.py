@@ -12,7 +12,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import CheckpointExistsError, RoundRobinPrefixStrategy, S3StorageReader, S3StorageWriter
-from s3dcp.copy import copy_checkpoint
+from s3dcp._copy import copy_checkpoint
 from tests.conftest import REGION, list_keys
 from tests.helpers import assert_same, blank_like, run_cli as run
 from tests.integration.test_roundtrip import mixed_state_dict

@@ -10,8 +10,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import CheckpointDamagedError, S3StorageReader, S3StorageWriter
-from s3dcp.cli import human_bytes
-from s3dcp.copy import copy_checkpoint
+from s3dcp._cli import human_bytes
+from s3dcp._copy import copy_checkpoint
 from tests.conftest import REGION, list_keys
 from tests.helpers import assert_same, blank_like, run_cli as run
 

@@ -17,7 +17,7 @@ from s3dcp import (
     S3StorageWriter,
     UnsafeCheckpointError,
 )
-from s3dcp.verify import verify_checkpoint
+from s3dcp._verify import verify_checkpoint
 from tests.conftest import REGION
 from tests.helpers import s3dcp_error
 

@@ -10,7 +10,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-import s3dcp.in_place
+import s3dcp._format.in_place
 from s3dcp import ChecksumMismatchError, S3ClientConfig, S3StorageReader, S3StorageWriter
 from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like, s3dcp_error
@@ -43,7 +43,7 @@ def test_large_items_land_in_place_bit_for_bit(s3_env: Any, bucket: str, mocker:
     state = mixed_state()
     path = f"s3://{bucket}/in-place"
     dcp.save(state, storage_writer=S3StorageWriter(REGION, path, config, thread_count=2))
-    spy = mocker.spy(s3dcp.in_place, "destination_bytes")
+    spy = mocker.spy(s3dcp._format.in_place, "destination_bytes")
     loaded = blank_like(state)
     dcp.load(loaded, storage_reader=S3StorageReader(REGION, path, config))
     assert_same(state, loaded)
@@ -56,7 +56,7 @@ def test_a_destination_of_another_dtype_goes_the_ordinary_way(s3_env: Any, bucke
     state = {"w": torch.randn(40_000)}
     path = f"s3://{bucket}/other-dtype"
     dcp.save(state, storage_writer=S3StorageWriter(REGION, path, CONFIG))
-    spy = mocker.spy(s3dcp.in_place, "destination_bytes")
+    spy = mocker.spy(s3dcp._format.in_place, "destination_bytes")
     loaded = {"w": torch.zeros(40_000, dtype=torch.float64)}  # DCP converts on copy
     dcp.load(loaded, storage_reader=S3StorageReader(REGION, path, CONFIG))
     assert spy.call_count == 0

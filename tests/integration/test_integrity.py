@@ -20,7 +20,7 @@ from s3dcp import (
     S3StorageWriter,
     UnsafeCheckpointError,
 )
-from s3dcp.integrity import get_checksum
+from s3dcp._format.integrity import get_checksum
 from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like, s3dcp_error
 from tests.servers.fault_proxy import FaultProxy

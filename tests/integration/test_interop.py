@@ -10,7 +10,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import RoundRobinPrefixStrategy, S3StorageReader, S3StorageWriter
-from s3dcp.integrity import get_checksum
+from s3dcp._format.integrity import get_checksum
 from tests.conftest import REGION, list_keys
 from tests.helpers import assert_same, blank_like, needs_stream_transforms
 from tests.integration.test_roundtrip import mixed_state_dict

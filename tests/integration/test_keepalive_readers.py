@@ -2,7 +2,7 @@
 
 moto closes every connection, so these reads go through the fault proxy,
 which keeps connections alive (and answers HTTPS with ``tls=True``). A spy
-on :func:`s3dcp.body._socket_reader` counts the bytes its direct receive
+on :func:`s3dcp._s3.body._socket_reader` counts the bytes its direct receive
 really moved, so a fast path silently skipped fails the test.
 """
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-import s3dcp.body
+import s3dcp._s3.body
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
 from s3dcp._compat import _missing
 from s3dcp._compat import ssl as compat_ssl
@@ -53,7 +53,7 @@ class ReaderSpy:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.kinds: list[str] = []
         self.received = 0
-        original = s3dcp.body._socket_reader
+        original = s3dcp._s3.body._socket_reader
 
         def spy(stream: Any, response: Any, buffered: Any, length: int, receive: Callable[[memoryview], int],
                 where: str) -> Any:
@@ -66,7 +66,7 @@ class ReaderSpy:
 
             return original(stream, response, buffered, length, counting, where)
 
-        monkeypatch.setattr(s3dcp.body, "_socket_reader", spy)
+        monkeypatch.setattr(s3dcp._s3.body, "_socket_reader", spy)
 
 
 def save_then_spy(keepalive: FaultProxy, monkeypatch: pytest.MonkeyPatch, path: str) -> tuple[Any, ReaderSpy]:

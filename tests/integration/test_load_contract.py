@@ -12,7 +12,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.planner import ReadItem
 
-import s3dcp.in_place
+import s3dcp._format.in_place
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter, TieredStorageReader, TieredStorageWriter
 from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like
@@ -191,7 +191,7 @@ def test_each_tensor_is_resolved_and_committed_as_a_pair(
     path = save(bucket, "pairs", state, config)
     planner = PairCountingPlanner()
     loaded = blank_like(state)
-    spy = mocker.spy(s3dcp.in_place, "destination_bytes")
+    spy = mocker.spy(s3dcp._format.in_place, "destination_bytes")
     dcp.load(loaded, storage_reader=S3StorageReader(REGION, path, config), planner=planner)
     assert_same(state, loaded)
     assert spy.call_count == 24  # the big tensors still went in place

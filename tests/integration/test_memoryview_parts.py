@@ -15,7 +15,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
-from s3dcp.upload import ObjectUpload
+from s3dcp._s3.upload import ObjectUpload
 from tests.botocore_doubles import unshared_context
 from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like

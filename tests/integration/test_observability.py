@@ -13,7 +13,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3StorageReader, S3StorageWriter
-from s3dcp.stats import PhaseStats
+from s3dcp._stats import PhaseStats
 from tests.conftest import REGION, list_keys
 from tests.helpers import blank_like
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from s3dcp import S3StorageWriter, copy as copy_module, verify as verify_module
-from s3dcp.cli import main
-from s3dcp.copy import copy_checkpoint
-from s3dcp.progress import human_bytes
-from s3dcp.verify import verify_checkpoint
+from s3dcp import S3StorageWriter, _copy as copy_module, _verify as verify_module
+from s3dcp._cli import main
+from s3dcp._copy import copy_checkpoint
+from s3dcp._progress import human_bytes
+from s3dcp._verify import verify_checkpoint
 from tests.conftest import REGION, list_keys
 
 pytestmark = pytest.mark.s3

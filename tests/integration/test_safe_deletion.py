@@ -15,8 +15,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3StorageWriter, list_checkpoints
-from s3dcp.catalog import delete_checkpoint, gc, prune
-from s3dcp.cli import human_bytes
+from s3dcp._catalog import delete_checkpoint, gc, prune
+from s3dcp._cli import human_bytes
 from tests.conftest import REGION, list_keys
 from tests.helpers import run_cli as run
 
@@ -221,7 +221,7 @@ def test_gc_aborts_only_uploads_of_checkpoint_objects(
 
 
 def test_plan_names_every_object_with_its_size(s3_env: Any, s3: Any, bucket: str) -> None:
-    from s3dcp.catalog import plan_delete
+    from s3dcp._catalog import plan_delete
 
     save(bucket, "ckpt")
     s3.put_object(Bucket=bucket, Key="ckpt/.s3dcp-saving", Body=b"")

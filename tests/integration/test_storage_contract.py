@@ -19,7 +19,7 @@ from torch.distributed._shard.sharded_tensor import metadata as sharded_metadata
 from torch.distributed.checkpoint.metadata import Metadata, TensorStorageMetadata
 
 from s3dcp import S3StorageReader, S3StorageWriter, UnsafeCheckpointError
-from s3dcp.copy import copy_checkpoint
+from s3dcp._copy import copy_checkpoint
 from tests.conftest import REGION, list_keys
 from tests.distributed import run_ranks
 from tests.helpers import assert_same, blank_like, s3dcp_error

@@ -12,10 +12,10 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
-from s3dcp.errors import CheckpointDamagedError, ChecksumMismatchError, UnsafeCheckpointError
+from s3dcp._errors import CheckpointDamagedError, ChecksumMismatchError, UnsafeCheckpointError
 from tests.conftest import REGION
 from tests.helpers import HAS_STREAM_TRANSFORMS, assert_same, blank_like, needs_stream_transforms, s3dcp_error
-from s3dcp.integrity import get_checksum
+from s3dcp._format.integrity import get_checksum
 from tests.integration.test_interop import download_tree, upload_tree
 from tests.integration.test_roundtrip import mixed_state_dict
 
@@ -159,7 +159,7 @@ def test_extensions_must_be_stream_transforms(s3_env: Any, bucket: str, extensio
 
 
 def _spy_decoders(mocker: Any) -> tuple[Any, Any]:
-    from s3dcp import transforms
+    from s3dcp._format import transforms
 
     return mocker.spy(transforms, "decode_into"), mocker.spy(transforms, "decode")
 

@@ -20,9 +20,10 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorProperties
 
-from s3dcp import S3StorageReader, S3StorageWriter, archive_writer
+from s3dcp import S3StorageReader, S3StorageWriter
+from s3dcp._format import archive_writer
 from s3dcp._compat import torch as compat
-from s3dcp.errors import UnsafeCheckpointError
+from s3dcp._errors import UnsafeCheckpointError
 from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like, s3dcp_error
 from tests.integration.test_interop import upload_tree

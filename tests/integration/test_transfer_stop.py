@@ -12,9 +12,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from s3dcp import AccessDeniedError, S3ClientConfig, S3StorageWriter
-from s3dcp.client import S3Client
-from s3dcp.config import resolve_settings
-from s3dcp.retry import TransferStopped
+from s3dcp._s3.client import S3Client
+from s3dcp._config import resolve_settings
+from s3dcp._s3.retry import TransferStopped
 from tests.conftest import REGION, list_keys
 from tests.helpers import s3dcp_error
 from tests.servers.fault_proxy import FaultProxy

@@ -9,7 +9,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3StorageWriter
-from s3dcp.cli import main
+from s3dcp._cli import main
 from tests.conftest import REGION
 
 pytestmark = pytest.mark.s3

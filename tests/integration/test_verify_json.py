@@ -11,7 +11,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3StorageWriter
-from s3dcp.cli import EXIT_DAMAGED, cmd_verify
+from s3dcp._cli import EXIT_DAMAGED, cmd_verify
 from tests.conftest import REGION, list_keys
 
 pytestmark = pytest.mark.s3

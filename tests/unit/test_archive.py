@@ -9,8 +9,8 @@ import pickle
 import pytest
 import torch
 
-from s3dcp.archive import tensor_view
-from s3dcp.shard import load_tensor
+from s3dcp._format.archive import tensor_view
+from s3dcp._format.shard import load_tensor
 
 
 def saved(value: object) -> memoryview:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from s3dcp.archive import tensor_view
-from s3dcp.archive_writer import framing_for, write_tensor
+from s3dcp._format.archive import tensor_view
+from s3dcp._format.archive_writer import framing_for, write_tensor
 
 DTYPES = [
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,

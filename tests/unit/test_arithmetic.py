@@ -12,10 +12,10 @@ from torch.distributed.checkpoint.planner_helpers import (
 )
 from torch.distributed.checkpoint.planner import WriteItemType
 
-from s3dcp.config import GIB, MIB
-from s3dcp.download import ByteRange, coalesce
-from s3dcp.shard import item_nbytes, split_items
-from s3dcp.upload import choose_part_size, multipart_etag
+from s3dcp._config import GIB, MIB
+from s3dcp._s3.download import ByteRange, coalesce
+from s3dcp._format.shard import item_nbytes, split_items
+from s3dcp._s3.upload import choose_part_size, multipart_etag
 
 
 def test_part_size_keeps_preferred_when_it_fits() -> None:
@@ -115,7 +115,7 @@ def test_split_items_puts_byte_items_first_in_every_file() -> None:
 def test_byte_budget_lets_big_requests_through_alone() -> None:
     import threading
 
-    from s3dcp.download import ByteBudget
+    from s3dcp._s3.download import ByteBudget
 
     budget = ByteBudget(100)
     budget.acquire(60)

@@ -10,10 +10,10 @@ import pytest
 import urllib3
 from botocore.response import StreamingBody
 
-import s3dcp.body
+import s3dcp._s3.body
 from s3dcp._compat import ssl as compat_ssl
-from s3dcp.body import open_body
-from s3dcp.retry import TruncatedBodyError
+from s3dcp._s3.body import open_body
+from s3dcp._s3.retry import TruncatedBodyError
 from tests.helpers import serve_on_loopback
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
@@ -140,7 +140,7 @@ def test_a_direct_read_that_fails_before_the_socket_was_read_goes_on_through_htt
     server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(compat_ssl.SWITCH, "on", True)
-    monkeypatch.setattr(s3dcp.body, "_socket_receiver", failing_receiver(after=0))
+    monkeypatch.setattr(s3dcp._s3.body, "_socket_receiver", failing_receiver(after=0))
     pool = urllib3.PoolManager(maxsize=1)
     for _ in range(2):
         assert read_all(streaming(pool, server + "/plain"), len(PAYLOAD)) == PAYLOAD
@@ -152,7 +152,7 @@ def test_a_direct_read_that_fails_after_socket_bytes_has_the_request_retried(
     server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(compat_ssl.SWITCH, "on", True)
-    monkeypatch.setattr(s3dcp.body, "_socket_receiver", failing_receiver(after=1))
+    monkeypatch.setattr(s3dcp._s3.body, "_socket_receiver", failing_receiver(after=1))
     pool = urllib3.PoolManager(maxsize=1)
     body = streaming(pool, server + "/plain")
     reader = open_body(body, "test")

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from s3dcp.catalog import is_checkpoint_object, checkpoint_roots, is_settled
+from s3dcp._catalog import is_checkpoint_object, checkpoint_roots, is_settled
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import xxhash
 
 from s3dcp import ChecksumMismatchError
 from s3dcp._compat.torch import storage_info_class
-from s3dcp.integrity import DigestingWriter, digest, get_checksum, set_checksum, verify
+from s3dcp._format.integrity import DigestingWriter, digest, get_checksum, set_checksum, verify
 
 StorageInfo = storage_info_class()
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from s3dcp.copy import _overlap
-from s3dcp.layout import find_strays
+from s3dcp._copy import _overlap
+from s3dcp._format.layout import find_strays
 
 
 def test_strays_are_unreferenced_shards_outside_nested_checkpoints() -> None:

@@ -10,9 +10,9 @@ import pytest
 from torch.distributed.checkpoint.api import CheckpointException
 
 import s3dcp
-from s3dcp import errors
-from s3dcp.client import translate_error
-from s3dcp.config import S3ClientConfig, resolve_settings
+from s3dcp import _errors as errors
+from s3dcp._s3.client import translate_error
+from s3dcp._config import S3ClientConfig, resolve_settings
 
 
 def test_all_matches_what_the_package_exports() -> None:

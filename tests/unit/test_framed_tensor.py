@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from s3dcp.in_place import framed_tensor
+from s3dcp._format.in_place import framed_tensor
 
 
 def archive(tensor: torch.Tensor) -> memoryview:
@@ -46,8 +46,8 @@ def test_no_metadata_no_shortcut() -> None:
 
 
 def test_only_whole_chunks_of_64_kib_or_more_laid_out_as_expected_are_resolved_ahead() -> None:
-    from s3dcp.download import ByteRange
-    from s3dcp.in_place import in_place_candidate
+    from s3dcp._s3.download import ByteRange
+    from s3dcp._format.in_place import in_place_candidate
 
     big, small = torch.zeros(16 * 1024), torch.zeros(16 * 1024 - 1)  # 64 KiB, and 4 bytes short
     for tensor, expected in ((big, True), (small, False)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 
-from s3dcp.upload import PartBuffers
+from s3dcp._s3.upload import PartBuffers
 
 
 def test_buffers_are_reused_by_size_and_bounded() -> None:
@@ -29,7 +29,7 @@ def test_pickling_keeps_the_limit_and_drops_the_buffers() -> None:
 
 
 def test_download_buffers_are_reused_when_close_in_size_and_bounded() -> None:
-    from s3dcp.download import DownloadBuffers
+    from s3dcp._s3.download import DownloadBuffers
 
     mib = 1024 * 1024
     buffers = DownloadBuffers(limit=4 * mib)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from s3dcp import UnsafeCheckpointError
-from s3dcp.plain_data import check_plain_data
+from s3dcp._format.plain_data import check_plain_data
 
 
 def saved(value: Any) -> bytes:

@@ -4,7 +4,7 @@ import pytest
 
 from s3dcp import BinaryPrefixStrategy, HexPrefixStrategy, RoundRobinPrefixStrategy, S3PrefixStrategyBase
 from s3dcp import S3StorageWriter
-from s3dcp.prefix import DefaultPrefixStrategy, is_prefix_strategy, stems_for
+from s3dcp._prefix import DefaultPrefixStrategy, is_prefix_strategy, stems_for
 
 
 def test_default_layout() -> None:

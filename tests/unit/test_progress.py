@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from s3dcp.progress import Progress, human_bytes
+from s3dcp._progress import Progress, human_bytes
 
 
 class FakeTerminal(io.StringIO):

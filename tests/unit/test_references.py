@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from s3dcp.errors import CheckpointDamagedError
-from s3dcp.references import referenced_objects
+from s3dcp._errors import CheckpointDamagedError
+from s3dcp._format.references import referenced_objects
 
 
 def _saved_metadata(tmp_path: Path) -> bytes:

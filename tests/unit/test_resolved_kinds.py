@@ -12,7 +12,7 @@ from torch.distributed.checkpoint.planner_helpers import (
     _create_write_item_for_tensor,
 )
 
-from s3dcp.shard import write_items
+from s3dcp._format.shard import write_items
 from tests.helpers import needs_stream_transforms
 
 

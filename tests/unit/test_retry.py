@@ -10,10 +10,10 @@ import botocore.exceptions
 import pytest
 import urllib3.exceptions
 
-from s3dcp.client import S3Client
-from s3dcp.config import S3ClientConfig, resolve_settings
-from s3dcp.errors import S3DCPError
-from s3dcp.retry import FailureKind, RetryPolicy, TruncatedBodyError, classify
+from s3dcp._s3.client import S3Client
+from s3dcp._config import S3ClientConfig, resolve_settings
+from s3dcp._errors import S3DCPError
+from s3dcp._s3.retry import FailureKind, RetryPolicy, TruncatedBodyError, classify
 
 
 def client_error(code: str | None, status: int) -> botocore.exceptions.ClientError:

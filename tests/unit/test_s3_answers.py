@@ -8,8 +8,8 @@ import botocore.exceptions
 import pytest
 
 import s3dcp
-from s3dcp.client import NotS3AnswerError, _refuse_non_s3_answer, non_s3_answer, translate_error
-from s3dcp.config import S3ClientConfig, resolve_settings
+from s3dcp._s3.client import NotS3AnswerError, _refuse_non_s3_answer, non_s3_answer, translate_error
+from s3dcp._config import S3ClientConfig, resolve_settings
 
 SETTINGS = resolve_settings("us-east-1", S3ClientConfig(endpoint_url="http://store:9000"), {})
 ERROR_DOCUMENT = b'<?xml version="1.0"?><Error><Code>NoSuchKey</Code><Message>gone</Message></Error>'

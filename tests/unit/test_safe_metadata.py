@@ -15,7 +15,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict
 
 from s3dcp import CheckpointDamagedError, UnsafeCheckpointError
-from s3dcp.metadata import load_metadata
+from s3dcp._format.metadata import load_metadata
 
 
 def metadata_bytes_of(state: dict[str, Any], directory: Path) -> bytes:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from s3dcp.client import _signs_payload
-from s3dcp.config import S3ClientConfig, resolve_settings
+from s3dcp._s3.client import _signs_payload
+from s3dcp._config import S3ClientConfig, resolve_settings
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from s3dcp.layout import find_strays
+from s3dcp._format.layout import find_strays
 
 
 def test_only_unreferenced_shard_names_are_strays() -> None:
@@ -43,7 +43,7 @@ def test_empty_shard_objects_are_layout_not_strays() -> None:
 
 
 def test_empty_shards_to_copy_leave_out_nested_checkpoints_and_bookkeeping() -> None:
-    from s3dcp.layout import empty_shards
+    from s3dcp._format.layout import empty_shards
 
     objects = {
         "__0_0.distcp": 9,

@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from s3dcp.retry import TransferStopped
-from s3dcp.upload import TransferPool
+from s3dcp._s3.retry import TransferStopped
+from s3dcp._s3.upload import TransferPool
 
 
 def test_stop_frees_a_blocked_submitter_and_refuses_more_work() -> None:

@@ -12,7 +12,7 @@ from tests.helpers import HAS_STREAM_TRANSFORMS, needs_stream_transforms
 if HAS_STREAM_TRANSFORMS:
     from torch.distributed.checkpoint._extension import ZStandard
 
-from s3dcp import transforms
+from s3dcp._format import transforms
 
 pytestmark = needs_stream_transforms
 

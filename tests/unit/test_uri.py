@@ -4,7 +4,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from s3dcp.uri import S3Uri, is_s3_uri, parse_s3_uri, validate_bucket_name
+from s3dcp._uri import S3Uri, is_s3_uri, parse_s3_uri, validate_bucket_name
 
 
 @pytest.mark.parametrize(

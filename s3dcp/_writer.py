@@ -43,19 +43,19 @@ from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
-from ._compat.torch import StreamTransform, dcp_version, storage_rank, stream_transform_class
-from .layout import METADATA_NAME, SHARD_SUFFIX
-from .client import S3Client
-from .commit import commit_metadata, put_saving_marker, tidy_after_commit
-from .config import S3ClientConfig, resolve_settings, validate_part_size
-from .download import object_exists
-from .errors import CheckpointExistsError, UnsafeCheckpointError
-from .metadata import check_relative_key, dump_metadata
-from .prefix import DefaultPrefixStrategy, PrefixStrategy, is_prefix_strategy, stems_for
-from .stats import PhaseCallback, PhaseStats, report_phase
-from .shard import item_nbytes, split_items, write_items
-from .upload import ObjectUpload, PartBuffers, TransferPool, choose_part_size
-from .uri import S3Uri, is_s3_uri, parse_s3_uri
+from s3dcp._compat.torch import StreamTransform, dcp_version, storage_rank, stream_transform_class
+from s3dcp._format.layout import METADATA_NAME, SHARD_SUFFIX
+from s3dcp._s3.client import S3Client
+from s3dcp._commit import commit_metadata, put_saving_marker, tidy_after_commit
+from s3dcp._config import S3ClientConfig, resolve_settings, validate_part_size
+from s3dcp._s3.download import object_exists
+from s3dcp._errors import CheckpointExistsError, UnsafeCheckpointError
+from s3dcp._format.metadata import check_relative_key, dump_metadata
+from s3dcp._prefix import DefaultPrefixStrategy, PrefixStrategy, is_prefix_strategy, stems_for
+from s3dcp._stats import PhaseCallback, PhaseStats, report_phase
+from s3dcp._format.shard import item_nbytes, split_items, write_items
+from s3dcp._s3.upload import ObjectUpload, PartBuffers, TransferPool, choose_part_size
+from s3dcp._uri import S3Uri, is_s3_uri, parse_s3_uri
 
 __all__ = ["S3StorageWriter"]
 
@@ -106,15 +106,15 @@ class S3StorageWriter(StorageWriter):
         s3client_config: endpoint, credentials profile, retries, part size and
             concurrency; defaults suit AWS.
         prefix_strategy: where each rank's shard objects go (see
-            :mod:`s3dcp.prefix`); default ``prefix/__{rank}_{i}.distcp``.
+            :mod:`s3dcp._prefix`); default ``prefix/__{rank}_{i}.distcp``.
         thread_count: shard objects per rank, written in parallel and
             balanced by size. Default 1. Like ``FileSystemWriter``, each rank
             writes exactly this many, empty ones for threads (or a rank) with
             nothing to store, so a synced directory holds the same files.
         part_size: multipart part size in bytes; overrides the config's.
         overwrite: allow saving over a complete checkpoint. Default ``False``:
-            raise :class:`~s3dcp.errors.CheckpointExistsError` instead.
-        on_phase: called with a :class:`~s3dcp.stats.PhaseStats` as each
+            raise :class:`~s3dcp._errors.CheckpointExistsError` instead.
+        on_phase: called with a :class:`~s3dcp._stats.PhaseStats` as each
             phase of a save ends on this rank (bytes, seconds, MB/s); the
             latest save's phases are also kept in ``last_stats``.
         extensions: DCP stream transforms to pass every item through, as

@@ -14,8 +14,8 @@ from typing import Any
 
 import xxhash
 
-from . import crc32
-from .errors import ChecksumMismatchError
+from s3dcp._format import crc32
+from s3dcp._errors import ChecksumMismatchError
 
 __all__ = ["ALGORITHM", "DigestingWriter", "digest", "set_checksum", "get_checksum", "verify"]
 

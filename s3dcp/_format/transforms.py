@@ -21,8 +21,8 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from ._compat.torch import extension_registry
-from .errors import UnsafeCheckpointError
+from s3dcp._compat.torch import extension_registry
+from s3dcp._errors import UnsafeCheckpointError
 
 __all__ = ["descriptors_of", "checked_descriptors", "resolve", "decode", "decode_into"]
 

@@ -16,8 +16,8 @@ DCP calls, in this order (torch 2.13, ``dcp.load``):
 
 A checkpoint whose ``.metadata`` exists was saved: if objects it lists are
 missing or shorter than recorded, or the ``.metadata`` does not unpickle,
-that is :class:`~s3dcp.errors.CheckpointDamagedError`, never
-:class:`~s3dcp.errors.CheckpointNotFoundError` (which callers may take as
+that is :class:`~s3dcp._errors.CheckpointDamagedError`, never
+:class:`~s3dcp._errors.CheckpointNotFoundError` (which callers may take as
 "start from scratch").
 
 torch 2.13 replaces any ``Exception`` from ``read_metadata`` with a bare
@@ -48,11 +48,11 @@ from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPla
 from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
-from ._compat.torch import called_from_dcp_load, storage_rank
-from .layout import METADATA_NAME
-from .client import S3Client
-from .config import S3ClientConfig, resolve_settings
-from .download import (
+from s3dcp._compat.torch import called_from_dcp_load, storage_rank
+from s3dcp._format.layout import METADATA_NAME
+from s3dcp._s3.client import S3Client
+from s3dcp._config import S3ClientConfig, resolve_settings
+from s3dcp._s3.download import (
     SHORT_OBJECT_CODE,
     ByteRange,
     DownloadBuffers,
@@ -60,7 +60,7 @@ from .download import (
     read_object,
     read_range_into,
 )
-from .errors import (
+from s3dcp._errors import (
     CheckpointDamagedError,
     CheckpointNotFoundError,
     ObjectNotFoundError,
@@ -68,9 +68,9 @@ from .errors import (
     S3RequestError,
     UnsafeCheckpointError,
 )
-from .metadata import check_relative_key, load_metadata
-from .archive_writer import Framing
-from .in_place import (
+from s3dcp._format.metadata import check_relative_key, load_metadata
+from s3dcp._format.archive_writer import Framing
+from s3dcp._format.in_place import (
     InPlaceRead,
     SpanLayout,
     StoredChunks,
@@ -81,12 +81,12 @@ from .in_place import (
     in_place_candidate,
     plan_in_place,
 )
-from . import transforms
-from . import crc32
-from .integrity import get_checksum, verify
-from .shard import check_plain_data, load_tensor
-from .stats import PhaseCallback, PhaseStats, report_phase
-from .uri import S3Uri, is_s3_uri, parse_s3_uri
+from s3dcp._format import transforms
+from s3dcp._format import crc32
+from s3dcp._format.integrity import get_checksum, verify
+from s3dcp._format.shard import check_plain_data, load_tensor
+from s3dcp._stats import PhaseCallback, PhaseStats, report_phase
+from s3dcp._uri import S3Uri, is_s3_uri, parse_s3_uri
 
 __all__ = ["S3StorageReader", "deliver_item", "hand_to_planner", "name_items", "parse_item"]
 
@@ -107,7 +107,7 @@ class S3StorageReader(StorageReader):
         s3client_config: endpoint, credentials profile, retries, concurrency
             and read coalescing; defaults suit AWS.
         verify: check each item's recorded digest on load. Default ``True``.
-        on_phase: called with a :class:`~s3dcp.stats.PhaseStats` as each
+        on_phase: called with a :class:`~s3dcp._stats.PhaseStats` as each
             phase of a load ends on this rank; the latest load's phases are
             also kept in ``last_stats``.
     """

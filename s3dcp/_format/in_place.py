@@ -5,7 +5,7 @@ the tensor is copied into its destination: for a 256 MiB tensor that is a
 256 MiB buffer (fresh pages, zeroed by the kernel) and a 256 MiB copy. When
 the destination is a whole, contiguous CPU tensor of the stored dtype and
 shape, the archive around the tensor's bytes has a known layout (the one
-:func:`~s3dcp.archive_writer.write_tensor` and ``torch.save`` write), so the
+:func:`~s3dcp._format.archive_writer.write_tensor` and ``torch.save`` write), so the
 GET can put the framing into two small buffers and the tensor's bytes
 straight into the destination.
 
@@ -27,8 +27,8 @@ import torch
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadItemType, ReadItem
 
-from .archive_writer import Framing, framing_for
-from .download import ByteRange
+from s3dcp._format.archive_writer import Framing, framing_for
+from s3dcp._s3.download import ByteRange
 
 __all__ = [
     "InPlaceRead",

@@ -15,11 +15,11 @@ import torch
 from torch.distributed.checkpoint.planner import SavePlanner, WriteItem, WriteItemType
 from torch.distributed.checkpoint.storage import WriteResult
 
-from ._compat.torch import StreamTransform, storage_info_class
-from .archive import tensor_view
-from .archive_writer import write_tensor
-from .integrity import DigestingWriter, set_checksum
-from .plain_data import MemoryReader, check_plain_data
+from s3dcp._compat.torch import StreamTransform, storage_info_class
+from s3dcp._format.archive import tensor_view
+from s3dcp._format.archive_writer import write_tensor
+from s3dcp._format.integrity import DigestingWriter, set_checksum
+from s3dcp._format.plain_data import MemoryReader, check_plain_data
 
 __all__ = ["item_nbytes", "split_items", "write_items", "MemoryReader", "load_tensor", "check_plain_data"]
 
@@ -196,7 +196,7 @@ def load_tensor(data: memoryview) -> torch.Tensor:
     """Deserialize one tensor item (a ``torch.save`` archive) from a buffer.
 
     Plain archives are read as a view on ``data`` (no copy; see
-    :mod:`s3dcp.archive`); anything else goes through
+    :mod:`s3dcp._format.archive`); anything else goes through
     ``torch.load(weights_only=True)``, which can describe tensors and plain
     values only, never run code.
     """

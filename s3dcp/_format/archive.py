@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ._compat.torch import REBUILD_TENSOR_V2
+from s3dcp._compat.torch import REBUILD_TENSOR_V2
 
 __all__ = ["tensor_view"]
 

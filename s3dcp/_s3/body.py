@@ -25,7 +25,7 @@ ssl's) are looked up through :mod:`s3dcp._compat`: one that is missing
 means the plain path. A direct read that fails as if its signature changed
 retires the direct TLS reads for the process; the body goes on through
 ``http.client`` if no byte came from the socket yet, else the request is
-retried (:class:`~s3dcp.retry.TruncatedBodyError`).
+retried (:class:`~s3dcp._s3.retry.TruncatedBodyError`).
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from ._compat import botocore as _botocore
-from ._compat import http_client as _http_client
-from ._compat import ssl as _ssl
-from ._compat import urllib3 as _urllib3
-from .retry import TruncatedBodyError
+from s3dcp._compat import botocore as _botocore
+from s3dcp._compat import http_client as _http_client
+from s3dcp._compat import ssl as _ssl
+from s3dcp._compat import urllib3 as _urllib3
+from s3dcp._s3.retry import TruncatedBodyError
 
 __all__ = ["BodyReader", "open_body"]
 

@@ -15,7 +15,7 @@ import io
 import pickle
 from typing import Any
 
-from .errors import CheckpointDamagedError
+from s3dcp._errors import CheckpointDamagedError
 
 __all__ = ["referenced_objects"]
 

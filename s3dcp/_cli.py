@@ -45,8 +45,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import __version__
-from .catalog import (
+from s3dcp import __version__
+from s3dcp._catalog import (
     CheckpointInfo,
     Removal,
     abort_uploads,
@@ -57,10 +57,10 @@ from .catalog import (
     remove,
     survey,
 )
-from .config import S3ClientConfig
-from .errors import CheckpointDamagedError, S3DCPError
-from .progress import Progress, human_bytes
-from .uri import parse_s3_uri
+from s3dcp._config import S3ClientConfig
+from s3dcp._errors import CheckpointDamagedError, S3DCPError
+from s3dcp._progress import Progress, human_bytes
+from s3dcp._uri import parse_s3_uri
 
 EXIT_FAILED = 1
 EXIT_DAMAGED = 3
@@ -135,8 +135,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .integrity import get_checksum
-    from .reader import S3StorageReader
+    from s3dcp._format.integrity import get_checksum
+    from s3dcp._reader import S3StorageReader
 
     reader = S3StorageReader(args.region, args.uri, _config(args))
     metadata = reader.read_metadata()
@@ -200,7 +200,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .verify import verify_checkpoint  # here, not at the top: it brings torch
+    from s3dcp._verify import verify_checkpoint  # here, not at the top: it brings torch
 
     progress = Progress("verified", None, None, sys.stderr)
     report = verify_checkpoint(args.uri, on_object=progress.object_done, on_bytes=progress.add_bytes,
@@ -229,7 +229,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_cp(args: argparse.Namespace) -> int:
-    from .copy import plan_copy, run_copy  # here, not at the top: it brings torch, which takes seconds to load
+    from s3dcp._copy import plan_copy, run_copy  # here, not at the top: it brings torch, which takes seconds to load
 
     plan = plan_copy(args.source, args.destination, overwrite=args.overwrite, overwrite_advice="add --overwrite",
                      **_s3(args))

@@ -30,8 +30,8 @@ from typing import IO, Any, cast
 
 import torch
 
-from ._compat.torch import weights_only_global_names
-from .errors import UnsafeCheckpointError
+from s3dcp._compat.torch import weights_only_global_names
+from s3dcp._errors import UnsafeCheckpointError
 
 __all__ = ["check_plain_data", "MemoryReader"]
 

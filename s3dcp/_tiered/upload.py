@@ -30,12 +30,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .layout import METADATA_NAME
-from .client import S3Client
-from .commit import commit_metadata
-from .copy import upload_file
-from .download import object_exists
-from .errors import (
+from s3dcp._format.layout import METADATA_NAME
+from s3dcp._s3.client import S3Client
+from s3dcp._commit import commit_metadata
+from s3dcp._copy import upload_file
+from s3dcp._s3.download import object_exists
+from s3dcp._errors import (
     AccessDeniedError,
     BucketNotFoundError,
     CheckpointExistsError,
@@ -44,8 +44,8 @@ from .errors import (
     UploadFailedError,
     WrongRegionError,
 )
-from .upload import PartBuffers, TransferPool, put_object
-from .uri import S3Uri
+from s3dcp._s3.upload import PartBuffers, TransferPool, put_object
+from s3dcp._uri import S3Uri
 
 __all__ = ["UploadStatus", "UploadJob", "TierUploader", "run_job", "uploader", "MARKERS"]
 

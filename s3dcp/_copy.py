@@ -33,18 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .catalog import delete_keys, list_pages
-from .client import S3Client
-from .commit import commit_metadata
-from .config import S3ClientConfig, resolve_settings
-from .download import read_object
-from .errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError
-from .layout import METADATA_NAME, SAVING_MARKER, empty_shards, find_strays
-from .metadata import check_relative_key
-from .progress import human_bytes
-from .references import referenced_objects
-from .upload import ObjectUpload, TransferPool, choose_part_size
-from .uri import S3Uri, is_s3_uri, parse_s3_uri
+from s3dcp._catalog import delete_keys, list_pages
+from s3dcp._s3.client import S3Client
+from s3dcp._commit import commit_metadata
+from s3dcp._config import S3ClientConfig, resolve_settings
+from s3dcp._s3.download import read_object
+from s3dcp._errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError
+from s3dcp._format.layout import METADATA_NAME, SAVING_MARKER, empty_shards, find_strays
+from s3dcp._format.metadata import check_relative_key
+from s3dcp._progress import human_bytes
+from s3dcp._format.references import referenced_objects
+from s3dcp._s3.upload import ObjectUpload, TransferPool, choose_part_size
+from s3dcp._uri import S3Uri, is_s3_uri, parse_s3_uri
 
 __all__ = ["CopyPlan", "CopyReport", "plan_copy", "run_copy", "copy_checkpoint", "upload_file", "strays"]
 

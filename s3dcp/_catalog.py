@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from .client import S3Client
-from .config import S3ClientConfig, resolve_settings
-from .errors import CheckpointDamagedError, CheckpointNotFoundError, S3RequestError
-from .layout import (
+from s3dcp._s3.client import S3Client
+from s3dcp._config import S3ClientConfig, resolve_settings
+from s3dcp._errors import CheckpointDamagedError, CheckpointNotFoundError, S3RequestError
+from s3dcp._format.layout import (
     METADATA_NAME,
     SAVING_MARKER,
     UPLOAD_MARKERS,
@@ -50,8 +50,8 @@ from .layout import (
     is_own_object,
     is_shard_name,
 )
-from .references import referenced_objects
-from .uri import S3Uri, parse_s3_uri
+from s3dcp._format.references import referenced_objects
+from s3dcp._uri import S3Uri, parse_s3_uri
 
 __all__ = [
     "CheckpointInfo",

@@ -16,10 +16,10 @@ from typing import Any
 import botocore.exceptions
 import torch
 
-from .body import open_body
-from .client import S3Client
-from .errors import ObjectNotFoundError, S3RequestError
-from .retry import TruncatedBodyError, error_code
+from s3dcp._s3.body import open_body
+from s3dcp._s3.client import S3Client
+from s3dcp._errors import ObjectNotFoundError, S3RequestError
+from s3dcp._s3.retry import TruncatedBodyError, error_code
 
 __all__ = ["SHORT_OBJECT_CODE", "ByteRange", "Fetch", "ByteBudget", "DownloadBuffers", "coalesce", "read_range_into", "read_object", "object_exists"]
 

@@ -33,9 +33,9 @@ from typing import Any
 
 import torch
 
-from . import crc32
-from ._compat.torch import rebuild_tensor_v2
-from .archive import LEGACY_STORAGE_DTYPES
+from s3dcp._format import crc32
+from s3dcp._compat.torch import rebuild_tensor_v2
+from s3dcp._format.archive import LEGACY_STORAGE_DTYPES
 
 __all__ = ["Framing", "framing_for", "write_tensor"]
 

@@ -29,13 +29,13 @@ import logging
 from collections.abc import Set
 from datetime import datetime, timezone
 
-from .catalog import delete_keys, list_pages
-from .client import S3Client
-from .download import read_object
-from .errors import CheckpointExistsError, ObjectNotFoundError, S3DCPError, S3RequestError
-from .layout import SAVING_MARKER, find_strays
-from .upload import put_object
-from .uri import S3Uri
+from s3dcp._catalog import delete_keys, list_pages
+from s3dcp._s3.client import S3Client
+from s3dcp._s3.download import read_object
+from s3dcp._errors import CheckpointExistsError, ObjectNotFoundError, S3DCPError, S3RequestError
+from s3dcp._format.layout import SAVING_MARKER, find_strays
+from s3dcp._s3.upload import put_object
+from s3dcp._uri import S3Uri
 
 __all__ = [
     "commit_metadata",
@@ -123,7 +123,7 @@ def tidy_after_commit(client: S3Client, uri: S3Uri, referenced: Set[str]) -> dic
 
     Runs after ``.metadata`` is committed, so the checkpoint is complete and
     loadable throughout: only objects the new metadata does not reference
-    are deleted (see :func:`~s3dcp.layout.find_strays`), never ``.metadata``.
+    are deleted (see :func:`~s3dcp._format.layout.find_strays`), never ``.metadata``.
 
     A failure here does not raise. The save the caller asked for has been
     committed, and reporting it as failed would make a training job retry

@@ -9,9 +9,9 @@ load before it is called.
 
 Two ways a ``.metadata`` can fail to load, kept apart because they call for
 different actions: it names something outside the allow-list
-(:class:`~s3dcp.errors.UnsafeCheckpointError`: someone wrote code into it), or
+(:class:`~s3dcp._errors.UnsafeCheckpointError`: someone wrote code into it), or
 it does not unpickle into DCP metadata at all, e.g. cut short or overwritten
-(:class:`~s3dcp.errors.CheckpointDamagedError`: the commit record exists and
+(:class:`~s3dcp._errors.CheckpointDamagedError`: the commit record exists and
 is broken, which is never a reason to start training from scratch).
 """
 
@@ -27,14 +27,14 @@ import torch
 from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.metadata import Metadata
 
-from ._compat.torch import (
+from s3dcp._compat.torch import (
     GET_LAYOUT,
     OLD_PROPERTIES_MODULE,
     FallbackStorageInfo,
     mem_format_encoding,
     storage_info_class,
 )
-from .errors import CheckpointDamagedError, UnsafeCheckpointError
+from s3dcp._errors import CheckpointDamagedError, UnsafeCheckpointError
 
 __all__ = ["dump_metadata", "load_metadata", "check_relative_key", "SafeUnpickler"]
 

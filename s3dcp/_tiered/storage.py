@@ -7,7 +7,7 @@ digests), returns as soon as that copy is complete, and copies every
 before returning. ``TieredStorageReader`` loads from the local copy when
 it is there and each item's digest checks out, and fetches from S3 the
 items that are missing or damaged locally. This module adapts DCP to
-:mod:`s3dcp.local_tier` and :mod:`s3dcp.tier_upload`; the mechanics live there.
+:mod:`s3dcp._tiered.local` and :mod:`s3dcp._tiered.upload`; the mechanics live there.
 """
 
 from __future__ import annotations
@@ -30,23 +30,23 @@ from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
-from ._compat.torch import called_from_dcp_load, dcp_version, storage_rank
-from .layout import METADATA_NAME, SHARD_SUFFIX
-from .catalog import latest_checkpoint, parse_step
-from .client import S3Client
-from .config import S3ClientConfig, resolve_settings
-from .errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError, S3DCPError, UploadFailedError
-from .integrity import digest, get_checksum
-from .local_tier import complete_local_checkpoints, mark_uploading, prune_local, read_local_metadata, \
+from s3dcp._compat.torch import called_from_dcp_load, dcp_version, storage_rank
+from s3dcp._format.layout import METADATA_NAME, SHARD_SUFFIX
+from s3dcp._catalog import latest_checkpoint, parse_step
+from s3dcp._s3.client import S3Client
+from s3dcp._config import S3ClientConfig, resolve_settings
+from s3dcp._errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError, S3DCPError, UploadFailedError
+from s3dcp._format.integrity import digest, get_checksum
+from s3dcp._tiered.local import complete_local_checkpoints, mark_uploading, prune_local, read_local_metadata, \
     write_local_metadata, write_shard_file
-from .metadata import check_relative_key, dump_metadata
-from .prefix import DefaultPrefixStrategy, PrefixStrategy, is_prefix_strategy, stems_for
-from .reader import S3StorageReader, deliver_item, name_items
-from .transforms import descriptors_of
-from .shard import split_items
-from .stats import PhaseCallback, PhaseStats, report_phase
-from .tier_upload import UploadJob, UploadStatus, uploader
-from .uri import S3Uri, parse_s3_uri
+from s3dcp._format.metadata import check_relative_key, dump_metadata
+from s3dcp._prefix import DefaultPrefixStrategy, PrefixStrategy, is_prefix_strategy, stems_for
+from s3dcp._reader import S3StorageReader, deliver_item, name_items
+from s3dcp._format.transforms import descriptors_of
+from s3dcp._format.shard import split_items
+from s3dcp._stats import PhaseCallback, PhaseStats, report_phase
+from s3dcp._tiered.upload import UploadJob, UploadStatus, uploader
+from s3dcp._uri import S3Uri, parse_s3_uri
 
 __all__ = ["TieredStorageWriter", "TieredStorageReader", "latest_tiered_checkpoint", "UploadStatus"]
 

@@ -24,11 +24,11 @@ from typing import Any, TypeVar
 
 import botocore.exceptions
 
-from . import crc32
-from .client import S3Client
-from .config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
-from .errors import S3DCPError, S3RequestError
-from .retry import TransferStopped, error_code
+from s3dcp._format import crc32
+from s3dcp._s3.client import S3Client
+from s3dcp._config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from s3dcp._errors import S3DCPError, S3RequestError
+from s3dcp._s3.retry import TransferStopped, error_code
 
 __all__ = ["PartBuffers", "TransferPool", "ObjectUpload", "choose_part_size", "multipart_etag", "put_object"]
 
@@ -133,7 +133,7 @@ class TransferPool:
 
     :meth:`stop` gives a transfer up at once: queued requests are cancelled
     and never sent, retries of running ones end (see :meth:`stop_signal`),
-    and ``submit`` raises :class:`~s3dcp.retry.TransferStopped`. The threads
+    and ``submit`` raises :class:`~s3dcp._s3.retry.TransferStopped`. The threads
     are daemon threads, not joined once the pool is stopped, so a request
     stuck in the network cannot hold the process at exit after an interrupt;
     nothing is lost by that, since every upload ends in complete or abort
@@ -203,7 +203,7 @@ class TransferPool:
         """The results of ``futures``, in order, once all are done.
 
         Raises the error of the first one that fails as soon as it fails,
-        and :class:`~s3dcp.retry.TransferStopped` as soon as the pool
+        and :class:`~s3dcp._s3.retry.TransferStopped` as soon as the pool
         stops, rather than waiting for requests still on the wire.
         """
         pending: set[Future[Any]] = set(futures)

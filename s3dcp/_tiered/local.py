@@ -21,11 +21,11 @@ from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import SavePlanner, WriteItem
 from torch.distributed.checkpoint.storage import WriteResult
 
-from .layout import METADATA_NAME
-from .catalog import parse_step
-from .errors import S3DCPError
-from .metadata import load_metadata
-from .shard import write_items
+from s3dcp._format.layout import METADATA_NAME
+from s3dcp._catalog import parse_step
+from s3dcp._errors import S3DCPError
+from s3dcp._format.metadata import load_metadata
+from s3dcp._format.shard import write_items
 
 __all__ = [
     "write_shard_file",

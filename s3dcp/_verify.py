@@ -21,13 +21,13 @@ from typing import Any
 import botocore.exceptions
 import xxhash
 
-from .layout import METADATA_NAME
-from .client import S3Client
-from .config import S3ClientConfig
-from .errors import CheckpointDamagedError
-from .integrity import ALGORITHM, get_checksum
-from .reader import S3StorageReader
-from .retry import error_code
+from s3dcp._format.layout import METADATA_NAME
+from s3dcp._s3.client import S3Client
+from s3dcp._config import S3ClientConfig
+from s3dcp._errors import CheckpointDamagedError
+from s3dcp._format.integrity import ALGORITHM, get_checksum
+from s3dcp._reader import S3StorageReader
+from s3dcp._s3.retry import error_code
 
 __all__ = ["Problem", "VerifyReport", "verify_checkpoint"]
 

@@ -2,7 +2,7 @@
 
 :class:`S3Client` is the one door to S3 for the rest of the package: every
 request goes through :meth:`S3Client.call`, which retries by the
-:class:`~s3dcp.retry.RetryPolicy` and turns failures into s3dcp errors.
+:class:`~s3dcp._s3.retry.RetryPolicy` and turns failures into s3dcp errors.
 It pickles as its settings alone; the botocore client is created on first use
 in each process, so writers survive ``pickle`` and ``fork``.
 
@@ -29,10 +29,10 @@ import botocore.exceptions
 import botocore.session
 import tenacity
 
-from . import crc32
-from ._compat import botocore as _botocore
-from .config import ClientSettings, S3ClientConfig
-from .errors import (
+from s3dcp._format import crc32
+from s3dcp._compat import botocore as _botocore
+from s3dcp._config import ClientSettings, S3ClientConfig
+from s3dcp._errors import (
     AccessDeniedError,
     BucketNotFoundError,
     CredentialsError,
@@ -42,7 +42,7 @@ from .errors import (
     S3RequestError,
     WrongRegionError,
 )
-from .retry import (
+from s3dcp._s3.retry import (
     THROTTLING_STATUSES,
     TRANSIENT_STATUSES,
     FailureKind,
@@ -293,7 +293,7 @@ class S3Client:
     """Retrying, error-translating access to one S3 endpoint.
 
     Args:
-        settings: the resolved settings (see :func:`s3dcp.config.resolve_settings`).
+        settings: the resolved settings (see :func:`s3dcp._config.resolve_settings`).
         sleep: how to wait between attempts; tests pass a fake. Default: real
             waits, which a request's ``stop`` event cuts short.
     """
@@ -324,7 +324,7 @@ class S3Client:
         """Run one S3 API call (``"put_object"``, ...) with retries.
 
         ``Bucket`` and ``Key`` are passed for you. Raises an
-        :class:`~s3dcp.errors.S3DCPError` subclass on failure.
+        :class:`~s3dcp._errors.S3DCPError` subclass on failure.
         """
         return self.call_stoppable(None, operation, bucket, key, **params)
 
@@ -334,7 +334,7 @@ class S3Client:
         """:meth:`call`, but once ``stop`` is set no further attempt is made.
 
         A wait between attempts ends at once and
-        :class:`~s3dcp.retry.TransferStopped` is raised, so a save that is
+        :class:`~s3dcp._s3.retry.TransferStopped` is raised, so a save that is
         given up does not go on retrying in its transfer threads.
         """
         request = dict(params, Bucket=bucket)
@@ -597,7 +597,7 @@ class NotS3AnswerError(Exception):
     Raised while botocore handles the answer, before it is parsed (an HTML
     page could otherwise read as an empty listing, or as the bytes of an
     object); :func:`translate_error` turns it into an
-    :class:`~s3dcp.errors.EndpointError`. Never retried.
+    :class:`~s3dcp._errors.EndpointError`. Never retried.
     """
 
     def __init__(self, status: int, content_type: str | None, problem: str) -> None:

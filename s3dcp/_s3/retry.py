@@ -18,8 +18,8 @@ import botocore.exceptions
 import tenacity
 import urllib3.exceptions
 
-from .config import S3ClientConfig
-from .errors import S3DCPError
+from s3dcp._config import S3ClientConfig
+from s3dcp._errors import S3DCPError
 
 __all__ = ["FailureKind", "classify", "RetryPolicy", "TransferStopped"]
 

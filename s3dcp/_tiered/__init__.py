@@ -1,0 +1,1 @@
+"""Tiered checkpoints: a local copy first, an S3 copy in the background."""
