@@ -16,7 +16,24 @@ start without importing torch.
 import importlib
 import typing
 
-from s3dcp._catalog import CheckpointInfo, latest_checkpoint, list_checkpoints
+from s3dcp._catalog import (
+    AbandonedUpload,
+    CheckpointInfo,
+    Removal,
+    Survey,
+    UploadSweep,
+    checkpoint_info,
+    delete_checkpoint,
+    gc,
+    latest_checkpoint,
+    list_checkpoints,
+    plan_delete,
+    plan_gc,
+    plan_prune,
+    prune,
+    remove,
+    survey,
+)
 from s3dcp._config import S3ClientConfig
 from s3dcp._errors import (
     AccessDeniedError,
@@ -41,11 +58,14 @@ from s3dcp._prefix import (
     RoundRobinPrefixStrategy,
     S3PrefixStrategyBase,
 )
+from s3dcp._stats import PhaseStats
 
 if typing.TYPE_CHECKING:
+    from s3dcp._copy import CopyReport, copy_checkpoint
     from s3dcp._reader import S3StorageReader
     from s3dcp._tiered.upload import UploadStatus
     from s3dcp._tiered.storage import TieredStorageReader, TieredStorageWriter, latest_tiered_checkpoint
+    from s3dcp._verify import Problem, VerifyReport, verify_checkpoint
     from s3dcp._writer import S3StorageWriter
 
 __version__ = "0.1.0"
@@ -58,6 +78,11 @@ _NEEDS_TORCH = {
     "TieredStorageWriter": "._tiered.storage",
     "TieredStorageReader": "._tiered.storage",
     "latest_tiered_checkpoint": "._tiered.storage",
+    "copy_checkpoint": "._copy",
+    "CopyReport": "._copy",
+    "verify_checkpoint": "._verify",
+    "VerifyReport": "._verify",
+    "Problem": "._verify",
 }
 
 __all__ = [
@@ -86,6 +111,25 @@ __all__ = [
     "CheckpointInfo",
     "list_checkpoints",
     "latest_checkpoint",
+    "checkpoint_info",
+    "survey",
+    "Survey",
+    "plan_delete",
+    "delete_checkpoint",
+    "plan_prune",
+    "prune",
+    "remove",
+    "Removal",
+    "plan_gc",
+    "gc",
+    "UploadSweep",
+    "AbandonedUpload",
+    "copy_checkpoint",
+    "CopyReport",
+    "verify_checkpoint",
+    "VerifyReport",
+    "Problem",
+    "PhaseStats",
     "TieredStorageWriter",
     "TieredStorageReader",
     "UploadStatus",

@@ -95,3 +95,21 @@ def test_auth_errors_do_not_echo_server_text() -> None:
     error = client_error("SignatureDoesNotMatch", 403, StringToSign="AWS4-HMAC secret-ish")
     text = str(translate_error(error, "put_object", "bkt", "k", SETTINGS))
     assert "server text" not in text and "secret-ish" not in text
+
+
+def test_the_package_is_the_only_public_module() -> None:
+    """Everything below the API is private: users import from ``s3dcp`` and nowhere else."""
+    import pkgutil
+
+    public = [
+        module.name
+        for module in pkgutil.walk_packages(s3dcp.__path__, "s3dcp.")
+        if not any(part.startswith("_") for part in module.name.split(".")[1:])
+    ]
+    assert public == []
+
+
+def test_lazy_exports_resolve_to_their_definitions() -> None:
+    for name in s3dcp.__all__:
+        value = getattr(s3dcp, name)
+        assert getattr(value, "__name__", name) == name, name
