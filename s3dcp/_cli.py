@@ -57,7 +57,7 @@ from s3dcp._catalog import (
     remove,
     survey,
 )
-from s3dcp._config import S3ClientConfig
+from s3dcp._config import S3ClientConfig, resolve_settings
 from s3dcp._errors import CheckpointDamagedError, S3DCPError
 from s3dcp._progress import Progress, human_bytes
 from s3dcp._uri import parse_s3_uri
@@ -136,20 +136,20 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from s3dcp._format.integrity import get_checksum
-    from s3dcp._reader import S3StorageReader
+    from s3dcp._load import check_records, fetch_metadata
+    from s3dcp._s3.client import S3Client
 
-    reader = S3StorageReader(args.region, args.uri, _config(args))
-    metadata = reader.read_metadata()
+    where = parse_s3_uri(args.uri)
+    metadata, _ = fetch_metadata(S3Client(resolve_settings(args.region, _config(args))), where)
     catalogued = checkpoint_info(args.uri, **_s3(args))
     try:
-        reader.set_up_storage_reader(metadata, is_coordinator=True)
+        storage = check_records(metadata, where).storage_data
     except CheckpointDamagedError as err:
         report: dict[str, Any] = dict(_info_json(catalogued), damaged=catalogued.damaged or str(err))
         if args.json:
             print(json.dumps(report, indent=2))
         print(f"s3dcp: damaged: {catalogued.uri}: {report['damaged']}", file=sys.stderr)
         return EXIT_DAMAGED
-    storage = reader.storage_data
     objects = {info.relative_path for info in storage.values()}
     ranks = {int(m.group(1)) for path in objects if (m := _RANK_OF_SHARD.search(path))}
     digests = sum(1 for info in storage.values() if get_checksum(info))
@@ -173,7 +173,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             ranks=sorted(ranks), digests=digests, keys=keys,
         ), indent=2))
     else:
-        print(f"checkpoint   {reader.uri}")
+        print(f"checkpoint   {where}")
         print(f"items        {len(metadata.state_dict_metadata)} ({len(storage)} stored pieces)")
         print(f"size         {human_bytes(sum(info.length for info in storage.values()))} in {len(objects)} objects")
         print(f"written by   {len(ranks) or '?'} rank(s)" + (f", ranks {min(ranks)}-{max(ranks)}" if ranks else ""))

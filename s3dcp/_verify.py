@@ -23,11 +23,12 @@ import xxhash
 
 from s3dcp._format.layout import METADATA_NAME
 from s3dcp._s3.client import S3Client
-from s3dcp._config import S3ClientConfig
+from s3dcp._config import S3ClientConfig, resolve_settings
 from s3dcp._errors import CheckpointDamagedError
 from s3dcp._format.integrity import ALGORITHM, get_checksum
-from s3dcp._reader import S3StorageReader
+from s3dcp._load import check_records, fetch_metadata
 from s3dcp._s3.retry import error_code
+from s3dcp._uri import parse_s3_uri
 
 __all__ = ["Problem", "VerifyReport", "verify_checkpoint"]
 
@@ -158,26 +159,25 @@ def verify_checkpoint(
     to read and the bytes the metadata says they hold at least (all for
     progress displays).
     """
-    reader = S3StorageReader(region, uri, s3client_config)
+    where = parse_s3_uri(uri)
+    client = S3Client(resolve_settings(region, s3client_config))
     try:
-        metadata = reader.read_metadata()
-        reader.set_up_storage_reader(metadata, is_coordinator=True)
+        metadata, _ = fetch_metadata(client, where)
+        records = check_records(metadata, where)
     except CheckpointDamagedError as damaged:
-        key = reader.uri.key(METADATA_NAME)
-        return VerifyReport(str(reader.uri), problems=[Problem(key, "", str(damaged))])
+        return VerifyReport(str(where), problems=[Problem(where.key(METADATA_NAME), "", str(damaged))])
     by_key: dict[str, list[_Item]] = {}
-    for index, info in reader.storage_data.items():
+    for index, info in records.storage_data.items():
         item = _Item(index.fqn, info.offset, info.length, get_checksum(info))
-        by_key.setdefault(reader.uri.key(info.relative_path), []).append(item)
-    report = VerifyReport(str(reader.uri), items=sum(len(items) for items in by_key.values()))
+        by_key.setdefault(where.key(info.relative_path), []).append(item)
+    report = VerifyReport(str(where), items=sum(len(items) for items in by_key.values()))
     report.unchecked = sum(1 for items in by_key.values() for item in items if item.checksum is None)
-    client = reader._client
     if on_totals is not None:
         ends = [max(item.offset + item.length for item in items) for items in by_key.values()]
         on_totals(len(by_key), sum(ends))
 
     def run(key: str) -> tuple[int, list[Problem], int]:
-        outcome = _verify_object(client, reader.uri.bucket, key, by_key[key], on_bytes)
+        outcome = _verify_object(client, where.bucket, key, by_key[key], on_bytes)
         if on_object is not None:
             on_object(key, outcome[0])
         return outcome

@@ -41,7 +41,8 @@ from s3dcp._tiered.local import complete_local_checkpoints, mark_uploading, prun
     write_local_metadata, write_shard_file
 from s3dcp._format.metadata import check_relative_key, dump_metadata
 from s3dcp._prefix import DefaultPrefixStrategy, PrefixStrategy, is_prefix_strategy, stems_for
-from s3dcp._reader import S3StorageReader, deliver_item, name_items
+from s3dcp._load import deliver_item, name_items
+from s3dcp._reader import S3StorageReader
 from s3dcp._format.transforms import descriptors_of
 from s3dcp._format.shard import split_items
 from s3dcp._stats import PhaseCallback, PhaseStats, report_phase
