@@ -26,18 +26,23 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Set
+import threading
+from collections.abc import Callable, Set
+from concurrent.futures import Future
 from datetime import datetime, timezone
 
 from s3dcp._catalog import delete_keys, list_pages
 from s3dcp._s3.client import S3Client
-from s3dcp._s3.download import read_object
+from s3dcp._s3.download import object_exists, read_object
 from s3dcp._errors import CheckpointExistsError, ObjectNotFoundError, S3DCPError, S3RequestError
-from s3dcp._format.layout import SAVING_MARKER, find_strays
+from s3dcp._format.layout import METADATA_NAME, SAVING_MARKER, find_strays
 from s3dcp._s3.upload import put_object
 from s3dcp._uri import S3Uri
 
 __all__ = [
+    "SaveStart",
+    "refuse_complete",
+    "uncommit",
     "commit_metadata",
     "put_saving_marker",
     "saving_marker_body",
@@ -50,6 +55,74 @@ log = logging.getLogger("s3dcp")
 
 CONFLICT_CODES = frozenset({"PreconditionFailed", "412"})
 UNSUPPORTED_CODES = frozenset({"NotImplemented", "501"})
+
+
+def refuse_complete(client: S3Client, uri: S3Uri, *, overwrite: bool, advice: str) -> bool:
+    """Whether ``uri`` holds a complete checkpoint; unless ``overwrite``, refuse to write over one.
+
+    Raises:
+        CheckpointExistsError: there is one and ``overwrite`` is not set; the
+            message ends with ``advice`` (what the caller should do instead).
+    """
+    key = uri.key(METADATA_NAME)
+    exists = object_exists(client, uri.bucket, key)
+    if exists and not overwrite:
+        raise CheckpointExistsError(f"{uri} already holds a complete checkpoint; {advice}", bucket=uri.bucket, key=key)
+    return exists
+
+
+def uncommit(client: S3Client, uri: S3Uri) -> None:
+    """Delete ``uri/.metadata`` before replacing what it references.
+
+    Without it, a crash half-way through overwriting a checkpoint would leave
+    the old ``.metadata`` describing a mix of old and new objects.
+    """
+    client.call("delete_object", uri.bucket, uri.key(METADATA_NAME))
+
+
+class SaveStart:
+    """The coordinator's steps before any shard of a save is written, in order.
+
+    :meth:`begin` (DCP's ``prepare_local_plan``) refuses a complete checkpoint
+    in the way unless overwriting, then stores the saving marker on a daemon
+    thread while the ranks' plans are gathered. :meth:`ready` (``prepare_global_plan``)
+    waits for the marker and, when overwriting, un-commits the old checkpoint.
+    """
+
+    def __init__(self, client: S3Client, uri: S3Uri, save_id: str, *, overwrite: bool) -> None:
+        self._client, self._uri, self._save_id, self._overwrite = client, uri, save_id, overwrite
+        self._existing = False
+        self._marker: Future[None] | None = None
+
+    def begin(self) -> None:
+        advice = "save to a new path or pass overwrite=True to replace it"
+        self._existing = refuse_complete(self._client, self._uri, overwrite=self._overwrite, advice=advice)
+        self._marker = _in_background(lambda: put_saving_marker(self._client, self._uri, self._save_id))
+
+    def ready(self) -> None:
+        marker, self._marker = self._marker, None
+        if marker is None:  # begin() was not run (the writer was not driven by dcp.save)
+            put_saving_marker(self._client, self._uri, self._save_id)
+        else:
+            marker.result()
+        if self._existing:
+            uncommit(self._client, self._uri)
+
+
+def _in_background(work: Callable[[], None]) -> Future[None]:
+    """Run ``work`` on a daemon thread (a failed plan must not keep the process alive for it)."""
+    future: Future[None] = Future()
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as error:  # handed to whoever waits for the result
+            future.set_exception(error)
+        else:
+            future.set_result(None)
+
+    threading.Thread(target=run, name="s3dcp-marker", daemon=True).start()
+    return future
 
 
 def saving_marker_body(save_id: str, started: datetime) -> bytes:

@@ -35,7 +35,7 @@ from typing import Any
 
 from s3dcp._catalog import delete_keys, list_pages
 from s3dcp._s3.client import S3Client
-from s3dcp._commit import commit_metadata
+from s3dcp._commit import commit_metadata, uncommit
 from s3dcp._config import S3ClientConfig, resolve_settings
 from s3dcp._s3.download import read_object
 from s3dcp._errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError
@@ -404,7 +404,7 @@ def run_copy(plan: CopyPlan, *, on_object: OnObject | None = None, on_bytes: OnB
 def _uncommit(client: S3Client, dst: Side) -> None:
     """Remove the destination's ``.metadata``: what follows replaces objects the old one references."""
     if isinstance(dst, S3Uri):
-        client.call("delete_object", dst.bucket, dst.key(METADATA_NAME))
+        uncommit(client, dst)
     else:
         (dst / METADATA_NAME).unlink(missing_ok=True)
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 __all__ = [
+    "checked_strategy",
     "S3PrefixStrategyBase",
     "PrefixStrategy",
     "is_prefix_strategy",
@@ -148,6 +149,18 @@ def is_prefix_strategy(strategy: object) -> bool:
     ``generate_prefix(rank)``, such as s3torchconnector's strategies, so code
     written for that package keeps working unchanged."""
     return isinstance(strategy, S3PrefixStrategyBase) or callable(getattr(strategy, "generate_prefix", None))
+
+
+def checked_strategy(strategy: object) -> PrefixStrategy:
+    """The strategy a writer was given (the default when ``None``); a ``TypeError`` for anything else."""
+    if strategy is None:
+        return DefaultPrefixStrategy()
+    if not is_prefix_strategy(strategy):
+        raise TypeError(
+            "prefix_strategy must be an S3PrefixStrategyBase (e.g. HexPrefixStrategy()) or have a "
+            f"generate_prefix(rank) method, not {type(strategy).__name__}"
+        )
+    return strategy  # type: ignore[return-value]
 
 
 def stems_for(strategy: PrefixStrategy, world_size: int) -> list[str]:

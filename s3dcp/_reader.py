@@ -126,8 +126,7 @@ class S3StorageReader(StorageReader):
         if metadata.storage_meta is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
-        self._report("load.metadata", items=len(metadata.storage_data or {}), objects=1, requests=1, size=size,
-                     started=started)
+        self._report("load.metadata", started, items=len(metadata.storage_data or {}), objects=1, requests=1, size=size)
         return metadata
 
     def set_up_storage_reader(
@@ -153,14 +152,14 @@ class S3StorageReader(StorageReader):
             raise RuntimeError("read_data() before set_up_storage_reader(): DCP calls them in that order")
         started = time.monotonic()
         counts = Loader(self._client, self.uri, self._records, verify=self.verify).read(plan, planner)
-        self._report("load.read", items=len(plan.items), objects=counts.objects, requests=counts.requests,
-                     size=counts.size, started=started)
+        self._report("load.read", started, items=len(plan.items), objects=counts.objects, requests=counts.requests,
+                     size=counts.size)
         done: Future[None] = Future()
         done.set_result(None)
         return done
 
-    def _report(self, phase: str, *, items: int, objects: int, requests: int, size: int, started: float) -> None:
-        self.last_stats.append(report_phase(
-            phase, rank=self.rank, checkpoint=str(self.uri), items=items, objects=objects, requests=requests,
-            size=size, seconds=time.monotonic() - started, callback=self.on_phase,
-        ))
+    def _report(self, phase: str, started: float, **counts: int) -> None:
+        seconds = time.monotonic() - started
+        stats = report_phase(phase, rank=self.rank, checkpoint=str(self.uri), seconds=seconds, callback=self.on_phase,
+                             **counts)
+        self.last_stats.append(stats)

@@ -25,9 +25,10 @@ from typing import IO, Any
 
 import torch
 from torch.distributed.checkpoint import metadata as dcp_metadata
-from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from s3dcp._compat.torch import (
+    dcp_version,
     GET_LAYOUT,
     OLD_PROPERTIES_MODULE,
     FallbackStorageInfo,
@@ -36,7 +37,7 @@ from s3dcp._compat.torch import (
 )
 from s3dcp._errors import CheckpointDamagedError, UnsafeCheckpointError
 
-__all__ = ["dump_metadata", "load_metadata", "check_relative_key", "SafeUnpickler"]
+__all__ = ["commit_record", "dump_metadata", "load_metadata", "check_relative_key", "SafeUnpickler"]
 
 _METADATA_CLASSES = (
     "Metadata",
@@ -124,6 +125,18 @@ class SafeUnpickler(pickle.Unpickler):
 def dump_metadata(metadata: Metadata) -> bytes:
     """Serialize ``metadata`` exactly as DCP's ``FileSystemWriter`` does."""
     return pickle.dumps(metadata)
+
+
+def commit_record(metadata: Metadata, results: list[list[Any]], storage_meta: StorageMeta | None) -> bytes:
+    """The bytes of ``.metadata`` for a save: DCP's ``metadata`` completed as ``FileSystemWriter.finish`` does.
+
+    ``results`` are every rank's ``WriteResult`` lists; their storage data
+    (where each item's bytes are) becomes the per-item records.
+    """
+    metadata.version = dcp_version()
+    metadata.storage_data = {result.index: result.storage_data for rank in results for result in rank}
+    metadata.storage_meta = storage_meta
+    return dump_metadata(metadata)
 
 
 def load_metadata(data: bytes | bytearray, where: str) -> Metadata:

@@ -30,7 +30,7 @@ from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 
-from s3dcp._compat.torch import called_from_dcp_load, dcp_version, storage_rank
+from s3dcp._compat.torch import called_from_dcp_load, storage_rank
 from s3dcp._format.layout import METADATA_NAME, SHARD_SUFFIX
 from s3dcp._catalog import latest_checkpoint, parse_step
 from s3dcp._s3.client import S3Client
@@ -39,8 +39,9 @@ from s3dcp._errors import CheckpointDamagedError, CheckpointExistsError, Checkpo
 from s3dcp._format.integrity import digest, get_checksum
 from s3dcp._tiered.local import complete_local_checkpoints, mark_uploading, prune_local, read_local_metadata, \
     write_local_metadata, write_shard_file
-from s3dcp._format.metadata import check_relative_key, dump_metadata
-from s3dcp._prefix import DefaultPrefixStrategy, PrefixStrategy, is_prefix_strategy, stems_for
+from s3dcp._format.metadata import commit_record
+from s3dcp._prefix import PrefixStrategy, checked_strategy
+from s3dcp._save import checked_stems
 from s3dcp._load import deliver_item, name_items
 from s3dcp._reader import S3StorageReader
 from s3dcp._format.transforms import descriptors_of
@@ -149,16 +150,13 @@ class TieredStorageWriter(StorageWriter):
         if keep_local is not None and (not isinstance(keep_local, int) or isinstance(keep_local, bool)
                                        or keep_local < 1):
             raise ValueError(f"keep_local must be None or an int >= 1, got {keep_local!r}")
-        if prefix_strategy is not None and not is_prefix_strategy(prefix_strategy):
-            raise TypeError(f"prefix_strategy must have a generate_prefix(rank) method, not "
-                            f"{type(prefix_strategy).__name__}")
         if not upload_timeout > 0:
             raise ValueError(f"upload_timeout must be > 0 seconds, got {upload_timeout!r}")
         self.local_root = Path(local_dir).absolute()
         self.s3_root: S3Uri = parse_s3_uri(s3_path)
         self.region = region
         self.s3client_config = s3client_config
-        self.prefix_strategy: PrefixStrategy = prefix_strategy or DefaultPrefixStrategy()
+        self.prefix_strategy = checked_strategy(prefix_strategy)
         self.s3_every = s3_every
         self.background = background
         self.keep_local = keep_local
@@ -233,11 +231,7 @@ class TieredStorageWriter(StorageWriter):
         return plan
 
     def prepare_global_plan(self, plans: list[SavePlan]) -> list[SavePlan]:
-        stems = stems_for(self.prefix_strategy, len(plans))
-        for stem in stems:
-            check_relative_key(f"{stem}0{SHARD_SUFFIX}", type(self.prefix_strategy).__name__)
-        if len(set(stems)) != len(stems):
-            raise ValueError(f"{type(self.prefix_strategy).__name__} gave two ranks the same key stem")
+        stems = checked_stems(self.prefix_strategy, len(plans))
         with _COUNT_LOCK:
             key = (str(self.local_root), str(self.s3_root))
             count = _SAVE_COUNTS[key]
@@ -278,10 +272,7 @@ class TieredStorageWriter(StorageWriter):
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
         started = time.monotonic()
         assert self._plan is not None
-        metadata.version = dcp_version()
-        metadata.storage_data = {wr.index: wr.storage_data for rank in results for wr in rank}
-        metadata.storage_meta = self.storage_meta()
-        body = dump_metadata(metadata)
+        body = commit_record(metadata, results, self.storage_meta())
         write_local_metadata(self._local_dir, body, sync=self.sync_files)
         self._report("save.commit", items=len(metadata.storage_data), objects=1, size=len(body), started=started)
         if self._plan.to_s3:

@@ -5,6 +5,7 @@ import pytest
 from s3dcp import BinaryPrefixStrategy, HexPrefixStrategy, RoundRobinPrefixStrategy, S3PrefixStrategyBase
 from s3dcp import S3StorageWriter
 from s3dcp._prefix import DefaultPrefixStrategy, is_prefix_strategy, stems_for
+from s3dcp._save import checked_stems
 
 
 def test_default_layout() -> None:
@@ -84,7 +85,7 @@ def test_stems_for_configures_world_size_and_accepts_duck_typed_strategies() -> 
 
 def test_writer_takes_duck_typed_strategy_and_refuses_other_objects() -> None:
     writer = S3StorageWriter("us-east-1", "s3://bucket-name/ckpt", prefix_strategy=_DuckStrategy())
-    assert writer._key_stems(2) == ["duck/__0_", "duck/__1_"]
+    assert checked_stems(writer.prefix_strategy, 2) == ["duck/__0_", "duck/__1_"]
     with pytest.raises(TypeError, match="generate_prefix"):
         S3StorageWriter("us-east-1", "s3://bucket-name/ckpt", prefix_strategy="hex")  # type: ignore[arg-type]
 
@@ -100,4 +101,4 @@ def test_writer_refuses_stems_that_leave_the_checkpoint_or_collide(stem: str, me
 
     writer = S3StorageWriter("us-east-1", "s3://bucket-name/ckpt", prefix_strategy=Fixed())
     with pytest.raises(ValueError, match=message):
-        writer._key_stems(2)
+        checked_stems(writer.prefix_strategy, 2)

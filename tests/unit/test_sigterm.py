@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from s3dcp._writer import _sigterm_raises
+from s3dcp._save import sigterm_raises as _sigterm_raises
 
 
 def test_sigterm_raises_system_exit_inside_the_block_and_the_default_returns() -> None:
