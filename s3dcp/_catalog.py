@@ -40,6 +40,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from s3dcp._s3.client import S3Client
+from s3dcp._s3.objects import delete_keys, list_pages, read_object
 from s3dcp._config import S3ClientConfig, resolve_settings
 from s3dcp._errors import CheckpointDamagedError, CheckpointNotFoundError, S3RequestError
 from s3dcp._format.layout import (
@@ -76,13 +77,10 @@ __all__ = [
     "checkpoint_roots",
     "is_settled",
     "is_checkpoint_object",
-    "list_pages",
-    "delete_keys",
 ]
 
 _STEP = re.compile(r"^step_(\d+)$")
 _LISTING_THREADS = 8
-_DELETE_BATCH = 1000  # keys per DeleteObjects request, S3's maximum
 DEFAULT_GRACE = timedelta(hours=6)
 _NEVER = datetime.min.replace(tzinfo=timezone.utc)
 _SHOWN = 5  # examples named in a refusal
@@ -145,20 +143,6 @@ def _head(uri: S3Uri) -> str:
     return f"{uri.prefix}/" if uri.prefix else ""
 
 
-def list_pages(client: S3Client, bucket: str, prefix: str, **params: Any) -> Iterator[dict[str, Any]]:
-    """Every ListObjectsV2 page under ``prefix`` (each request retried on its own)."""
-    token: str | None = None
-    while True:
-        request = dict(params, Prefix=prefix)
-        if token:
-            request["ContinuationToken"] = token
-        page: dict[str, Any] = client.call("list_objects_v2", bucket, **request)
-        yield page
-        token = page.get("NextContinuationToken")
-        if not page.get("IsTruncated") or not token:
-            return
-
-
 def _objects(pages: Iterable[dict[str, Any]]) -> Iterator[StoredObject]:
     for page in pages:
         for entry in page.get("Contents", []):
@@ -173,19 +157,6 @@ def _listing(client: S3Client, bucket: str, head: str) -> tuple[list[StoredObjec
         objects.extend(_objects([page]))
         children.extend(entry["Prefix"] for entry in page.get("CommonPrefixes", []))
     return objects, children
-
-
-def _read_small(client: S3Client, bucket: str, key: str) -> bytes:
-    """The whole body of a small object (a ``.metadata``), retried as one request."""
-
-    def attempt() -> bytes:
-        body = client.raw.get_object(Bucket=bucket, Key=key)["Body"]
-        try:
-            return bytes(body.read())
-        finally:
-            body.close()
-
-    return client.run(attempt, "get_object", bucket, key)
 
 
 # -- which checkpoints a listing holds -----------------------------------------------
@@ -265,7 +236,7 @@ def _describe(
     if metadata is not None:
         where = f"s3://{bucket}/{metadata.key}"
         try:
-            referenced = referenced_objects(_read_small(client, bucket, metadata.key), where)
+            referenced = referenced_objects(read_object(client, bucket, metadata.key), where)
         except CheckpointDamagedError as err:
             damaged = f"{METADATA_NAME} is unreadable ({err})"
 
@@ -672,25 +643,6 @@ def delete_checkpoint(
     if dry_run:
         return sum(len(removal.objects) for removal in plan)
     return remove(plan, region=region, s3client_config=s3client_config)
-
-
-def delete_keys(client: S3Client, bucket: str, keys: list[str]) -> None:
-    """Delete ``keys`` with batched DeleteObjects; raise if S3 refused any."""
-    for start in range(0, len(keys), _DELETE_BATCH):
-        batch = keys[start : start + _DELETE_BATCH]
-        answer = client.call(
-            "delete_objects", bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True}
-        )
-        refused = answer.get("Errors", [])
-        if refused:
-            first = refused[0]
-            raise S3RequestError(
-                f"S3 refused to delete {len(refused)} of {len(batch)} objects in s3://{bucket}, e.g. "
-                f"{first.get('Key')}: {first.get('Code')} {first.get('Message', '')}".rstrip(),
-                bucket=bucket,
-                key=first.get("Key"),
-                code=first.get("Code"),
-            )
 
 
 # -- pruning -------------------------------------------------------------------------

@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s3dcp._catalog import delete_keys, list_pages
+from s3dcp._s3.objects import delete_keys, list_pages
 from s3dcp._s3.client import S3Client
 from s3dcp._commit import commit_metadata, uncommit
 from s3dcp._config import S3ClientConfig, resolve_settings
-from s3dcp._s3.download import read_object
+from s3dcp._s3.objects import read_object
 from s3dcp._errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError
 from s3dcp._format.layout import METADATA_NAME, SAVING_MARKER, empty_shards, find_strays
 from s3dcp._format.metadata import check_relative_key

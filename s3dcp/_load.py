@@ -55,14 +55,8 @@ from s3dcp._format.layout import METADATA_NAME
 from s3dcp._format.metadata import check_relative_key, load_metadata
 from s3dcp._format.shard import check_plain_data, load_tensor
 from s3dcp._s3.client import S3Client
-from s3dcp._s3.download import (
-    SHORT_OBJECT_CODE,
-    ByteRange,
-    DownloadBuffers,
-    coalesce,
-    read_object,
-    read_range_into,
-)
+from s3dcp._s3.download import SHORT_OBJECT_CODE, ByteRange, DownloadBuffers, coalesce, read_range_into
+from s3dcp._s3.objects import read_object
 from s3dcp._uri import S3Uri
 
 __all__ = [

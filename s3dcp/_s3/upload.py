@@ -26,6 +26,7 @@ import botocore.exceptions
 
 from s3dcp._format import crc32
 from s3dcp._s3.client import S3Client
+from s3dcp._s3.objects import put_object
 from s3dcp._config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from s3dcp._errors import S3DCPError, S3RequestError
 from s3dcp._s3.retry import TransferStopped, error_code
@@ -271,23 +272,6 @@ class TransferPool:
             workers = [] if self._stopped.is_set() else list(self._workers)
         for thread in workers:
             thread.join()
-
-
-def put_object(
-    client: S3Client,
-    bucket: str,
-    key: str,
-    body: bytes | bytearray,
-    *,
-    stop: threading.Event | None = None,
-    **params: Any,
-) -> str:
-    """Store ``body`` under ``key`` in one request; return the ETag.
-
-    ``stop``: once set, the request is not retried (see :meth:`S3Client.call_stoppable`).
-    """
-    response = client.call_stoppable(stop, "put_object", bucket, key, Body=body, **params)
-    return str(response.get("ETag", ""))
 
 
 class ObjectUpload:

@@ -34,7 +34,7 @@ from s3dcp._format.layout import METADATA_NAME
 from s3dcp._s3.client import S3Client
 from s3dcp._commit import commit_metadata
 from s3dcp._copy import upload_file
-from s3dcp._s3.download import object_exists
+from s3dcp._s3.objects import object_exists
 from s3dcp._errors import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -44,7 +44,8 @@ from s3dcp._errors import (
     UploadFailedError,
     WrongRegionError,
 )
-from s3dcp._s3.upload import PartBuffers, TransferPool, put_object
+from s3dcp._s3.upload import PartBuffers, TransferPool
+from s3dcp._s3.objects import put_object
 from s3dcp._uri import S3Uri
 
 __all__ = ["UploadStatus", "UploadJob", "TierUploader", "run_job", "uploader", "MARKERS"]
