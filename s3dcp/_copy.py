@@ -43,7 +43,7 @@ from s3dcp._format.layout import METADATA_NAME, SAVING_MARKER, empty_shards, fin
 from s3dcp._format.metadata import check_relative_key
 from s3dcp._progress import human_bytes
 from s3dcp._format.references import referenced_objects
-from s3dcp._s3.upload import ObjectUpload, TransferPool, choose_part_size
+from s3dcp._s3.upload import ObjectUpload, TransferPool, choose_part_size, complete_multipart, multipart_upload
 from s3dcp._uri import S3Uri, is_s3_uri, parse_s3_uri
 
 __all__ = ["CopyPlan", "CopyReport", "plan_copy", "run_copy", "copy_checkpoint", "upload_file", "strays"]
@@ -329,8 +329,7 @@ def _copy_object(
         if on_bytes is not None:
             on_bytes(size)
         return
-    upload_id = client.call("create_multipart_upload", target.bucket, to_key)["UploadId"]
-    try:
+    with multipart_upload(client, target.bucket, to_key) as upload_id:
         parts = []
         step = max(part_size, _COPY_PART)
         for number, first in enumerate(range(0, size, step), start=1):
@@ -342,11 +341,7 @@ def _copy_object(
             parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
             if on_bytes is not None:
                 on_bytes(last + 1 - first)
-        client.call("complete_multipart_upload", target.bucket, to_key, UploadId=upload_id,
-                    MultipartUpload={"Parts": parts})
-    except BaseException:
-        client.call("abort_multipart_upload", target.bucket, to_key, UploadId=upload_id)
-        raise
+        complete_multipart(client, target.bucket, to_key, upload_id, parts)
 
 
 def run_copy(plan: CopyPlan, *, on_object: OnObject | None = None, on_bytes: OnBytes | None = None) -> CopyReport:

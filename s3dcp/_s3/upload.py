@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import hashlib
 import logging
 import math
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_for
 from typing import Any, TypeVar
@@ -31,7 +32,16 @@ from s3dcp._config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SI
 from s3dcp._errors import S3DCPError, S3RequestError
 from s3dcp._s3.retry import TransferStopped, error_code
 
-__all__ = ["PartBuffers", "TransferPool", "ObjectUpload", "choose_part_size", "multipart_etag", "put_object"]
+__all__ = [
+    "PartBuffers",
+    "TransferPool",
+    "ObjectUpload",
+    "abort_multipart",
+    "choose_part_size",
+    "complete_multipart",
+    "multipart_etag",
+    "multipart_upload",
+]
 
 _MIN_BUFFER = 64 * 1024
 # Bytes copied and checksummed at a time: small enough to stay in cache between the two.
@@ -274,6 +284,69 @@ class TransferPool:
             thread.join()
 
 
+def complete_multipart(client: S3Client, bucket: str, key: str, upload_id: str, parts: list[dict[str, Any]]) -> str:
+    """CompleteMultipartUpload, safe to retry; return the ETag.
+
+    If an attempt completed the upload but its answer was lost, the retry
+    finds no such upload. That is success only when the object now stored
+    has the ETag these exact parts give; anything else is raised.
+    """
+    sent = 0
+
+    def attempt() -> str:
+        nonlocal sent
+        sent += 1
+        try:
+            response = client.raw.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except botocore.exceptions.ClientError as err:
+            if sent > 1 and error_code(err)[0] == "NoSuchUpload":
+                landed = _stored_etag(client, bucket, key)
+                if landed is not None and landed == multipart_etag(parts):
+                    return landed
+            raise
+        return str(response.get("ETag", ""))
+
+    return client.run(attempt, "complete_multipart_upload", bucket, key)
+
+
+def _stored_etag(client: S3Client, bucket: str, key: str) -> str | None:
+    try:
+        head = client.raw.head_object(Bucket=bucket, Key=key)
+    except botocore.exceptions.ClientError:
+        return None
+    return str(head.get("ETag", "")).strip('"')
+
+
+def abort_multipart(client: S3Client, bucket: str, key: str, upload_id: str) -> None:
+    """AbortMultipartUpload; an upload already gone counts as aborted."""
+    try:
+        client.call("abort_multipart_upload", bucket, key, UploadId=upload_id)
+    except S3RequestError as error:
+        if error.code != "NoSuchUpload":
+            raise
+
+
+@contextlib.contextmanager
+def multipart_upload(client: S3Client, bucket: str, key: str, **params: Any) -> Iterator[str]:
+    """A multipart upload's id, for parts the caller sends itself (e.g. ``UploadPartCopy``).
+
+    Complete it inside the block with :func:`complete_multipart`. If the block
+    raises, the upload is aborted; an abort that fails too is attached to the
+    original error as a note, never raised in its place.
+    """
+    upload_id = str(client.call("create_multipart_upload", bucket, key, **params)["UploadId"])
+    try:
+        yield upload_id
+    except BaseException as error:
+        try:
+            abort_multipart(client, bucket, key, upload_id)
+        except S3DCPError as abort_error:
+            error.add_note(f"also failed to abort the upload: {abort_error}")
+        raise
+
+
 class ObjectUpload:
     """A write-only binary stream that becomes the S3 object ``key`` on :meth:`commit`.
 
@@ -445,42 +518,9 @@ class ObjectUpload:
         if self._filled or not self._parts:
             self._send_part()
         parts = self._pool.wait(self._parts)
-        self.etag = self._complete(self._upload_id, parts)
+        self.etag = complete_multipart(self._client, self.bucket, self.key, self._upload_id, parts)
         self._upload_id = None
         return self.etag
-
-    def _complete(self, upload_id: str, parts: list[dict[str, Any]]) -> str:
-        """CompleteMultipartUpload, safe to retry.
-
-        If an attempt completed the upload but its answer was lost, the
-        retry finds no such upload. That is success only when the object now
-        stored has the ETag these exact parts give; anything else is raised.
-        """
-        sent = 0
-
-        def attempt() -> str:
-            nonlocal sent
-            sent += 1
-            try:
-                response = self._client.raw.complete_multipart_upload(
-                    Bucket=self.bucket, Key=self.key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-                )
-            except botocore.exceptions.ClientError as err:
-                if sent > 1 and error_code(err)[0] == "NoSuchUpload":
-                    landed = self._stored_etag()
-                    if landed is not None and landed == multipart_etag(parts):
-                        return landed
-                raise
-            return str(response.get("ETag", ""))
-
-        return self._client.run(attempt, "complete_multipart_upload", self.bucket, self.key)
-
-    def _stored_etag(self) -> str | None:
-        try:
-            head = self._client.raw.head_object(Bucket=self.bucket, Key=self.key)
-        except botocore.exceptions.ClientError:
-            return None
-        return str(head.get("ETag", "")).strip('"')
 
     def abort(self) -> None:
         """Drop everything written; abort the multipart upload if one was started.
@@ -507,11 +547,7 @@ class ObjectUpload:
                     "aborting the upload of s3://%s/%s with %d parts still in flight", self.bucket, self.key,
                     len(stalled),
                 )
-        try:
-            self._client.call("abort_multipart_upload", self.bucket, self.key, UploadId=upload_id)
-        except S3RequestError as error:
-            if error.code != "NoSuchUpload":  # already gone: nothing left to abort
-                raise
+        abort_multipart(self._client, self.bucket, self.key, upload_id)
 
     def __enter__(self) -> ObjectUpload:
         return self
