@@ -35,6 +35,7 @@ from typing import Any
 
 from s3dcp._s3.objects import delete_keys, list_pages
 from s3dcp._s3.client import S3Client
+from s3dcp._files import write_atomically
 from s3dcp._commit import commit_metadata, uncommit
 from s3dcp._config import S3ClientConfig, resolve_settings
 from s3dcp._s3.objects import read_object
@@ -276,44 +277,11 @@ def upload_file(
                 on_bytes(len(chunk))
 
 
-def _write_file(target: Path, chunks: Iterable[bytes], on_bytes: OnBytes | None = None) -> None:
-    """Write ``target`` through a temporary name beside it, then rename: a reader sees all of it or none.
-
-    The file is created with mode ``0o666`` and the kernel applies the
-    umask, exactly as for any new file. If writing fails, the temporary file
-    is removed and the bytes reported to ``on_bytes`` are taken back.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.part")
-        try:
-            handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    written = 0
-    try:
-        with os.fdopen(handle, "wb") as out:
-            for chunk in chunks:
-                out.write(chunk)
-                written += len(chunk)
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        if on_bytes is not None and written:
-            on_bytes(-written)
-        raise
-
-
 def _download_object(client: S3Client, bucket: str, key: str, target: Path, on_bytes: OnBytes | None) -> None:
     def attempt() -> None:
         body = client.raw.get_object(Bucket=bucket, Key=key)["Body"]
         with body:
-            _write_file(target, body.iter_chunks(_READ_CHUNK), on_bytes)
+            write_atomically(target, body.iter_chunks(_READ_CHUNK), on_bytes=on_bytes)
 
     client.run(attempt, "get_object", bucket, key)
 
@@ -412,7 +380,7 @@ def _commit(plan: CopyPlan) -> None:
         in_place = plan.replaces_commit and not plan.replaced
         commit_metadata(plan.client, dst.bucket, dst.key(METADATA_NAME), plan.metadata, exclusive=not in_place)
     else:
-        _write_file(dst / METADATA_NAME, [plan.metadata])
+        write_atomically(dst / METADATA_NAME, [plan.metadata])
 
 
 def _remove(client: S3Client, dst: Side, relatives: list[str]) -> None:

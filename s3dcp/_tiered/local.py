@@ -21,6 +21,7 @@ from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import SavePlanner, WriteItem
 from torch.distributed.checkpoint.storage import WriteResult
 
+from s3dcp._files import write_atomically
 from s3dcp._format.layout import METADATA_NAME
 from s3dcp._catalog import parse_step
 from s3dcp._errors import S3DCPError
@@ -44,14 +45,6 @@ _UPLOADING = ".s3dcp-uploading"  # under the root: which checkpoints some proces
 _FOREIGN_MARK_LIFETIME = 24 * 3600.0
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_shard_file(
     checkpoint_dir: Path, relative: str, items: Sequence[WriteItem], planner: SavePlanner, *, sync: bool
 ) -> list[WriteResult]:
@@ -68,15 +61,7 @@ def write_shard_file(
 
 def write_local_metadata(checkpoint_dir: Path, body: bytes, *, sync: bool) -> None:
     """Commit a local checkpoint: ``.metadata`` appears whole or not at all."""
-    temporary = checkpoint_dir / f"{METADATA_NAME}.tmp"
-    with temporary.open("wb") as stream:
-        stream.write(body)
-        stream.flush()
-        if sync:
-            os.fsync(stream.fileno())
-    os.replace(temporary, checkpoint_dir / METADATA_NAME)
-    if sync:
-        _fsync_dir(checkpoint_dir)
+    write_atomically(checkpoint_dir / METADATA_NAME, [body], sync=sync)
 
 
 def read_local_metadata(checkpoint_dir: Path) -> tuple[Metadata, bytes] | None:
