@@ -38,14 +38,14 @@ from s3dcp._errors import (
     UnsafeCheckpointError,
 )
 from s3dcp._format import crc32, transforms
-from s3dcp._format.archive_writer import Framing
+from s3dcp._format.archive import load_tensor
+from s3dcp._format.framing import Chunk, Framing
 from s3dcp._format.in_place import (
     InPlaceRead,
     SpanLayout,
     StoredChunks,
     destination_bytes,
     disjoint,
-    framed_tensor,
     framing_into,
     in_place_candidate,
     plan_in_place,
@@ -53,7 +53,7 @@ from s3dcp._format.in_place import (
 from s3dcp._format.integrity import get_checksum, verify
 from s3dcp._format.layout import METADATA_NAME
 from s3dcp._format.metadata import check_relative_key, load_metadata
-from s3dcp._format.shard import check_plain_data, load_tensor
+from s3dcp._format.plain_data import check_plain_data
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.download import SHORT_OBJECT_CODE, ByteRange, DownloadBuffers, coalesce, read_range_into
 from s3dcp._s3.objects import read_object
@@ -302,7 +302,7 @@ class Loader:
             again.append(retry)
         return again
 
-    def _chunk_of(self, item: ReadItem) -> tuple[torch.dtype, tuple[int, ...]] | None:
+    def _chunk_of(self, item: ReadItem) -> Chunk | None:
         return self._chunks.get(item.storage_index) if self._chunks is not None else None
 
     def _read(self, relative: str, span: ByteRange, into: list[memoryview], items: list[ReadItem]) -> None:
@@ -363,8 +363,7 @@ class Loader:
         if self.verify and get_checksum(self.storage_data[item.storage_index]) is None:
             # no digest of the stored bytes (another writer saved it), and zstd frames carry no
             # checksum by default: the archive's own CRC-32 of the tensor's bytes is the check left
-            recorded = int.from_bytes(tail[framing.data_crc_at[0] : framing.data_crc_at[0] + 4], "little")
-            if crc32.compute(destination) != recorded:
+            if crc32.compute(destination) != framing.recorded_crc(tail):
                 names = ", ".join(transforms.descriptors_of(self.storage_data[item.storage_index]))
                 raise self._damaged(relative, [item], f"its bytes, decoded through {names}, hold a tensor whose "
                                     "CRC-32 is not the one its archive records")
@@ -390,7 +389,7 @@ def name_items(items: list[ReadItem], shown: int = 5) -> str:
 
 
 def parse_item(
-    item: ReadItem, data: memoryview, chunk: tuple[torch.dtype, tuple[int, ...]] | None, *, plain_data_only: bool
+    item: ReadItem, data: memoryview, chunk: Chunk | None, *, plain_data_only: bool
 ) -> memoryview | torch.Tensor:
     """What a verified item's bytes hold: the (narrowed) stored tensor, or the bytes of a non-tensor.
 
@@ -402,10 +401,7 @@ def parse_item(
         if plain_data_only:
             check_plain_data(data, item.storage_index.fqn)
         return data
-    stored = framed_tensor(data, chunk)
-    if stored is None:
-        stored = load_tensor(data)
-    return _narrow(stored, item.storage_offsets, item.lengths)
+    return _narrow(load_tensor(data, chunk), item.storage_offsets, item.lengths)
 
 
 def _narrow(tensor: torch.Tensor, offsets: Sequence[int], lengths: Sequence[int]) -> torch.Tensor:
@@ -446,7 +442,7 @@ def deliver_item(
     item: ReadItem,
     data: memoryview,
     planner: LoadPlanner,
-    chunk: tuple[torch.dtype, tuple[int, ...]] | None = None,
+    chunk: Chunk | None = None,
 ) -> None:
     """Parse one verified item's bytes and hand them to the planner, on the calling thread."""
     value = parse_item(item, data, chunk, plain_data_only=isinstance(planner, DefaultLoadPlanner))

@@ -23,7 +23,7 @@ import xxhash
 
 from s3dcp._format.layout import METADATA_NAME
 from s3dcp._s3.client import S3Client
-from s3dcp._config import S3ClientConfig, resolve_settings
+from s3dcp._config import MIB, S3ClientConfig, resolve_settings
 from s3dcp._errors import CheckpointDamagedError
 from s3dcp._format.integrity import ALGORITHM, get_checksum
 from s3dcp._load import check_records, fetch_metadata
@@ -32,7 +32,7 @@ from s3dcp._uri import parse_s3_uri
 
 __all__ = ["Problem", "VerifyReport", "verify_checkpoint"]
 
-_CHUNK = 1024 * 1024
+_CHUNK = MIB
 _THREADS = 4
 
 

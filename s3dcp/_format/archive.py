@@ -1,56 +1,59 @@
-"""Read a one-tensor ``torch.save`` archive as a view on its own bytes.
+"""Read a tensor item's bytes (one ``torch.save`` archive) back as a tensor.
 
-DCP stores each tensor item as a ``torch.save`` zip archive whose storage
-record is kept uncompressed. Instead of ``torch.load`` (which allocates a new
-storage and copies into it), :func:`tensor_view` finds that record in the
-fetched bytes and returns a tensor that *is* those bytes, so a load copies
-each byte once: from the download buffer into the destination tensor.
+:func:`load_tensor` is the one place that picks how, cheapest first:
 
-The pickle inside the archive is read by a tiny unpickler that knows only
-``_rebuild_tensor_v2``, ``OrderedDict`` and the legacy storage classes, and
-builds nothing but a description; nothing from the archive is executed.
-Anything it does not recognise returns ``None`` and the caller falls back
-to ``torch.load(weights_only=True)``.
+1. :func:`framed_tensor`: the bytes are framed exactly as
+   :mod:`s3dcp._format.framing` lays out the stored chunk (what
+   ``write_tensor`` and ``torch.save`` write for a contiguous tensor), so the
+   tensor is a view on the bytes between head and tail; comparing takes a
+   few microseconds.
+2. :func:`tensor_view`: any other plain one-tensor archive; its zip
+   directory is parsed (tens of microseconds) and the tensor is again a view
+   on the storage record, never a copy.
+3. ``torch.load(weights_only=True)``: anything else (which can describe
+   tensors and plain values only, never run code).
+
+A view on the fetched bytes means a load copies each byte once: from the
+download buffer into the destination tensor. The pickle inside the archive
+is read by a tiny unpickler that knows only ``_rebuild_tensor_v2``,
+``OrderedDict`` and the legacy storage classes, and builds nothing but a
+description; nothing from the archive is executed.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import math
 import pickle
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any, cast
 
 import torch
 
 from s3dcp._compat.torch import REBUILD_TENSOR_V2
+from s3dcp._format.framing import (
+    CENTRAL_HEADER,
+    CENTRAL_HEADER_SIZE,
+    END_OF_DIRECTORY,
+    END_OF_DIRECTORY_SIZE,
+    LEGACY_STORAGE_DTYPES,
+    LOCAL_HEADER,
+    LOCAL_HEADER_SIZE,
+    MAX_COMMENT,
+    U16,
+    U32,
+    ZIP64_END,
+    ZIP64_LOCATOR,
+    ZIP64_LOCATOR_SIZE,
+    Chunk,
+    framing_for,
+)
+from s3dcp._format.plain_data import MemoryReader
 
-__all__ = ["tensor_view"]
-
-LEGACY_STORAGE_DTYPES = {
-    # the legacy storage classes a torch.save pickle names for each dtype; part of the format
-    "FloatStorage": torch.float32,
-    "DoubleStorage": torch.float64,
-    "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16,
-    "LongStorage": torch.int64,
-    "IntStorage": torch.int32,
-    "ShortStorage": torch.int16,
-    "CharStorage": torch.int8,
-    "ByteStorage": torch.uint8,
-    "BoolStorage": torch.bool,
-    "ComplexFloatStorage": torch.complex64,
-    "ComplexDoubleStorage": torch.complex128,
-}
-
-_EOCD = b"PK\x05\x06"
-_ZIP64_LOCATOR = b"PK\x06\x07"
-_ZIP64_EOCD = b"PK\x06\x06"
-_CENTRAL = b"PK\x01\x02"
-_LOCAL = b"PK\x03\x04"
-
+__all__ = ["framed_tensor", "load_tensor", "tensor_view"]
 
 class _Unsupported(Exception):
     """The archive is not the simple kind this reader handles."""
@@ -77,11 +80,51 @@ class _TensorSpec:
     stride: tuple[int, ...]
 
 
+def load_tensor(data: memoryview, chunk: Chunk | None = None) -> torch.Tensor:
+    """The tensor in one tensor item's bytes: a view on ``data`` whenever it can be.
+
+    ``chunk``: the dtype and shape ``.metadata`` records for the item, if
+    known; with it, bytes framed as expected skip parsing altogether.
+    """
+    view = framed_tensor(data, chunk)
+    if view is None:
+        view = tensor_view(data)
+    if view is not None:
+        return view
+    tensor = torch.load(cast(IO[bytes], MemoryReader(data)), map_location="cpu", weights_only=True)
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"expected a tensor, found {type(tensor).__name__}")
+    return tensor
+
+
+def framed_tensor(data: memoryview, chunk: Chunk | None) -> torch.Tensor | None:
+    """The tensor in an item's bytes, as a view, if they are framed as ``write_tensor`` frames that chunk.
+
+    Comparing the framing with the expected bytes takes a few microseconds;
+    parsing the zip directory takes tens, which adds up over thousands of
+    small tensors. ``None``: parse it (the archive is laid out otherwise).
+    """
+    if chunk is None:
+        return None
+    dtype, size = chunk
+    framing = framing_for(dtype, size)
+    if framing is None:
+        return None
+    start = len(framing.head)
+    end = data.nbytes - len(framing.tail)
+    numel = math.prod(size)
+    if end - start != numel * dtype.itemsize:
+        return None
+    if not framing.matches(data[:start], data[end:]):
+        return None
+    return torch.frombuffer(data, dtype=dtype, count=numel, offset=start).view(size)
+
+
 def tensor_view(buffer: memoryview) -> torch.Tensor | None:
     """The tensor stored in ``buffer`` (one ``torch.save`` archive), sharing its memory.
 
     Returns ``None`` when the archive is not a plain single-tensor archive
-    (the caller then uses ``torch.load``).
+    (:func:`load_tensor` then uses ``torch.load``).
     """
     try:
         entries = _read_directory(buffer)
@@ -118,38 +161,39 @@ def _archive_prefix(entries: dict[str, _Entry]) -> str:
 
 def _read_directory(buffer: memoryview) -> dict[str, _Entry]:
     """Name -> location of each stored (uncompressed) entry of a zip archive."""
-    tail_start = max(0, len(buffer) - (1 << 16) - 22)
+    tail_start = max(0, len(buffer) - (MAX_COMMENT + 1) - END_OF_DIRECTORY_SIZE)
     tail = bytes(buffer[tail_start:])
-    at = tail.rfind(_EOCD)
+    at = tail.rfind(END_OF_DIRECTORY)
     if at < 0:
         raise _Unsupported("no end of central directory")
     eocd = tail_start + at
     count, dir_size, dir_offset = struct.unpack_from("<HII", buffer, eocd + 10)
-    if count == 0xFFFF or dir_offset == 0xFFFFFFFF or dir_size == 0xFFFFFFFF:
-        locator = eocd - 20
-        if bytes(buffer[locator : locator + 4]) != _ZIP64_LOCATOR:
+    if count == U16 or dir_offset == U32 or dir_size == U32:
+        locator = eocd - ZIP64_LOCATOR_SIZE
+        if bytes(buffer[locator : locator + 4]) != ZIP64_LOCATOR:
             raise _Unsupported("zip64 locator missing")
         (zip64_eocd,) = struct.unpack_from("<Q", buffer, locator + 8)
-        if bytes(buffer[zip64_eocd : zip64_eocd + 4]) != _ZIP64_EOCD:
+        if bytes(buffer[zip64_eocd : zip64_eocd + 4]) != ZIP64_END:
             raise _Unsupported("zip64 end record missing")
         count, dir_size, dir_offset = struct.unpack_from("<QQQ", buffer, zip64_eocd + 32)
     entries: dict[str, _Entry] = {}
     position = dir_offset
     for _ in range(count):
-        if bytes(buffer[position : position + 4]) != _CENTRAL:
+        if bytes(buffer[position : position + 4]) != CENTRAL_HEADER:
             raise _Unsupported("bad central directory entry")
         method, = struct.unpack_from("<H", buffer, position + 10)
         compressed, uncompressed, name_len, extra_len, comment_len = struct.unpack_from(
             "<IIHHH", buffer, position + 20
         )
         (local_offset,) = struct.unpack_from("<I", buffer, position + 42)
-        name = bytes(buffer[position + 46 : position + 46 + name_len]).decode("utf-8")
-        extra = bytes(buffer[position + 46 + name_len : position + 46 + name_len + extra_len])
+        name_at = position + CENTRAL_HEADER_SIZE
+        name = bytes(buffer[name_at : name_at + name_len]).decode("utf-8")
+        extra = bytes(buffer[name_at + name_len : name_at + name_len + extra_len])
         uncompressed, compressed, local_offset = _apply_zip64(extra, uncompressed, compressed, local_offset)
         if method != 0 or compressed != uncompressed:
             raise _Unsupported("compressed entry")
         entries[name] = _Entry(_local_data_offset(buffer, local_offset), uncompressed)
-        position += 46 + name_len + extra_len + comment_len
+        position += CENTRAL_HEADER_SIZE + name_len + extra_len + comment_len
     return entries
 
 
@@ -159,21 +203,21 @@ def _apply_zip64(extra: bytes, uncompressed: int, compressed: int, offset: int) 
         header_id, size = struct.unpack_from("<HH", extra, position)
         if header_id == 0x0001:
             values = list(struct.unpack_from(f"<{size // 8}Q", extra, position + 4))
-            if uncompressed == 0xFFFFFFFF:
+            if uncompressed == U32:
                 uncompressed = values.pop(0)
-            if compressed == 0xFFFFFFFF:
+            if compressed == U32:
                 compressed = values.pop(0)
-            if offset == 0xFFFFFFFF:
+            if offset == U32:
                 offset = values.pop(0)
         position += 4 + size
     return uncompressed, compressed, offset
 
 
 def _local_data_offset(buffer: memoryview, local_offset: int) -> int:
-    if bytes(buffer[local_offset : local_offset + 4]) != _LOCAL:
+    if bytes(buffer[local_offset : local_offset + 4]) != LOCAL_HEADER:
         raise _Unsupported("bad local header")
     name_len, extra_len = struct.unpack_from("<HH", buffer, local_offset + 26)
-    return int(local_offset + 30 + name_len + extra_len)
+    return int(local_offset + LOCAL_HEADER_SIZE + name_len + extra_len)
 
 
 def _rebuild_tensor_v2(

@@ -5,7 +5,7 @@ the tensor is copied into its destination: for a 256 MiB tensor that is a
 256 MiB buffer (fresh pages, zeroed by the kernel) and a 256 MiB copy. When
 the destination is a whole, contiguous CPU tensor of the stored dtype and
 shape, the archive around the tensor's bytes has a known layout (the one
-:func:`~s3dcp._format.archive_writer.write_tensor` and ``torch.save`` write), so the
+:mod:`s3dcp._format.framing` lays out: what ``write_tensor`` and ``torch.save`` write), so the
 GET can put the framing into two small buffers and the tensor's bytes
 straight into the destination.
 
@@ -27,7 +27,7 @@ import torch
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, TensorStorageMetadata
 from torch.distributed.checkpoint.planner import LoadItemType, ReadItem
 
-from s3dcp._format.archive_writer import Framing, framing_for
+from s3dcp._format.framing import Chunk, Framing, framing_for
 from s3dcp._s3.download import ByteRange
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "StoredChunks",
     "destination_bytes",
     "disjoint",
-    "framed_tensor",
     "framing_into",
     "in_place_candidate",
     "plan_in_place",
@@ -47,14 +46,14 @@ class StoredChunks:
     """Dtype and shape of each stored tensor chunk, from a checkpoint's metadata."""
 
     def __init__(self, metadata: Metadata) -> None:
-        self._chunks: dict[MetadataIndex, tuple[torch.dtype, tuple[int, ...]]] = {}
+        self._chunks: dict[MetadataIndex, Chunk] = {}
         for fqn, entry in metadata.state_dict_metadata.items():
             if isinstance(entry, TensorStorageMetadata):
                 for chunk in entry.chunks:
                     index = MetadataIndex(fqn, chunk.offsets)
                     self._chunks[index] = (entry.properties.dtype, tuple(chunk.sizes))
 
-    def get(self, index: MetadataIndex) -> tuple[torch.dtype, tuple[int, ...]] | None:
+    def get(self, index: MetadataIndex) -> Chunk | None:
         return self._chunks.get(MetadataIndex(index.fqn, index.offset))
 
 
@@ -78,7 +77,7 @@ class InPlaceRead:
         return ByteRange(start, start + self.target.nbytes)
 
 
-def in_place_candidate(span: ByteRange | None, chunk: tuple[torch.dtype, tuple[int, ...]]) -> bool:
+def in_place_candidate(span: ByteRange | None, chunk: Chunk) -> bool:
     """Whether a whole stored chunk, laid out in ``span``, could be read in place into a fitting destination.
 
     Asked before the planner is: only these items' destinations are resolved
@@ -96,7 +95,7 @@ def in_place_candidate(span: ByteRange | None, chunk: tuple[torch.dtype, tuple[i
 
 
 def framing_into(
-    item: ReadItem, chunk: tuple[torch.dtype, tuple[int, ...]] | None, target: torch.Tensor
+    item: ReadItem, chunk: Chunk | None, target: torch.Tensor
 ) -> Framing | None:
     """The framing around ``item``'s tensor bytes if they can go straight into ``target``, else ``None``."""
     if item.type != LoadItemType.TENSOR or chunk is None:
@@ -117,7 +116,7 @@ def framing_into(
 
 
 def plan_in_place(
-    item: ReadItem, span: ByteRange, chunk: tuple[torch.dtype, tuple[int, ...]] | None, target: torch.Tensor
+    item: ReadItem, span: ByteRange, chunk: Chunk | None, target: torch.Tensor
 ) -> InPlaceRead | None:
     """An in-place read of ``item`` into ``target``, or ``None`` if it must go the ordinary way."""
     framing = framing_into(item, chunk, target)
@@ -175,25 +174,3 @@ def destination_bytes(target: torch.Tensor) -> memoryview:
     array: Any = target.reshape(-1).view(torch.uint8).numpy()
     return memoryview(array).cast("B")
 
-
-def framed_tensor(data: memoryview, chunk: tuple[torch.dtype, tuple[int, ...]] | None) -> torch.Tensor | None:
-    """The tensor in an item's bytes, as a view, if they are framed as ``write_tensor`` frames that chunk.
-
-    Comparing the framing with the expected bytes takes a few microseconds;
-    parsing the zip directory takes tens, which adds up over thousands of
-    small tensors. ``None``: parse it (the archive is laid out otherwise).
-    """
-    if chunk is None:
-        return None
-    dtype, size = chunk
-    framing = framing_for(dtype, size)
-    if framing is None:
-        return None
-    start = len(framing.head)
-    end = data.nbytes - len(framing.tail)
-    numel = math.prod(size)
-    if end - start != numel * dtype.itemsize:
-        return None
-    if not framing.matches(data[:start], data[end:]):
-        return None
-    return torch.frombuffer(data, dtype=dtype, count=numel, offset=start).view(size)

@@ -10,14 +10,16 @@ transformed bytes, so damage is caught before a decoder sees it.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import xxhash
 
 from s3dcp._format import crc32
+from s3dcp._format.crc32 import CrcWriter
 from s3dcp._errors import ChecksumMismatchError
 
-__all__ = ["ALGORITHM", "DigestingWriter", "digest", "set_checksum", "get_checksum", "verify"]
+__all__ = ["ALGORITHM", "BinaryStream", "DigestingWriter", "digest", "set_checksum", "get_checksum", "verify"]
 
 ALGORITHM = "xxh3_64"
 _ATTRIBUTE = "s3dcp_checksum"
@@ -33,16 +35,29 @@ def digest(data: Any) -> str:
     return f"{ALGORITHM}:{xxhash.xxh3_64_hexdigest(data)}"
 
 
+class BinaryStream(Protocol):
+    """What a shard is written to: an upload, or a local file."""
+
+    def write(self, data: Any, /) -> int: ...
+
+    def tell(self) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class DigestingWriter:
     """Passes writes on to ``stream`` and digests them, one item at a time.
 
     ``begin()`` starts an item; ``end()`` returns the digest of every byte
     written since. Digesting as the bytes go by costs no second pass over
-    the data and digests exactly what was sent.
+    the data and digests exactly what was sent. It is a
+    :class:`~s3dcp._format.crc32.CrcWriter` whatever ``stream`` is: over one,
+    the stream's copy pass computes the CRC-32 and feeds the digest too.
     """
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: BinaryStream) -> None:
         self._stream = stream
+        self._crc_stream = stream if isinstance(stream, CrcWriter) else None
         self._hasher = xxhash.xxh3_64()
 
     def begin(self) -> None:
@@ -55,16 +70,19 @@ class DigestingWriter:
         self._hasher.update(data)
         return int(self._stream.write(data))
 
-    def write_with_crc(self, data: Any, unchanging: bool = False) -> int:
-        """Like ``write``, returning the CRC-32 the stream computes (see ``ObjectUpload``).
+    def write_with_crc(
+        self, data: Any, /, *, also: Callable[[memoryview], Any] | None = None, unchanging: bool = False
+    ) -> int:
+        """Like ``write``, returning the CRC-32 of ``data`` (see ``ObjectUpload``).
 
-        A stream that copies in pieces digests each piece right after copying it.
-        ``unchanging`` is passed on: ``data`` keeps its bytes until the stream is committed.
+        A stream that copies in pieces digests each piece right after copying it
+        (and hands it to ``also``). ``unchanging`` is passed on: ``data`` keeps
+        its bytes until the stream is committed.
         """
-        write_with_crc = getattr(self._stream, "write_with_crc", None)
-        if write_with_crc is not None:
-            return int(write_with_crc(data, also=self._hasher.update, unchanging=unchanging))
-        self._hasher.update(data)
+        update = self._hasher.update if also is None else _both(self._hasher.update, also)
+        if self._crc_stream is not None:
+            return int(self._crc_stream.write_with_crc(data, also=update, unchanging=unchanging))
+        update(data)
         self._stream.write(data)
         return crc32.compute(data)
 
@@ -79,6 +97,14 @@ class DigestingWriter:
 
     def seekable(self) -> bool:
         return False
+
+
+def _both(first: Callable[[memoryview], Any], second: Callable[[memoryview], Any]) -> Callable[[memoryview], None]:
+    def both(piece: memoryview) -> None:
+        first(piece)
+        second(piece)
+
+    return both
 
 
 def set_checksum(storage_info: Any, value: str) -> None:

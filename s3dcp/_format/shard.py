@@ -1,33 +1,26 @@
-"""The shard-file format of DCP's FileSystemWriter: writing items, reading them back.
+"""The shard-file format of DCP's FileSystemWriter: splitting items into files and writing them.
 
 A shard file is the concatenation of its items: a ``BYTE_IO`` item as its
 raw bytes, a tensor as one ``torch.save`` archive. Each item's offset and
-length go into the metadata, so any item can be read alone with a ranged GET.
+length go into the metadata, so any item can be read alone with a ranged GET
+(a tensor item is read back by :func:`s3dcp._format.archive.load_tensor`).
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import IO, Any, Protocol, cast
+from typing import Any
 
 import torch
 from torch.distributed.checkpoint.planner import SavePlanner, WriteItem, WriteItemType
 from torch.distributed.checkpoint.storage import WriteResult
 
 from s3dcp._compat.torch import StreamTransform, storage_info_class
-from s3dcp._format.archive import tensor_view
 from s3dcp._format.archive_writer import write_tensor
-from s3dcp._format.integrity import DigestingWriter, set_checksum
-from s3dcp._format.plain_data import MemoryReader, check_plain_data
+from s3dcp._format.integrity import BinaryStream, DigestingWriter, set_checksum
 
-__all__ = ["item_nbytes", "split_items", "write_items", "MemoryReader", "load_tensor", "check_plain_data"]
-
-
-class _BinaryStream(Protocol):
-    def write(self, data: Any, /) -> int: ...
-
-    def tell(self) -> int: ...
+__all__ = ["item_nbytes", "split_items", "write_items"]
 
 
 def item_nbytes(item: WriteItem) -> int:
@@ -93,7 +86,7 @@ def _resolved(planner: SavePlanner, item: WriteItem) -> io.BytesIO | torch.Tenso
 
 
 def write_items(
-    stream: _BinaryStream,
+    stream: BinaryStream,
     items: Sequence[WriteItem],
     planner: SavePlanner,
     relative_path: str,
@@ -191,19 +184,3 @@ def _write_transformed(
     set_checksum(info, writer.end())
     return WriteResult(index=item.index, size_in_bytes=length, storage_data=info)
 
-
-def load_tensor(data: memoryview) -> torch.Tensor:
-    """Deserialize one tensor item (a ``torch.save`` archive) from a buffer.
-
-    Plain archives are read as a view on ``data`` (no copy; see
-    :mod:`s3dcp._format.archive`); anything else goes through
-    ``torch.load(weights_only=True)``, which can describe tensors and plain
-    values only, never run code.
-    """
-    view = tensor_view(data)
-    if view is not None:
-        return view
-    tensor = torch.load(cast(IO[bytes], MemoryReader(data)), map_location="cpu", weights_only=True)
-    if not isinstance(tensor, torch.Tensor):
-        raise TypeError(f"expected a tensor, found {type(tensor).__name__}")
-    return tensor

@@ -26,6 +26,8 @@ from s3dcp._errors import UnsafeCheckpointError
 
 __all__ = ["descriptors_of", "checked_descriptors", "resolve", "decode", "decode_into"]
 
+_SLACK = 64 * 1024  # decoded bytes beyond the expected size that fit before the buffer grows
+
 _INSTALL_HINT = {
     "stream.zstd": "pip install 's3dcp[zstd]' (or pip install zstandard)",
 }
@@ -122,7 +124,7 @@ def decode(stored: Any, extensions: Sequence[Any], size_hint: int = 0) -> memory
     bytes are decoded into one buffer of about that size, never copied again.
     """
     stream = _open(stored, extensions)
-    out = bytearray(size_hint + 64 * 1024 if size_hint else 2 * memoryview(stored).nbytes + 64 * 1024)
+    out = bytearray(size_hint + _SLACK if size_hint else 2 * memoryview(stored).nbytes + _SLACK)
     filled = 0
     while True:
         with memoryview(out) as view:

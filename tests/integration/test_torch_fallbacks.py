@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorProperties
 
 from s3dcp import S3StorageReader, S3StorageWriter
-from s3dcp._format import archive_writer
+from s3dcp._format import framing
 from s3dcp._compat import torch as compat
 from s3dcp._errors import UnsafeCheckpointError
 from tests.conftest import REGION
@@ -109,12 +109,12 @@ def test_without_rebuild_tensor_v2_tensors_are_written_by_torch_save(
     monkeypatch: pytest.MonkeyPatch, s3_env: Any, bucket: str
 ) -> None:
     miss(monkeypatch, compat.REBUILD_TENSOR_V2)
-    monkeypatch.setattr(archive_writer, "_checked", False)  # the writer learns its layout again
-    monkeypatch.setattr(archive_writer, "_template", None)
-    monkeypatch.setattr(archive_writer, "_framings", {})
+    monkeypatch.setattr(framing, "_checked", False)  # the layout is learnt again
+    monkeypatch.setattr(framing, "_template", None)
+    monkeypatch.setattr(framing, "_framings", {})
     state = mixed_state_dict()
     assert_round_trip(state, f"s3://{bucket}/run")
-    assert archive_writer._checked and archive_writer._template is None
+    assert framing._checked and framing._template is None
 
 
 def test_without_torchs_allowed_globals_bytes_are_checked_against_the_fixed_list(

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from s3dcp._format.archive import tensor_view
-from s3dcp._format.shard import load_tensor
+from s3dcp._format.archive import load_tensor
 
 
 def saved(value: object) -> memoryview:

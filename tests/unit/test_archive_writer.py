@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from s3dcp._format.archive import tensor_view
-from s3dcp._format.archive_writer import framing_for, write_tensor
+from s3dcp._format.archive_writer import write_tensor
+from s3dcp._format.framing import framing_for
 
 DTYPES = [
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,

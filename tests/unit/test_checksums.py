@@ -30,6 +30,33 @@ def test_digesting_writer_digests_each_item_and_passes_bytes_on() -> None:
     assert second == digest(b"second")
 
 
+def test_digesting_writer_is_a_crc_writer_over_any_stream() -> None:
+    import zlib
+
+    from s3dcp._format.crc32 import CrcWriter
+    from s3dcp._s3.upload import ObjectUpload
+
+    assert issubclass(ObjectUpload, CrcWriter) and issubclass(DigestingWriter, CrcWriter)
+    assert not issubclass(io.BytesIO, CrcWriter)  # a plain file: the caller computes the CRC-32
+
+    class CopyingSink(io.BytesIO):
+        def write_with_crc(self, data: object, also: object = None, unchanging: bool = False) -> int:
+            self.write(data)  # type: ignore[arg-type]
+            also(memoryview(data))  # type: ignore[arg-type, operator]  # one piece: all of it
+            return zlib.crc32(data)  # type: ignore[arg-type]
+
+    for sink in (io.BytesIO(), CopyingSink()):
+        writer = DigestingWriter(sink)
+        seen: list[bytes] = []
+        writer.begin()
+        writer.write(b"head ")
+        crc = writer.write_with_crc(memoryview(b"tensor bytes"), also=lambda piece: seen.append(bytes(piece)))
+        assert crc == zlib.crc32(b"tensor bytes")
+        assert seen == [b"tensor bytes"]
+        assert writer.end() == digest(b"head tensor bytes")
+        assert sink.getvalue() == b"head tensor bytes"
+
+
 def test_checksum_travels_on_the_storage_record_through_pickle() -> None:
     import pickle
 

@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from s3dcp._format.in_place import framed_tensor
+from s3dcp._format.archive import framed_tensor
 
 
 def archive(tensor: torch.Tensor) -> memoryview:
