@@ -56,6 +56,16 @@ def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.Mon
     return monkeypatch
 
 
+@pytest.fixture(autouse=True)
+def _ranks_marker(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Let tests/distributed.py's run_ranks run only in tests marked ``ranks``."""
+    from tests import distributed
+
+    distributed.marked_for_ranks = request.node.get_closest_marker("ranks") is not None
+    yield
+    distributed.marked_for_ranks = False
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     from tests.servers.target import selected_kind
 

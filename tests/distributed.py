@@ -23,6 +23,10 @@ import torch.multiprocessing as mp
 
 DEADLINE_S = 240.0
 
+# set for each test by tests/conftest.py: whether it carries @pytest.mark.ranks, which
+# `make test-fast` deselects; run_ranks refuses to run for a test without it
+marked_for_ranks = False
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -70,6 +74,8 @@ def run_ranks(world_size: int, fn: Callable[..., None], *args: Any, env: Mapping
     ``fn`` and ``args`` must pickle (a module-level function), as for any
     spawned process. ``env`` is applied in each rank before ``fn`` runs.
     """
+    if not marked_for_ranks:
+        raise RuntimeError("a test that starts ranks must be marked @pytest.mark.ranks (make test-fast skips those)")
     context = mp.start_processes(
         _rank_main,
         args=(world_size, free_port(), dict(env or {}), fn, args),

@@ -29,7 +29,7 @@ from tests.helpers import (
     s3dcp_error,
 )
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.ranks]
 
 ROWS, COLS = 10, 6  # 10 rows over 3 or 4 ranks: uneven shards
 

@@ -83,6 +83,7 @@ def save_with_every_strategy(rank: int, world_size: int, bucket: str) -> None:
         dcp.save(state, storage_writer=writer)
 
 
+@pytest.mark.ranks
 def test_every_strategy_writes_the_documented_keys_and_loads_back(s3_env: Any, s3: Any, bucket: str) -> None:
     env = {name: os.environ[name] for name in AWS_VARIABLES if name in os.environ}
     run_ranks(WORLD_SIZE, save_with_every_strategy, bucket, env=env)

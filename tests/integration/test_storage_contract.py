@@ -147,6 +147,7 @@ def save_where_rank_1_has_nothing(rank: int, world_size: int, uri: str, director
     dcp.save(state, storage_writer=S3StorageWriter(REGION, uri))
 
 
+@pytest.mark.ranks
 def test_a_rank_with_nothing_to_store_writes_the_empty_file_filesystem_writer_writes(
     s3_env: Any, s3: Any, bucket: str, tmp_path: Path
 ) -> None:

@@ -16,7 +16,7 @@ from tests.conftest import AWS_VARIABLES, REGION, list_keys
 from tests.distributed import run_ranks
 from tests.helpers import async_save_options, needs_process_async_save
 
-pytestmark = pytest.mark.s3
+pytestmark = [pytest.mark.s3, pytest.mark.ranks]
 
 
 def aws_env() -> dict[str, str]:
