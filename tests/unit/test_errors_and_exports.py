@@ -11,7 +11,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 import s3dcp
 from s3dcp import _errors as errors
-from s3dcp._s3.client import translate_error
+from s3dcp._s3.translate import translate_error
 from s3dcp._config import S3ClientConfig, resolve_settings
 
 
