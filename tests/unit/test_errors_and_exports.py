@@ -91,6 +91,21 @@ def test_translation_table(error: BaseException, cls: type, words: str) -> None:
     assert "bkt" in str(translated)
 
 
+@pytest.mark.parametrize(
+    "error, cls",
+    [
+        # where an answer matches two rows of the table, the first wins
+        (client_error("NoSuchBucket", 404, Region="eu-west-1"), s3dcp.BucketNotFoundError),
+        (client_error("NoSuchKey", 404, Region="eu-west-1"), s3dcp.WrongRegionError),
+        (client_error("AccessDenied", 403, Region="eu-west-1"), s3dcp.WrongRegionError),
+        (client_error("RequestTimeTooSkewed", 403), s3dcp.AccessDeniedError),  # a 403, whatever its code
+        (client_error("NoSuchUpload", 404), s3dcp.S3RequestError),  # a 404 that names another code
+    ],
+)
+def test_translation_order(error: BaseException, cls: type) -> None:
+    assert type(translate_error(error, "get_object", "bkt", "k", SETTINGS)) is cls
+
+
 def test_auth_errors_do_not_echo_server_text() -> None:
     error = client_error("SignatureDoesNotMatch", 403, StringToSign="AWS4-HMAC secret-ish")
     text = str(translate_error(error, "put_object", "bkt", "k", SETTINGS))
