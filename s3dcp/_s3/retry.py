@@ -9,8 +9,9 @@ that retries.
 from __future__ import annotations
 
 import enum
+import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -102,11 +103,29 @@ def error_code(error: BaseException) -> tuple[str | None, int | None]:
 
 
 def is_untrusted_certificate(error: BaseException) -> bool:
-    """A TLS handshake that failed on the server's certificate: retrying cannot fix it."""
-    if not isinstance(error, botocore.exceptions.SSLError):
-        return False
-    text = str(error)
-    return "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text
+    """A TLS handshake that failed on the server's certificate: retrying cannot fix it.
+
+    Found by type: an :class:`ssl.SSLCertVerificationError` anywhere in the
+    chain (botocore's ``SSLError`` keeps urllib3's under ``kwargs["error"]``,
+    which holds the one from :mod:`ssl` as its argument and context).
+    """
+    return any(isinstance(link, ssl.SSLCertVerificationError) for link in _chain(error))
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """``error`` and every exception it wraps: its cause and context, and those held in its arguments."""
+    seen: set[int] = set()
+    todo = [error]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        kwargs = getattr(current, "kwargs", None)  # botocore's errors keep what they wrap here
+        held = list(kwargs.values()) if isinstance(kwargs, dict) else []
+        held += [current.__cause__, current.__context__, *current.args]
+        todo.extend(link for link in held if isinstance(link, BaseException))
 
 
 def classify(error: BaseException) -> FailureKind:

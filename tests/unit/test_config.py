@@ -162,7 +162,7 @@ def test_every_operation_given_request_defaults_accepts_them() -> None:
     """botocore's S3 model must take each parameter s3dcp adds to each operation."""
     import botocore.session
 
-    from s3dcp._s3.client import BUCKET_OPERATIONS, CREATE_OPERATIONS
+    from s3dcp._s3.hooks import BUCKET_OPERATIONS, CREATE_OPERATIONS
 
     model = botocore.session.Session().get_service_model("s3")
     for operation in BUCKET_OPERATIONS:

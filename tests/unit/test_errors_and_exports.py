@@ -11,7 +11,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 import s3dcp
 from s3dcp import _errors as errors
-from s3dcp._s3.client import translate_error
+from s3dcp._s3.translate import translate_error
 from s3dcp._config import S3ClientConfig, resolve_settings
 
 
@@ -89,6 +89,21 @@ def test_translation_table(error: BaseException, cls: type, words: str) -> None:
     assert type(translated) is cls
     assert words in str(translated)
     assert "bkt" in str(translated)
+
+
+@pytest.mark.parametrize(
+    "error, cls",
+    [
+        # where an answer matches two rows of the table, the first wins
+        (client_error("NoSuchBucket", 404, Region="eu-west-1"), s3dcp.BucketNotFoundError),
+        (client_error("NoSuchKey", 404, Region="eu-west-1"), s3dcp.WrongRegionError),
+        (client_error("AccessDenied", 403, Region="eu-west-1"), s3dcp.WrongRegionError),
+        (client_error("RequestTimeTooSkewed", 403), s3dcp.AccessDeniedError),  # a 403, whatever its code
+        (client_error("NoSuchUpload", 404), s3dcp.S3RequestError),  # a 404 that names another code
+    ],
+)
+def test_translation_order(error: BaseException, cls: type) -> None:
+    assert type(translate_error(error, "get_object", "bkt", "k", SETTINGS)) is cls
 
 
 def test_auth_errors_do_not_echo_server_text() -> None:

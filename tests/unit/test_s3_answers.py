@@ -8,7 +8,8 @@ import botocore.exceptions
 import pytest
 
 import s3dcp
-from s3dcp._s3.client import NotS3AnswerError, _refuse_non_s3_answer, non_s3_answer, translate_error
+from s3dcp._s3.hooks import NotS3AnswerError, non_s3_answer, refuse_non_s3_answer
+from s3dcp._s3.translate import translate_error
 from s3dcp._config import S3ClientConfig, resolve_settings
 
 SETTINGS = resolve_settings("us-east-1", S3ClientConfig(endpoint_url="http://store:9000"), {})
@@ -54,13 +55,13 @@ def response(status: int, body: Any, **headers: str) -> dict[str, Any]:
 
 
 def test_the_hook_reads_error_bodies_and_leaves_retried_statuses_alone() -> None:
-    _refuse_non_s3_answer(response(404, ERROR_DOCUMENT, **{"content-type": "application/xml"}))
+    refuse_non_s3_answer(response(404, ERROR_DOCUMENT, **{"content-type": "application/xml"}))
     with pytest.raises(NotS3AnswerError) as raised:
-        _refuse_non_s3_answer(response(404, HTML, **{"content-type": "text/html"}))
+        refuse_non_s3_answer(response(404, HTML, **{"content-type": "text/html"}))
     assert raised.value.status == 404 and raised.value.content_type == "text/html"
     with pytest.raises(NotS3AnswerError):  # an XML body that is not an S3 error document
-        _refuse_non_s3_answer(response(403, b"<html><body>no</body></html>", **{"content-type": "text/xml"}))
-    _refuse_non_s3_answer(response(503, HTML, **{"content-type": "text/html"}))  # retried first
+        refuse_non_s3_answer(response(403, b"<html><body>no</body></html>", **{"content-type": "text/xml"}))
+    refuse_non_s3_answer(response(503, HTML, **{"content-type": "text/html"}))  # retried first
 
 
 def test_the_hook_closes_a_refused_object_body() -> None:
@@ -72,7 +73,7 @@ def test_the_hook_closes_a_refused_object_body() -> None:
 
     body = Body()
     with pytest.raises(NotS3AnswerError):
-        _refuse_non_s3_answer(response(200, body, **{"content-type": "text/html"}))
+        refuse_non_s3_answer(response(200, body, **{"content-type": "text/html"}))
     assert body.closed
 
 
