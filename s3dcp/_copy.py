@@ -39,7 +39,7 @@ from s3dcp._files import write_atomically
 from s3dcp._commit import commit_metadata, uncommit
 from s3dcp._config import S3ClientConfig, resolve_settings
 from s3dcp._s3.objects import read_object
-from s3dcp._errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError
+from s3dcp._errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError, ObjectNotFoundError
 from s3dcp._format.layout import METADATA_NAME, SAVING_MARKER, empty_shards, find_strays
 from s3dcp._format.metadata import check_relative_key
 from s3dcp._progress import human_bytes
@@ -202,13 +202,21 @@ def plan_copy(
         raise CheckpointNotFoundError(f"{src} is not a directory; give a DCP checkpoint directory")
     found = _listing(client, src)
     if METADATA_NAME not in found:
-        raise CheckpointNotFoundError(
-            f"no complete checkpoint at {src}: {METADATA_NAME} is missing (wrong path, or the save never finished)"
+        why = (
+            f"a save there has not committed ({SAVING_MARKER} is there: one is running, or one died); "
+            "copy it once it has" if SAVING_MARKER in found else "wrong path, or the save never finished"
         )
+        raise CheckpointNotFoundError(f"no complete checkpoint at {src}: {METADATA_NAME} is missing ({why})")
     where = f"{src}/{METADATA_NAME}"
-    metadata = read_object(client, src.bucket, src.key(METADATA_NAME)) if isinstance(src, S3Uri) else (
-        (src / METADATA_NAME).read_bytes()
-    )
+    try:
+        metadata = read_object(client, src.bucket, src.key(METADATA_NAME)) if isinstance(src, S3Uri) else (
+            (src / METADATA_NAME).read_bytes()
+        )
+    except (ObjectNotFoundError, FileNotFoundError) as gone:  # listed a moment ago: a save is replacing it
+        raise CheckpointNotFoundError(
+            f"no complete checkpoint at {src}: its {METADATA_NAME} was removed while the copy was being "
+            "planned (a save to that path is replacing it); copy it once that save has committed"
+        ) from gone
     needed = referenced_objects(metadata, where)
     objects: dict[str, int] = {}
     for relative in sorted(needed):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -9,11 +10,12 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from s3dcp import CheckpointDamagedError, S3StorageReader, S3StorageWriter
+from s3dcp import CheckpointDamagedError, CheckpointNotFoundError, S3StorageReader, S3StorageWriter
 from s3dcp._cli import human_bytes
 from s3dcp._copy import copy_checkpoint
 from tests.conftest import REGION, list_keys
 from tests.helpers import assert_same, blank_like, run_cli as run
+from tests.servers.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.s3
 
@@ -113,3 +115,27 @@ def test_the_api_reports_what_was_copied_and_left(s3_env: Any, s3: Any, bucket: 
     assert report.bytes_copied == sum(list_keys(s3, bucket, "dst/").values())
     assert (report.objects, report.strays_left, report.stray_bytes_left) == (2, 1, 100)
     assert (report.strays_removed, report.stray_bytes_removed) == (0, 0)
+
+
+def test_a_source_whose_save_has_not_committed_is_named_so(s3_env: Any, s3: Any, bucket: str, tmp_path: Path) -> None:
+    s3.put_object(Bucket=bucket, Key="src/.s3dcp-saving", Body=b'{"save_id": "x"}\n')
+    s3.put_object(Bucket=bucket, Key="src/__0_0.distcp", Body=b"partial")
+    with pytest.raises(CheckpointNotFoundError, match=r"has not committed \(\.s3dcp-saving is there"):
+        copy_checkpoint(f"s3://{bucket}/src", str(tmp_path / "dst"))
+    assert not (tmp_path / "dst").exists()
+
+
+def test_a_metadata_removed_while_the_copy_plans_is_not_found_not_a_bare_404(
+    proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """The source is listed, then a save un-commits it before its .metadata is read."""
+    save(f"s3://{bucket}/src", OLD)
+    hold = proxy.add_rule("hold", method="GET", key_pattern=r"src/\.metadata$", count=1)
+    with ThreadPoolExecutor(1) as pool:
+        copying = pool.submit(copy_checkpoint, f"s3://{bucket}/src", str(tmp_path / "dst"))
+        assert hold.hit.wait(60), "the copy never read the source's .metadata"
+        lose(s3, bucket, "src/.metadata")
+        hold.release()
+        with pytest.raises(CheckpointNotFoundError, match="was removed while the copy was being planned"):
+            copying.result(timeout=60)
+    assert not (tmp_path / "dst").exists()
