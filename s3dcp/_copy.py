@@ -47,7 +47,7 @@ from s3dcp._format.references import referenced_objects
 from s3dcp._s3.upload import ObjectUpload, TransferPool, choose_part_size, complete_multipart, multipart_upload
 from s3dcp._uri import S3Uri, is_s3_uri, parse_s3_uri
 
-__all__ = ["CopyPlan", "CopyReport", "plan_copy", "run_copy", "copy_checkpoint", "upload_file", "strays"]
+__all__ = ["CopyPlan", "CopyReport", "plan_copy", "run_copy", "copy_checkpoint", "upload_file"]
 
 _THREADS = 4
 _READ_CHUNK = 8 * 1024 * 1024

@@ -21,7 +21,7 @@ from s3dcp._s3.client import S3Client
 from s3dcp._errors import ObjectNotFoundError, S3RequestError
 from s3dcp._s3.retry import TruncatedBodyError, error_code
 
-__all__ = ["SHORT_OBJECT_CODE", "ByteRange", "Fetch", "ByteBudget", "DownloadBuffers", "coalesce", "read_range_into", "read_object", "object_exists"]
+__all__ = ["SHORT_OBJECT_CODE", "ByteRange", "Fetch", "ByteBudget", "DownloadBuffers", "coalesce", "read_range_into"]
 
 # The S3 code of a range the object does not hold (S3 answers 416 with it): also what
 # read_range_into reports when a store serves fewer bytes than asked because the object ends
