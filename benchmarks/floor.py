@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from proxy import make_certificate  # noqa: E402
 from workload import build_state_dict, tensor_bytes  # noqa: E402
 
-from s3dcp._format import crc32  # noqa: E402
+from s3dcp import _crc32 as crc32  # noqa: E402
 
 BODY = 16 << 20
 REQUESTS = 64  # 1 GiB

@@ -50,6 +50,7 @@ from s3dcp._format.layout import (
     is_empty_shard,
     is_own_object,
     is_shard_name,
+    parse_step,
 )
 from s3dcp._format.references import referenced_objects
 from s3dcp._uri import S3Uri, parse_s3_uri
@@ -73,13 +74,11 @@ __all__ = [
     "plan_gc",
     "gc",
     "abort_uploads",
-    "parse_step",
     "checkpoint_roots",
     "is_settled",
     "is_checkpoint_object",
 ]
 
-_STEP = re.compile(r"^step_(\d+)$")
 _LISTING_THREADS = 8
 DEFAULT_GRACE = timedelta(hours=6)
 _NEVER = datetime.min.replace(tzinfo=timezone.utc)
@@ -124,15 +123,6 @@ class StoredObject:
     key: str
     size: int
     last_modified: datetime
-
-
-def parse_step(path: str) -> int | None:
-    """N of the last ``step_N`` part of ``path`` (``run/step_10`` -> 10), or ``None``."""
-    for part in reversed(path.strip("/").split("/")):
-        match = _STEP.match(part)
-        if match:
-            return int(match.group(1))
-    return None
 
 
 def _client(region: str | None, s3client_config: S3ClientConfig | None) -> S3Client:

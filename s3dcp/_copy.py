@@ -44,7 +44,7 @@ from s3dcp._format.layout import METADATA_NAME, SAVING_MARKER, empty_shards, fin
 from s3dcp._format.metadata import check_relative_key
 from s3dcp._progress import human_bytes
 from s3dcp._format.references import referenced_objects
-from s3dcp._s3.upload import ObjectUpload, TransferPool, choose_part_size, complete_multipart, multipart_upload
+from s3dcp._s3.upload import ObjectUpload, TransferPool, complete_multipart, multipart_upload, upload_file
 from s3dcp._uri import S3Uri, is_s3_uri, parse_s3_uri
 
 __all__ = ["CopyPlan", "CopyReport", "plan_copy", "run_copy", "copy_checkpoint", "upload_file"]
@@ -264,25 +264,6 @@ def plan_copy(
         destination_strays=find_strays(existing, needed),
         client=client,
     )
-
-
-def upload_file(
-    client: S3Client,
-    pool: TransferPool,
-    path: Path,
-    bucket: str,
-    key: str,
-    part_size: int,
-    on_bytes: OnBytes | None = None,
-) -> None:
-    """Stream the local file ``path`` to ``s3://bucket/key`` (multipart above one part)."""
-    size = path.stat().st_size
-    with path.open("rb") as source, ObjectUpload(client, pool, bucket, key, choose_part_size(size, part_size),
-                                                 size_hint=size) as upload:
-        while chunk := source.read(_READ_CHUNK):
-            upload.write(chunk)
-            if on_bytes is not None:
-                on_bytes(len(chunk))
 
 
 def _download_object(client: S3Client, bucket: str, key: str, target: Path, on_bytes: OnBytes | None) -> None:

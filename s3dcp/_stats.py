@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from s3dcp._catalog import parse_step
+from s3dcp._format.layout import parse_step
 
 __all__ = ["PhaseStats", "PhaseCallback", "report_phase"]
 

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import torch
 
-from s3dcp._format import crc32
-from s3dcp._format.crc32 import CrcWriter
+from s3dcp import _crc32 as crc32
+from s3dcp._crc32 import CrcWriter
 from s3dcp._format.framing import Framing, framing_of
 
 __all__ = ["write_tensor"]
@@ -65,7 +65,7 @@ def write_tensor(stream: _Writer | CrcWriter, tensor: torch.Tensor, unchanging: 
 
     On ``False`` nothing was written and the caller should use ``torch.save``.
     ``unchanging`` promises the tensor keeps its values until the stream is
-    committed, so a :class:`~s3dcp._format.crc32.CrcWriter` may send its
+    committed, so a :class:`~s3dcp._crc32.CrcWriter` may send its
     memory without copying it.
     """
     if not _memory_as_stored(tensor):

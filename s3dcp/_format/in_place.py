@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, Tenso
 from torch.distributed.checkpoint.planner import LoadItemType, ReadItem
 
 from s3dcp._format.framing import Chunk, Framing, framing_for
-from s3dcp._s3.download import ByteRange
+from s3dcp._ranges import ByteRange
 
 __all__ = [
     "InPlaceRead",

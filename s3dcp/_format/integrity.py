@@ -15,8 +15,8 @@ from typing import Any, Protocol
 
 import xxhash
 
-from s3dcp._format import crc32
-from s3dcp._format.crc32 import CrcWriter
+from s3dcp import _crc32 as crc32
+from s3dcp._crc32 import CrcWriter
 from s3dcp._errors import ChecksumMismatchError
 
 __all__ = ["ALGORITHM", "BinaryStream", "DigestingWriter", "digest", "set_checksum", "get_checksum", "verify"]
@@ -51,7 +51,7 @@ class DigestingWriter:
     ``begin()`` starts an item; ``end()`` returns the digest of every byte
     written since. Digesting as the bytes go by costs no second pass over
     the data and digests exactly what was sent. It is a
-    :class:`~s3dcp._format.crc32.CrcWriter` whatever ``stream`` is: over one,
+    :class:`~s3dcp._crc32.CrcWriter` whatever ``stream`` is: over one,
     the stream's copy pass computes the CRC-32 and feeds the digest too.
     """
 

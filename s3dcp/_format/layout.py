@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Collection, Mapping
 
 __all__ = [
+    "parse_step",
     "METADATA_NAME",
     "SHARD_SUFFIX",
     "OWN_PREFIX",
@@ -113,3 +114,15 @@ def find_strays(objects: Mapping[str, int], referenced: Collection[str]) -> dict
         and not is_own_object(relative)
         and not inside_nested(relative)
     }
+
+
+_STEP = re.compile(r"^step_(\d+)$")
+
+
+def parse_step(path: str) -> int | None:
+    """N of the last ``step_N`` part of ``path`` (``run/step_10`` -> 10), or ``None``."""
+    for part in reversed(path.strip("/").split("/")):
+        match = _STEP.match(part)
+        if match:
+            return int(match.group(1))
+    return None

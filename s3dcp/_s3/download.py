@@ -1,9 +1,9 @@
-"""Ranged reads: plan which byte ranges to fetch, then fetch them exactly.
+"""Ranged reads into the caller's buffers, fetched exactly.
 
-:func:`coalesce` is pure arithmetic: it merges the ranges a load needs into
-fewer requests when the gaps between them are small. :func:`read_range_into`
-fetches one range into a preallocated buffer; when a body breaks off, the
-next attempt asks only for the bytes still missing.
+:func:`read_range_into` fetches one range (planned by :func:`s3dcp._ranges.coalesce`)
+into preallocated buffers; when a body breaks off, the next attempt asks
+only for the bytes still missing. :class:`DownloadBuffers` bounds the bytes
+of buffers alive at once.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from typing import Any
 import botocore.exceptions
 import torch
 
+from s3dcp._ranges import ByteRange
 from s3dcp._s3.body import open_body
 from s3dcp._s3.client import S3Client
 from s3dcp._errors import ObjectNotFoundError, S3RequestError
 from s3dcp._s3.retry import TruncatedBodyError, error_code
 
-__all__ = ["SHORT_OBJECT_CODE", "ByteRange", "Fetch", "ByteBudget", "DownloadBuffers", "coalesce", "read_range_into"]
+__all__ = ["SHORT_OBJECT_CODE", "ByteBudget", "DownloadBuffers", "read_range_into"]
 
 # The S3 code of a range the object does not hold (S3 answers 416 with it): also what
 # read_range_into reports when a store serves fewer bytes than asked because the object ends
@@ -29,60 +30,6 @@ SHORT_OBJECT_CODE = "InvalidRange"
 # A body that breaks off loses the chunk being read; the retry asks for the rest.
 _READ_CHUNK = 1024 * 1024
 _BUFFER_UNIT = 1024 * 1024
-
-
-@dataclass(frozen=True, order=True)
-class ByteRange:
-    """Bytes ``[start, end)`` of one object."""
-
-    start: int
-    end: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.start <= self.end:
-            raise ValueError(f"bad byte range [{self.start}, {self.end})")
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start
-
-
-@dataclass(frozen=True)
-class Fetch:
-    """One GET request covering ``span`` and serving the ranges in ``members``.
-
-    ``members`` are indices into the list given to :func:`coalesce`.
-    """
-
-    span: ByteRange
-    members: tuple[int, ...]
-
-
-def coalesce(ranges: Sequence[ByteRange], max_gap: int, max_span: int) -> list[Fetch]:
-    """Merge ranges of one object into as few fetches as is worth it.
-
-    Two ranges share a fetch when the gap between them is at most
-    ``max_gap`` bytes and the merged span stays within ``max_span`` bytes
-    (a single range longer than ``max_span`` gets a fetch of its own).
-    Empty ranges need no bytes and get no fetch.
-    """
-    if max_gap < 0 or max_span < 1:
-        raise ValueError("max_gap must be >= 0 and max_span >= 1")
-    order = sorted((r.start, r.end, i) for i, r in enumerate(ranges) if r.length > 0)
-    fetches: list[Fetch] = []
-    start = end = -1
-    members: list[int] = []
-    for r_start, r_end, index in order:
-        if members and r_start - end <= max_gap and max(end, r_end) - start <= max_span:
-            end = max(end, r_end)
-            members.append(index)
-            continue
-        if members:
-            fetches.append(Fetch(ByteRange(start, end), tuple(members)))
-        start, end, members = r_start, r_end, [index]
-    if members:
-        fetches.append(Fetch(ByteRange(start, end), tuple(members)))
-    return fetches
 
 
 class ByteBudget:

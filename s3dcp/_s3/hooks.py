@@ -24,7 +24,7 @@ from typing import Any
 
 from s3dcp._compat import botocore as _botocore
 from s3dcp._config import S3ClientConfig
-from s3dcp._format import crc32
+from s3dcp import _crc32 as crc32
 from s3dcp._s3.retry import THROTTLING_STATUSES, TRANSIENT_STATUSES
 
 __all__ = [

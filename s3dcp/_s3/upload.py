@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 import weakref
+from pathlib import Path
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_for
@@ -25,7 +26,7 @@ from typing import Any, TypeVar
 
 import botocore.exceptions
 
-from s3dcp._format import crc32
+from s3dcp import _crc32 as crc32
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.objects import put_object
 from s3dcp._config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
@@ -41,6 +42,7 @@ __all__ = [
     "complete_multipart",
     "multipart_etag",
     "multipart_upload",
+    "upload_file",
 ]
 
 _MIN_BUFFER = 64 * 1024
@@ -638,3 +640,25 @@ class ObjectUpload:
             return part
 
         self._parts.append(pool.submit(send))
+
+
+_FILE_CHUNK = 8 * 1024 * 1024  # bytes read from a local file at a time
+
+
+def upload_file(
+    client: S3Client,
+    pool: TransferPool,
+    path: Path,
+    bucket: str,
+    key: str,
+    part_size: int,
+    on_bytes: Callable[[int], Any] | None = None,
+) -> None:
+    """Stream the local file ``path`` to ``s3://bucket/key`` (multipart above one part)."""
+    size = path.stat().st_size
+    with path.open("rb") as source, ObjectUpload(client, pool, bucket, key, choose_part_size(size, part_size),
+                                                 size_hint=size) as upload:
+        while chunk := source.read(_FILE_CHUNK):
+            upload.write(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))

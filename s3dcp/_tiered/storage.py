@@ -32,7 +32,8 @@ from torch.futures import Future
 
 from s3dcp._compat.torch import called_from_dcp_load, storage_rank
 from s3dcp._format.layout import METADATA_NAME, SHARD_SUFFIX
-from s3dcp._catalog import latest_checkpoint, parse_step
+from s3dcp._catalog import latest_checkpoint
+from s3dcp._format.layout import parse_step
 from s3dcp._s3.client import S3Client
 from s3dcp._config import S3ClientConfig, resolve_settings
 from s3dcp._errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError, S3DCPError, UploadFailedError

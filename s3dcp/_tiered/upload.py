@@ -33,7 +33,7 @@ from pathlib import Path
 from s3dcp._format.layout import METADATA_NAME
 from s3dcp._s3.client import S3Client
 from s3dcp._commit import commit_metadata
-from s3dcp._copy import upload_file
+from s3dcp._s3.upload import upload_file
 from s3dcp._s3.objects import object_exists
 from s3dcp._errors import (
     AccessDeniedError,

@@ -10,7 +10,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3StorageWriter, latest_checkpoint, list_checkpoints
-from s3dcp._catalog import parse_step
+from s3dcp._format.layout import parse_step
 from tests.conftest import REGION
 
 pytestmark = pytest.mark.s3

@@ -13,7 +13,7 @@ from torch.distributed.checkpoint.planner_helpers import (
 from torch.distributed.checkpoint.planner import WriteItemType
 
 from s3dcp._config import GIB, MIB
-from s3dcp._s3.download import ByteRange, coalesce
+from s3dcp._ranges import ByteRange, coalesce
 from s3dcp._format.shard import item_nbytes, split_items
 from s3dcp._s3.upload import choose_part_size, multipart_etag
 

@@ -33,7 +33,7 @@ def test_digesting_writer_digests_each_item_and_passes_bytes_on() -> None:
 def test_digesting_writer_is_a_crc_writer_over_any_stream() -> None:
     import zlib
 
-    from s3dcp._format.crc32 import CrcWriter
+    from s3dcp._crc32 import CrcWriter
     from s3dcp._s3.upload import ObjectUpload
 
     assert issubclass(ObjectUpload, CrcWriter) and issubclass(DigestingWriter, CrcWriter)

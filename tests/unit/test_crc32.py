@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from s3dcp._format.crc32 import combine, combine_python, compute
+from s3dcp._crc32 import combine, combine_python, compute
 
 COMBINERS = pytest.mark.parametrize("combiner", [combine, combine_python], ids=["in-use", "python"])
 
@@ -58,7 +58,7 @@ def test_without_isal_both_fall_back_to_python_and_zlib(monkeypatch: pytest.Monk
     import importlib
     import sys
 
-    import s3dcp._format.crc32 as module
+    import s3dcp._crc32 as module
 
     monkeypatch.setitem(sys.modules, "isal.isal_zlib", None)  # import of it fails
     try:

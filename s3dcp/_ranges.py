@@ -1,0 +1,67 @@
+"""Byte ranges of one object, and merging them into few requests: pure arithmetic.
+
+:func:`coalesce` merges the ranges a load needs into fewer GETs when the
+gaps between them are small; the load engine plans with it and the in-place
+reader lays tensors out on the spans it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["ByteRange", "Fetch", "coalesce"]
+
+
+@dataclass(frozen=True, order=True)
+class ByteRange:
+    """Bytes ``[start, end)`` of one object."""
+
+    start: int
+    end: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start <= self.end:
+            raise ValueError(f"bad byte range [{self.start}, {self.end})")
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One GET request covering ``span`` and serving the ranges in ``members``.
+
+    ``members`` are indices into the list given to :func:`coalesce`.
+    """
+
+    span: ByteRange
+    members: tuple[int, ...]
+
+
+def coalesce(ranges: Sequence[ByteRange], max_gap: int, max_span: int) -> list[Fetch]:
+    """Merge ranges of one object into as few fetches as is worth it.
+
+    Two ranges share a fetch when the gap between them is at most
+    ``max_gap`` bytes and the merged span stays within ``max_span`` bytes
+    (a single range longer than ``max_span`` gets a fetch of its own).
+    Empty ranges need no bytes and get no fetch.
+    """
+    if max_gap < 0 or max_span < 1:
+        raise ValueError("max_gap must be >= 0 and max_span >= 1")
+    order = sorted((r.start, r.end, i) for i, r in enumerate(ranges) if r.length > 0)
+    fetches: list[Fetch] = []
+    start = end = -1
+    members: list[int] = []
+    for r_start, r_end, index in order:
+        if members and r_start - end <= max_gap and max(end, r_end) - start <= max_span:
+            end = max(end, r_end)
+            members.append(index)
+            continue
+        if members:
+            fetches.append(Fetch(ByteRange(start, end), tuple(members)))
+        start, end, members = r_start, r_end, [index]
+    if members:
+        fetches.append(Fetch(ByteRange(start, end), tuple(members)))
+    return fetches
