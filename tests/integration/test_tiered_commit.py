@@ -104,15 +104,20 @@ def test_commit_waits_for_a_rank_held_at_the_proxy(
 ) -> None:
     hold = proxy.add_rule("hold", method="PUT", key_pattern=rf"/run/step_1/{shard(1)}$", count=1)
     rank_1_done = threading.Event()
-    time = FakeTime(block_on=rank_1_done)  # the coordinator polls again only once rank 1 has finished
+    # the coordinator's pause: tells the test it is waiting, and polls again only once rank 1 has finished
+    time = FakeTime(block_on=rank_1_done)
     rank_0, rank_1 = TierUploader(), TierUploader()
     try:
         rank_1.submit(job(bucket, checkpoint, 1, on_status=done_event(rank_1_done)))
         assert hold.hit.wait(WAIT), "rank 1's upload never reached the proxy"
-        coordinator(rank_0, bucket, checkpoint, time)
+        waiting_or_ended = threading.Event()
+        time.sleeping = waiting_or_ended
+        coordinator(rank_0, bucket, checkpoint, time,
+                    on_status=lambda s: waiting_or_ended.set() if s.state in ("committed", "failed") else None)
+        assert waiting_or_ended.wait(WAIT)
         # the coordinator has its own files in S3, listed the markers, found rank 1's missing and paused
-        assert time.sleeping.wait(WAIT), "the coordinator never waited for rank 1"
         assert keys(s3, bucket) == {shard(0), f"{MARKERS}/{SAVE_ID}/rank_0"}
+        assert time.sleeps, "the coordinator ended without waiting for rank 1"
         assert rank_0.statuses()[-1].state == "uploaded" and len(rank_0.statuses()) == 1
     finally:
         hold.release()
@@ -232,3 +237,22 @@ def test_uploader_wait_returns_raises_and_bounds_the_exit(
     statuses = rank_1.wait(None, root=checkpoint.parent)
     assert [(s.rank, s.state) for s in statuses] == [(1, "uploaded")]
     rank_1.finish_at_exit()  # nothing queued: returns at once
+
+
+def test_markers_that_cannot_be_removed_leave_the_commit_standing(
+    proxied_env: Any, proxy: Any, s3: Any, bucket: str, checkpoint: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After .metadata is stored, a refused marker clean-up is a warning, not a failed (and retried) commit."""
+    refuse = proxy.add_rule("access_denied", method="POST", query_contains="delete")
+    rank_1 = TierUploader()
+    rank_1.submit(job(bucket, checkpoint, 1))
+    assert final(rank_1) == [(1, "uploaded")]
+    rank_0 = TierUploader()
+    with caplog.at_level(logging.WARNING, logger="s3dcp"):
+        coordinator(rank_0, bucket, checkpoint, FakeTime())
+        statuses = rank_0.wait(WAIT)
+    assert [(s.state, s.attempts) for s in statuses] == [("uploaded", 1), ("committed", 1)]
+    assert refuse.hits == 1 and len(proxy.requests("PUT", r"/\.metadata$")) == 1
+    assert keys(s3, bucket) == {".metadata", shard(0), shard(1), f"{MARKERS}/{SAVE_ID}/rank_0",
+                                f"{MARKERS}/{SAVE_ID}/rank_1"}
+    assert any("could not remove its upload markers" in r.getMessage() for r in caplog.records)
