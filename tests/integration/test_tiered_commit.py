@@ -11,6 +11,10 @@ guessed with real pauses.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +35,7 @@ FAST_RETRIES = S3ClientConfig(max_attempts=3, retry_initial_backoff=0.01, retry_
 SAVE_ID = "save-1"
 METADATA = b"the coordinator's .metadata"
 WAIT = 60.0  # a bound on real waits for threads; never reached when the code works
+REPO = Path(__file__).resolve().parents[2]
 
 
 class FakeTime:
@@ -256,3 +261,45 @@ def test_markers_that_cannot_be_removed_leave_the_commit_standing(
     assert keys(s3, bucket) == {".metadata", shard(0), shard(1), f"{MARKERS}/{SAVE_ID}/rank_0",
                                 f"{MARKERS}/{SAVE_ID}/rank_1"}
     assert any("could not remove its upload markers" in r.getMessage() for r in caplog.records)
+
+
+_SCRIPT_THAT_ENDS = textwrap.dedent("""
+    import logging, sys, torch, torch.distributed.checkpoint as dcp
+    from s3dcp import TieredStorageWriter
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    local, root, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    writer = TieredStorageWriter(local, root, region="us-east-1", upload_timeout=timeout)
+    dcp.save({"w": torch.arange(4096, dtype=torch.float32)}, checkpoint_id="step_1", storage_writer=writer)
+    print("saved", flush=True)  # and ends, without wait_for_uploads
+""")
+
+
+def run_script_that_ends(local: Path, root: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _SCRIPT_THAT_ENDS, str(local), root, str(timeout)],
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+                          timeout=WAIT)
+
+
+def test_a_script_that_ends_finishes_its_queued_upload(
+    proxied_env: Any, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    done = run_script_that_ends(tmp_path / "tier", f"s3://{bucket}/run", 600)
+    assert done.returncode == 0 and done.stdout.split() == ["saved"], done.stderr
+    assert {"run/step_1/.metadata", "run/step_1/__0_0.distcp"} == set(list_keys(s3, bucket, "run/"))
+    assert "waiting up to 600 s for 2 queued upload(s) before exiting" in done.stderr
+
+
+def test_a_stuck_upload_holds_the_exit_at_most_upload_timeout(
+    proxied_env: Any, proxy: Any, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """The upload never ends (held at the proxy): the process still exits once upload_timeout has passed."""
+    hold = proxy.add_rule("hold", method="PUT", key_pattern=r"/run/step_1/__0_0\.distcp$")
+    try:
+        done = run_script_that_ends(tmp_path / "tier", f"s3://{bucket}/run", 1)
+        assert hold.hit.is_set()
+    finally:
+        hold.release()
+    assert done.returncode == 0 and done.stdout.split() == ["saved"], done.stderr
+    assert "ERROR s3dcp: exiting with 2 upload(s) unfinished after 1 s: step_1 (rank 0), step_1 (rank 0)" \
+        in done.stderr, done.stderr
+    assert "run/step_1/.metadata" not in list_keys(s3, bucket, "run/")
