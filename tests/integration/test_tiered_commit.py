@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 
 from s3dcp import S3ClientConfig
-from s3dcp.client import S3Client
-from s3dcp.config import resolve_settings
-from s3dcp.tier_upload import MARKERS, TierUploader, UploadJob, UploadStatus
-from s3dcp.uri import parse_s3_uri
+from s3dcp._s3.client import S3Client
+from s3dcp._config import resolve_settings
+from s3dcp._tiered.upload import MARKERS, TierUploader, UploadJob, UploadStatus
+from s3dcp._uri import parse_s3_uri
 from tests.conftest import REGION, list_keys
 
 pytestmark = pytest.mark.s3
