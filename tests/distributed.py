@@ -62,7 +62,7 @@ def _exit_cleanly() -> None:
     """
     for thread in threading.enumerate():
         if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()  # e.g. a tiered writer's upload thread, as interpreter exit would
+            thread.join()  # as interpreter exit would (a tiered upload thread is a daemon: ranks wait themselves)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -48,7 +48,7 @@ from s3dcp._reader import S3StorageReader
 from s3dcp._format.transforms import descriptors_of
 from s3dcp._format.shard import split_items
 from s3dcp._stats import PhaseCallback, PhaseStats, report_phase
-from s3dcp._tiered.upload import UploadJob, UploadStatus, uploader
+from s3dcp._tiered.upload import DEFAULT_UPLOAD_TIMEOUT, UploadJob, UploadStatus, uploader
 from s3dcp._uri import S3Uri, parse_s3_uri
 
 __all__ = ["TieredStorageWriter", "TieredStorageReader", "latest_tiered_checkpoint", "UploadStatus"]
@@ -115,9 +115,17 @@ class TieredStorageWriter(StorageWriter):
         overwrite: allow replacing a complete checkpoint of the same name
             (in either tier).
         upload_attempts: tries per background upload before it is reported
-            as failed (each S3 request also retries on its own).
+            as failed (each S3 request also retries on its own; the pauses
+            between tries follow the same retry policy).
         upload_timeout: seconds the coordinator waits for other ranks'
-            uploads before giving up on committing the S3 copy.
+            uploads of a checkpoint before giving up on committing its S3
+            copy (default 600). The upload thread is a daemon: at exit a
+            process waits for its queued uploads at most this long in all,
+            then logs those it leaves unfinished, so a rank that died
+            delays the coordinator's exit by at most ``upload_timeout``.
+            Raise it when ranks' uploads can run far apart (very large
+            shards, slow links); call :meth:`wait_for_uploads` to wait
+            for every upload before exiting.
         on_upload: called with an :class:`UploadStatus` at every change of
             an upload of this process (queued, uploading, uploaded,
             committed, failed), on the upload thread.
@@ -139,7 +147,7 @@ class TieredStorageWriter(StorageWriter):
         sync_files: bool = True,
         overwrite: bool = False,
         upload_attempts: int = 3,
-        upload_timeout: float = 3600.0,
+        upload_timeout: float = DEFAULT_UPLOAD_TIMEOUT,
         on_upload: Callable[[UploadStatus], object] | None = None,
         on_phase: PhaseCallback | None = None,
     ) -> None:
