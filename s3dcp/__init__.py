@@ -64,7 +64,9 @@ if typing.TYPE_CHECKING:
     from s3dcp._copy import CopyReport, copy_checkpoint
     from s3dcp._reader import S3StorageReader
     from s3dcp._tiered.upload import UploadStatus
-    from s3dcp._tiered.storage import TieredStorageReader, TieredStorageWriter, latest_tiered_checkpoint
+    from s3dcp._tiered.discovery import latest_tiered_checkpoint
+    from s3dcp._tiered.reader import TieredStorageReader
+    from s3dcp._tiered.writer import TieredStorageWriter
     from s3dcp._verify import Problem, VerifyReport, verify_checkpoint
     from s3dcp._writer import S3StorageWriter
 
@@ -75,9 +77,9 @@ _NEEDS_TORCH = {
     "S3StorageWriter": "._writer",
     "S3StorageReader": "._reader",
     "UploadStatus": "._tiered.upload",
-    "TieredStorageWriter": "._tiered.storage",
-    "TieredStorageReader": "._tiered.storage",
-    "latest_tiered_checkpoint": "._tiered.storage",
+    "TieredStorageWriter": "._tiered.writer",
+    "TieredStorageReader": "._tiered.reader",
+    "latest_tiered_checkpoint": "._tiered.discovery",
     "copy_checkpoint": "._copy",
     "CopyReport": "._copy",
     "verify_checkpoint": "._verify",

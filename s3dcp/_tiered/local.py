@@ -29,6 +29,8 @@ from s3dcp._format.metadata import load_metadata
 from s3dcp._format.shard import write_items
 
 __all__ = [
+    "checkpoint_name",
+    "is_checkpoint_name",
     "write_shard_file",
     "write_local_metadata",
     "read_local_metadata",
@@ -43,6 +45,27 @@ log = logging.getLogger("s3dcp")
 _BUFFER = 8 * 1024 * 1024
 _UPLOADING = ".s3dcp-uploading"  # under the root: which checkpoints some process still uploads
 _FOREIGN_MARK_LIFETIME = 24 * 3600.0
+
+
+def checkpoint_name(checkpoint_id: str | os.PathLike[str]) -> str:
+    """A checkpoint's name under both roots: one directory name such as ``step_100``."""
+    name = os.fspath(checkpoint_id)
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") \
+            or name.startswith(".") or any(ord(c) < 32 for c in name):
+        raise ValueError(
+            "a tiered checkpoint id is the name of one checkpoint under local_dir and s3_path, such as "
+            f"'step_100' (no '/', not starting with '.'), not {name!r}"
+        )
+    return name
+
+
+def is_checkpoint_name(checkpoint_id: object) -> bool:
+    """Whether ``checkpoint_id`` names one tiered checkpoint (see :func:`checkpoint_name`)."""
+    try:
+        checkpoint_name(checkpoint_id)  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        return False
+    return True
 
 
 def write_shard_file(

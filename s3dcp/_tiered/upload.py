@@ -50,7 +50,7 @@ from s3dcp._format.layout import METADATA_NAME, UPLOAD_MARKERS
 from s3dcp._s3.client import S3Client
 from s3dcp._commit import commit_metadata, refuse_complete, uncommit
 from s3dcp._s3.upload import upload_file
-from s3dcp._s3.objects import delete_keys, list_pages, object_exists
+from s3dcp._s3.objects import delete_keys, list_pages
 from s3dcp._errors import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -229,7 +229,8 @@ def _wait_for_ranks(job: UploadJob) -> None:
 
 
 def _commit(job: UploadJob) -> None:
-    assert job.metadata is not None
+    if job.metadata is None:
+        raise ValueError(f"the commit of {job.uri} needs the .metadata bytes: only the coordinator's job carries them")
     _wait_for_ranks(job)
     commit_metadata(job.client, job.uri.bucket, job.uri.key(METADATA_NAME), job.metadata,
                     exclusive=not job.overwrite)

@@ -141,7 +141,7 @@ for spec in sys.argv[1:]:
     if hasattr(importlib.import_module(module), name):  # an older torch may lack it already
         delattr(importlib.import_module(module), name)
 sys.modules["torch.distributed.checkpoint._extension"] = None  # import fails from here on
-import s3dcp, s3dcp._writer, s3dcp._reader, s3dcp._tiered.storage, s3dcp._format.metadata, s3dcp._format.archive_writer, s3dcp._format.framing, s3dcp._format.archive, s3dcp._format.plain_data
+import s3dcp, s3dcp._writer, s3dcp._reader, s3dcp._tiered.writer, s3dcp._tiered.reader, s3dcp._format.metadata, s3dcp._format.archive_writer, s3dcp._format.framing, s3dcp._format.archive, s3dcp._format.plain_data
 from s3dcp._compat import torch as compat
 assert compat.storage_info_class() is compat.FallbackStorageInfo
 assert compat.extension_registry() is None and compat.rebuild_tensor_v2() is None

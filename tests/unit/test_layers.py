@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "s3dcp._s3": 1, "s3dcp._format": 1,
     "s3dcp._stats": 2, "s3dcp._commit": 2, "s3dcp._catalog": 2, "s3dcp._save": 2, "s3dcp._load": 2,
     "s3dcp._copy": 2, "s3dcp._verify": 2, "s3dcp._tiered.local": 2, "s3dcp._tiered.upload": 2,
+    "s3dcp._tiered.discovery": 2,
     "s3dcp._writer": 3, "s3dcp._reader": 3, "s3dcp._tiered": 3,
     "s3dcp": 4, "s3dcp._cli": 4, "s3dcp.__main__": 4,
 }

@@ -88,7 +88,7 @@ def test_damaged_local_metadata_reads_as_absent(tmp_path: Path) -> None:
 
 def test_local_reads_fill_the_whole_item_even_when_the_os_returns_less(tmp_path: Path) -> None:
     """read() returns at most about 2 GiB at once: big items need several reads, not a fallback."""
-    from s3dcp._tiered.storage import _read_at
+    from s3dcp._tiered.reader import _read_at
 
     class ShortReads:
         def __init__(self, data: bytes) -> None:
