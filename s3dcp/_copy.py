@@ -37,7 +37,7 @@ from s3dcp._s3.objects import delete_keys, list_pages
 from s3dcp._s3.client import S3Client
 from s3dcp._files import write_atomically
 from s3dcp._commit import commit_metadata, uncommit
-from s3dcp._config import S3ClientConfig, resolve_settings
+from s3dcp._config import S3ClientConfig, resolve_settings, MIB
 from s3dcp._s3.objects import read_object
 from s3dcp._errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError, ObjectNotFoundError
 from s3dcp._format.layout import METADATA_NAME, SAVING_MARKER, empty_shards, find_strays
@@ -50,9 +50,9 @@ from s3dcp._uri import S3Uri, is_s3_uri, parse_s3_uri
 __all__ = ["CopyPlan", "CopyReport", "plan_copy", "run_copy", "copy_checkpoint", "upload_file"]
 
 _THREADS = 4
-_READ_CHUNK = 8 * 1024 * 1024
+_READ_CHUNK = 8 * MIB
 _COPY_OBJECT_LIMIT = 5 * 1024**3  # larger objects are copied part by part
-_COPY_PART = 512 * 1024 * 1024
+_COPY_PART = 512 * MIB
 
 OnObject = Callable[[str, int], Any]
 OnBytes = Callable[[int], Any]

@@ -16,6 +16,7 @@ from typing import Any
 import botocore.exceptions
 import torch
 
+from s3dcp._config import MIB
 from s3dcp._ranges import ByteRange
 from s3dcp._s3.body import open_body
 from s3dcp._s3.client import S3Client
@@ -28,8 +29,8 @@ __all__ = ["SHORT_OBJECT_CODE", "ByteBudget", "DownloadBuffers", "read_range_int
 # read_range_into reports when a store serves fewer bytes than asked because the object ends
 SHORT_OBJECT_CODE = "InvalidRange"
 # A body that breaks off loses the chunk being read; the retry asks for the rest.
-_READ_CHUNK = 1024 * 1024
-_BUFFER_UNIT = 1024 * 1024
+_READ_CHUNK = MIB
+_BUFFER_UNIT = MIB
 
 
 class ByteBudget:

@@ -29,7 +29,7 @@ import botocore.exceptions
 from s3dcp import _crc32 as crc32
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.objects import put_object
-from s3dcp._config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from s3dcp._config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, MIB
 from s3dcp._errors import S3DCPError, S3RequestError
 from s3dcp._s3.retry import TransferStopped, error_code
 
@@ -47,7 +47,7 @@ __all__ = [
 
 _MIN_BUFFER = 64 * 1024
 # Bytes copied and checksummed at a time: small enough to stay in cache between the two.
-_CRC_PIECE = 1024 * 1024
+_CRC_PIECE = MIB
 # Checksums an UploadPart answer may carry, to be repeated in CompleteMultipartUpload.
 _PART_CHECKSUMS = ("ChecksumCRC32", "ChecksumCRC32C", "ChecksumSHA1", "ChecksumSHA256")
 
@@ -89,7 +89,7 @@ def choose_part_size(expected_size: int, preferred: int) -> int:
     needed = math.ceil(expected_size / MAX_PARTS)
     if needed <= preferred:
         return preferred
-    mib = 1024 * 1024
+    mib = MIB
     size = math.ceil(needed / mib) * mib
     return min(size, MAX_PART_SIZE)
 
@@ -642,7 +642,7 @@ class ObjectUpload:
         self._parts.append(pool.submit(send))
 
 
-_FILE_CHUNK = 8 * 1024 * 1024  # bytes read from a local file at a time
+_FILE_CHUNK = 8 * MIB  # bytes read from a local file at a time
 
 
 def upload_file(

@@ -21,6 +21,7 @@ from torch.distributed.checkpoint.metadata import Metadata
 from torch.distributed.checkpoint.planner import SavePlanner, WriteItem
 from torch.distributed.checkpoint.storage import WriteResult
 
+from s3dcp._config import MIB
 from s3dcp._files import write_atomically
 from s3dcp._format.layout import METADATA_NAME
 from s3dcp._format.layout import parse_step
@@ -42,7 +43,7 @@ __all__ = [
 
 log = logging.getLogger("s3dcp")
 
-_BUFFER = 8 * 1024 * 1024
+_BUFFER = 8 * MIB
 _UPLOADING = ".s3dcp-uploading"  # under the root: which checkpoints some process still uploads
 _FOREIGN_MARK_LIFETIME = 24 * 3600.0
 
