@@ -86,3 +86,24 @@ def test_the_checker_sees_a_wrong_import(tmp_path: Path) -> None:
     bad.write_text("from s3dcp._s3.client import S3Client\n")
     assert imports_of(bad) == {"s3dcp._s3.client"}
     assert layer_of("s3dcp._s3.client")[1] == 1 and layer_of("s3dcp._writer")[1] == 3
+
+
+def test_the_architecture_page_lists_every_module() -> None:
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    sections = {"_s3": page.split("(layer 1, `_s3/`)")[1].split("\nChe")[0],
+                "_format": page.split("(layer 1, `_format/`)")[1].split("\nLeaves")[0]}
+    missing = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).as_posix()
+        top = relative.split("/")[0]
+        if top == "_compat":
+            wanted, where = "`_compat/`", page
+        elif top in sections:
+            wanted, where = f"`{path.name}`", sections[top]
+        else:
+            wanted, where = f"`{relative}`", page
+        if path.name == "__init__.py" and top != "__init__.py":
+            continue
+        if wanted not in where:
+            missing.append(relative)
+    assert missing == [], "add these to docs/architecture.md"
