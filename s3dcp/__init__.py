@@ -63,9 +63,9 @@ from s3dcp._stats import PhaseStats
 if typing.TYPE_CHECKING:
     from s3dcp._copy import CopyReport, copy_checkpoint
     from s3dcp._reader import S3StorageReader
-    from s3dcp._tiered.upload import UploadStatus
     from s3dcp._tiered.discovery import latest_tiered_checkpoint
     from s3dcp._tiered.reader import TieredStorageReader
+    from s3dcp._tiered.upload import UploadStatus
     from s3dcp._tiered.writer import TieredStorageWriter
     from s3dcp._verify import Problem, VerifyReport, verify_checkpoint
     from s3dcp._writer import S3StorageWriter

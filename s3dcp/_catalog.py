@@ -32,17 +32,14 @@ the plan and ask before anything is deleted. ``delete_checkpoint``,
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from s3dcp._s3.client import S3Client
-from s3dcp._s3.objects import delete_keys, list_pages, read_object
 from s3dcp._config import S3ClientConfig, resolve_settings
-from s3dcp._errors import CheckpointDamagedError, CheckpointNotFoundError, S3RequestError
+from s3dcp._errors import CheckpointDamagedError, CheckpointNotFoundError
 from s3dcp._format.layout import (
     METADATA_NAME,
     SAVING_MARKER,
@@ -53,6 +50,8 @@ from s3dcp._format.layout import (
     parse_step,
 )
 from s3dcp._format.references import referenced_objects
+from s3dcp._s3.client import S3Client
+from s3dcp._s3.objects import delete_keys, list_pages, read_object
 from s3dcp._uri import S3Uri, parse_s3_uri
 
 __all__ = [

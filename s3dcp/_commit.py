@@ -31,12 +31,10 @@ from collections.abc import Callable, Set
 from concurrent.futures import Future
 from datetime import datetime, timezone
 
-from s3dcp._s3.objects import delete_keys, list_pages
-from s3dcp._s3.client import S3Client
-from s3dcp._s3.objects import object_exists, read_object
 from s3dcp._errors import CheckpointExistsError, ObjectNotFoundError, S3DCPError, S3RequestError
 from s3dcp._format.layout import METADATA_NAME, SAVING_MARKER, find_strays
-from s3dcp._s3.objects import put_object
+from s3dcp._s3.client import S3Client
+from s3dcp._s3.objects import delete_keys, list_pages, object_exists, put_object, read_object
 from s3dcp._uri import S3Uri
 
 __all__ = [

@@ -26,25 +26,23 @@ new file gets (``0o666`` less the umask), like ``FileSystemWriter``'s.
 from __future__ import annotations
 
 import os
-import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from s3dcp._s3.objects import delete_keys, list_pages
-from s3dcp._s3.client import S3Client
-from s3dcp._files import write_atomically
 from s3dcp._commit import commit_metadata, uncommit
-from s3dcp._config import S3ClientConfig, resolve_settings, MIB
-from s3dcp._s3.objects import read_object
+from s3dcp._config import MIB, S3ClientConfig, resolve_settings
 from s3dcp._errors import CheckpointDamagedError, CheckpointExistsError, CheckpointNotFoundError, ObjectNotFoundError
+from s3dcp._files import write_atomically
 from s3dcp._format.layout import METADATA_NAME, SAVING_MARKER, empty_shards, find_strays
 from s3dcp._format.metadata import check_relative_key
-from s3dcp._progress import human_bytes
 from s3dcp._format.references import referenced_objects
-from s3dcp._s3.upload import ObjectUpload, TransferPool, complete_multipart, multipart_upload, upload_file
+from s3dcp._progress import human_bytes
+from s3dcp._s3.client import S3Client
+from s3dcp._s3.objects import delete_keys, list_pages, read_object
+from s3dcp._s3.upload import TransferPool, complete_multipart, multipart_upload, upload_file
 from s3dcp._uri import S3Uri, is_s3_uri, parse_s3_uri
 
 __all__ = ["CopyPlan", "CopyReport", "plan_copy", "run_copy", "copy_checkpoint", "upload_file"]

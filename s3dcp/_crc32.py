@@ -28,8 +28,9 @@ returns the CRC-32 of what it writes, computed in the pass that copies it
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["CrcWriter", "combine", "combine_python", "compute"]
 

@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 
+from s3dcp import _crc32 as crc32
 from s3dcp._errors import (
     CheckpointDamagedError,
     CheckpointNotFoundError,
@@ -37,7 +38,6 @@ from s3dcp._errors import (
     S3RequestError,
     UnsafeCheckpointError,
 )
-from s3dcp import _crc32 as crc32
 from s3dcp._format import transforms
 from s3dcp._format.archive import load_tensor
 from s3dcp._format.framing import Chunk, Framing
@@ -55,9 +55,9 @@ from s3dcp._format.integrity import get_checksum, verify
 from s3dcp._format.layout import METADATA_NAME
 from s3dcp._format.metadata import check_relative_key, load_metadata
 from s3dcp._format.plain_data import check_plain_data
+from s3dcp._ranges import ByteRange, coalesce
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.download import SHORT_OBJECT_CODE, DownloadBuffers, read_range_into
-from s3dcp._ranges import ByteRange, coalesce
 from s3dcp._s3.objects import read_object
 from s3dcp._uri import S3Uri
 

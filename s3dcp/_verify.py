@@ -21,12 +21,12 @@ from typing import Any
 import botocore.exceptions
 import xxhash
 
-from s3dcp._format.layout import METADATA_NAME
-from s3dcp._s3.client import S3Client
 from s3dcp._config import MIB, S3ClientConfig, resolve_settings
 from s3dcp._errors import CheckpointDamagedError
 from s3dcp._format.integrity import ALGORITHM, get_checksum
+from s3dcp._format.layout import METADATA_NAME
 from s3dcp._load import check_records, fetch_metadata
+from s3dcp._s3.client import S3Client
 from s3dcp._s3.retry import error_code
 from s3dcp._uri import parse_s3_uri
 

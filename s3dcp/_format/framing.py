@@ -40,9 +40,9 @@ from typing import Any, TypeAlias
 
 import torch
 
+from s3dcp import _crc32 as crc32
 from s3dcp._compat.torch import rebuild_tensor_v2
 from s3dcp._config import MIB
-from s3dcp import _crc32 as crc32
 
 __all__ = [
     "ALIGNMENT",

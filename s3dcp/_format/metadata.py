@@ -28,10 +28,10 @@ from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from s3dcp._compat.torch import (
-    dcp_version,
     GET_LAYOUT,
     OLD_PROPERTIES_MODULE,
     FallbackStorageInfo,
+    dcp_version,
     mem_format_encoding,
     storage_info_class,
 )

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import botocore.exceptions
 import torch
 
 from s3dcp._config import MIB
+from s3dcp._errors import S3RequestError
 from s3dcp._ranges import ByteRange
 from s3dcp._s3.body import open_body
 from s3dcp._s3.client import S3Client
-from s3dcp._errors import ObjectNotFoundError, S3RequestError
-from s3dcp._s3.retry import TruncatedBodyError, error_code
+from s3dcp._s3.retry import TruncatedBodyError
 
 __all__ = ["SHORT_OBJECT_CODE", "ByteBudget", "DownloadBuffers", "read_range_into"]
 

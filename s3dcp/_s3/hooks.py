@@ -22,9 +22,9 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from s3dcp import _crc32 as crc32
 from s3dcp._compat import botocore as _botocore
 from s3dcp._config import S3ClientConfig
-from s3dcp import _crc32 as crc32
 from s3dcp._s3.retry import THROTTLING_STATUSES, TRANSIENT_STATUSES
 
 __all__ = [

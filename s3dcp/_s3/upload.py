@@ -18,19 +18,19 @@ import logging
 import math
 import threading
 import weakref
-from pathlib import Path
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future
 from concurrent.futures import wait as wait_for
+from pathlib import Path
 from typing import Any, TypeVar
 
 import botocore.exceptions
 
 from s3dcp import _crc32 as crc32
+from s3dcp._config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIB, MIN_PART_SIZE
+from s3dcp._errors import S3DCPError, S3RequestError
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.objects import put_object
-from s3dcp._config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, MIB
-from s3dcp._errors import S3DCPError, S3RequestError
 from s3dcp._s3.retry import TransferStopped, error_code
 
 __all__ = [

@@ -6,11 +6,10 @@ import logging
 import os
 from pathlib import Path
 
-
 from s3dcp._catalog import latest_checkpoint
-from s3dcp._format.layout import parse_step
 from s3dcp._config import S3ClientConfig
 from s3dcp._errors import S3DCPError
+from s3dcp._format.layout import parse_step
 from s3dcp._tiered.local import complete_local_checkpoints
 from s3dcp._uri import parse_s3_uri
 

@@ -22,10 +22,9 @@ from torch.distributed.checkpoint.planner import SavePlanner, WriteItem
 from torch.distributed.checkpoint.storage import WriteResult
 
 from s3dcp._config import MIB
-from s3dcp._files import write_atomically
-from s3dcp._format.layout import METADATA_NAME
-from s3dcp._format.layout import parse_step
 from s3dcp._errors import S3DCPError
+from s3dcp._files import write_atomically
+from s3dcp._format.layout import METADATA_NAME, parse_step
 from s3dcp._format.metadata import load_metadata
 from s3dcp._format.shard import write_items
 

@@ -22,17 +22,16 @@ from torch.distributed.checkpoint.storage import StorageReader
 from torch.futures import Future
 
 from s3dcp._compat.torch import called_from_dcp_load, storage_rank
-from s3dcp._format.layout import METADATA_NAME
 from s3dcp._config import S3ClientConfig
 from s3dcp._errors import CheckpointDamagedError, CheckpointNotFoundError, S3DCPError
 from s3dcp._format.integrity import digest, get_checksum
-from s3dcp._tiered.local import checkpoint_name, is_checkpoint_name, read_local_metadata
+from s3dcp._format.layout import METADATA_NAME
+from s3dcp._format.transforms import descriptors_of
 from s3dcp._load import deliver_item, name_items
 from s3dcp._reader import S3StorageReader
-from s3dcp._format.transforms import descriptors_of
 from s3dcp._stats import PhaseCallback, PhaseStats, report_phase
+from s3dcp._tiered.local import checkpoint_name, is_checkpoint_name, read_local_metadata
 from s3dcp._uri import parse_s3_uri
-
 
 __all__ = ["TieredStorageReader"]
 
@@ -128,7 +127,9 @@ class TieredStorageReader(StorageReader):
             return self._s3.read_metadata(*args, **kwargs)
         except S3DCPError as error:
             if not called_from_dcp_load():
-                raise self._not_found(error) if isinstance(error, CheckpointNotFoundError) else error
+                if isinstance(error, CheckpointNotFoundError):
+                    raise self._not_found(error) from error
+                raise
             self._kept_error = error  # raised from set_up_storage_reader: see S3StorageReader
             return Metadata(state_dict_metadata={})
 
@@ -287,7 +288,7 @@ class TieredStorageReader(StorageReader):
 
     def _name(self) -> str:
         if self.name is None:
-            raise ValueError(f"no checkpoint name: pass checkpoint_id='step_N' to dcp.load, or the name to reset()")
+            raise ValueError("no checkpoint name: pass checkpoint_id='step_N' to dcp.load, or the name to reset()")
         return self.name
 
 

@@ -46,11 +46,7 @@ from pathlib import Path
 
 import tenacity
 
-from s3dcp._format.layout import METADATA_NAME, UPLOAD_MARKERS
-from s3dcp._s3.client import S3Client
 from s3dcp._commit import commit_metadata, refuse_complete, uncommit
-from s3dcp._s3.upload import upload_file
-from s3dcp._s3.objects import delete_keys, list_pages
 from s3dcp._errors import (
     AccessDeniedError,
     BucketNotFoundError,
@@ -61,8 +57,10 @@ from s3dcp._errors import (
     UploadFailedError,
     WrongRegionError,
 )
-from s3dcp._s3.upload import PartBuffers, TransferPool
-from s3dcp._s3.objects import put_object
+from s3dcp._format.layout import METADATA_NAME, UPLOAD_MARKERS
+from s3dcp._s3.client import S3Client
+from s3dcp._s3.objects import delete_keys, list_pages, put_object
+from s3dcp._s3.upload import PartBuffers, TransferPool, upload_file
 from s3dcp._uri import S3Uri
 
 __all__ = ["UploadStatus", "UploadJob", "TierUploader", "run_job", "uploader", "MARKERS", "DEFAULT_UPLOAD_TIMEOUT"]

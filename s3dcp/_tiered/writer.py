@@ -17,10 +17,11 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import SavePlan, SavePlanner
@@ -28,16 +29,23 @@ from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
 from s3dcp._compat.torch import storage_rank
-from s3dcp._format.layout import METADATA_NAME, SHARD_SUFFIX
-from s3dcp._s3.client import S3Client
 from s3dcp._config import S3ClientConfig, resolve_settings
 from s3dcp._errors import CheckpointExistsError, UploadFailedError
-from s3dcp._tiered.local import checkpoint_name, is_checkpoint_name, mark_uploading, prune_local, write_local_metadata, write_shard_file
+from s3dcp._format.layout import METADATA_NAME, SHARD_SUFFIX
 from s3dcp._format.metadata import commit_record
-from s3dcp._prefix import PrefixStrategy, checked_strategy
-from s3dcp._save import checked_stems
 from s3dcp._format.shard import split_items
+from s3dcp._prefix import PrefixStrategy, checked_strategy
+from s3dcp._s3.client import S3Client
+from s3dcp._save import checked_stems
 from s3dcp._stats import PhaseCallback, PhaseStats, report_phase
+from s3dcp._tiered.local import (
+    checkpoint_name,
+    is_checkpoint_name,
+    mark_uploading,
+    prune_local,
+    write_local_metadata,
+    write_shard_file,
+)
 from s3dcp._tiered.upload import DEFAULT_UPLOAD_TIMEOUT, UploadJob, UploadStatus, uploader
 from s3dcp._uri import S3Uri, parse_s3_uri
 
@@ -328,7 +336,7 @@ class TieredStorageWriter(StorageWriter):
 
     def _name(self) -> str:
         if self.name is None:
-            raise ValueError(f"no checkpoint name: pass checkpoint_id='step_N' to dcp.save, or the name to reset()")
+            raise ValueError("no checkpoint name: pass checkpoint_id='step_N' to dcp.save, or the name to reset()")
         return self.name
 
     def _report(self, phase: str, *, items: int, objects: int, size: int, started: float) -> None:
