@@ -36,6 +36,7 @@ from s3dcp._uri import S3Uri
 __all__ = [
     "RankStem",
     "SIGTERM_EXIT_STATUS",
+    "ShardOptions",
     "ShardsWritten",
     "check_extensions",
     "check_save_options",
@@ -113,12 +114,27 @@ class RankStem:
 
 
 @dataclass(frozen=True)
+class ShardOptions:
+    """How a rank writes its shards: objects per rank, part size, the part buffers it reuses, stream transforms."""
+
+    thread_count: int
+    part_size: int
+    part_buffers: PartBuffers
+    extensions: Sequence[StreamTransform] = ()
+
+
+@dataclass(frozen=True)
 class ShardsWritten:
     """What :func:`write_shards` stored: each item's result, how many objects and requests."""
 
     results: list[WriteResult]
     objects: int
     requests: int
+
+    @property
+    def size(self) -> int:
+        """The bytes stored, all items together."""
+        return sum(result.size_in_bytes for result in self.results)
 
 
 def write_shards(
@@ -127,11 +143,7 @@ def write_shards(
     stem: str,
     items: list[WriteItem],
     planner: SavePlanner,
-    *,
-    thread_count: int,
-    part_size: int,
-    part_buffers: PartBuffers,
-    extensions: Sequence[StreamTransform] = (),
+    options: ShardOptions,
 ) -> ShardsWritten:
     """Upload one rank's items as ``thread_count`` shard objects ``{stem}{i}.distcp`` under ``uri``.
 
@@ -141,18 +153,18 @@ def write_shards(
     SIGTERM raises ``SystemExit(143)`` instead of ending the process without
     that clean-up (see :func:`sigterm_raises`).
     """
-    buckets = split_items(items, thread_count)
+    buckets = split_items(items, options.thread_count)
     # every shard object fills one part while others are sent: keep the two together
     # within about max_concurrency parts, the memory bound the config promises
     in_flight = max(1, client.settings.config.max_concurrency - len(buckets) + 1)
-    pool = TransferPool(in_flight, part_buffers)
+    pool = TransferPool(in_flight, options.part_buffers)
 
     def write_file(index: int) -> list[WriteResult]:
         relative = f"{stem}{index}{SHARD_SUFFIX}"
         members = buckets[index]
         expected = sum(item_nbytes(item) for item in members)
         # torch.save adds about a kilobyte of framing per tensor
-        size = choose_part_size(expected + 4096 * len(members), part_size)
+        size = choose_part_size(expected + 4096 * len(members), options.part_size)
         with ObjectUpload(
             client,
             pool,
@@ -161,7 +173,7 @@ def write_shards(
             size,
             size_hint=expected + 4096 * len(members),
         ) as upload:
-            written = write_items(upload, members, planner, relative, extensions=extensions)
+            written = write_items(upload, members, planner, relative, extensions=options.extensions)
         requests.append(upload.requests)  # list.append is atomic: no lock needed
         return written
 

@@ -43,7 +43,7 @@ from s3dcp._format.metadata import commit_record
 from s3dcp._prefix import PrefixStrategy, checked_strategy
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.upload import PartBuffers
-from s3dcp._save import RankStem, check_extensions, check_save_options, checked_stems, write_shards
+from s3dcp._save import RankStem, ShardOptions, check_extensions, check_save_options, checked_stems, write_shards
 from s3dcp._stats import PhaseCallback, PhaseStats, report_phase
 from s3dcp._uri import S3Uri, is_s3_uri, parse_s3_uri
 
@@ -165,20 +165,14 @@ class S3StorageWriter(StorageWriter):
         return [dataclasses.replace(plan, storage_data=RankStem(stem)) for plan, stem in zip(plans, stems)]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
-        """Upload this rank's shard objects (:func:`~s3dcp._save.write_shards`); stops within seconds
-        on Ctrl-C or SIGTERM. DCP reports either as a ``CheckpointException`` whose ``failures`` hold
-        the ``KeyboardInterrupt`` or ``SystemExit``."""
+        """Upload this rank's shard objects; Ctrl-C or SIGTERM stop it within seconds (see ``write_shards``)."""
         started = time.monotonic()
-        written = write_shards(
-            self._client, self.uri, plan.storage_data.stem, plan.items, planner, thread_count=self.thread_count,
-            part_size=self.part_size, part_buffers=self._part_buffers, extensions=self.extensions
-        )
-        results = written.results
-        size = sum(r.size_in_bytes for r in results)
-        self._report("save.write", started, items=len(results), objects=written.objects, requests=written.requests,
-                     size=size)
+        options = ShardOptions(self.thread_count, self.part_size, self._part_buffers, self.extensions)
+        shards = write_shards(self._client, self.uri, plan.storage_data.stem, plan.items, planner, options)
+        counts = dict(items=len(shards.results), objects=shards.objects, requests=shards.requests, size=shards.size)
+        self._report("save.write", started, **counts)
         future: Future[list[WriteResult]] = Future()
-        future.set_result(results)
+        future.set_result(shards.results)
         return future
 
     def finish(self, metadata: Metadata, results: list[list[WriteResult]]) -> None:
