@@ -120,16 +120,10 @@ class Body:
     def read(self) -> bytes:
         """The rest of the payload."""
         data = bytearray()
-        while True:
-            self._fill()
-            if self._done:
-                return bytes(data)
-            part = self._rfile.read(self._left)
-            if len(part) < self._left:
-                raise BodyError("body ended early")
-            self._left = 0
-            self.total += len(part)
-            data += part
+        buffer = memoryview(bytearray(1 << 20))
+        while got := self.readinto(buffer):
+            data += buffer[:got]
+        return bytes(data)
 
     def drain(self, buffer: memoryview) -> int:
         """Read and drop the rest of the payload; returns ``total``."""
