@@ -402,8 +402,8 @@ class Bench:
             if remote and "rgw" in servers:
                 import boto3
 
-                from s3dcp_testkit.forwarder import CountingForwarder
                 from s3dcp_testkit import ceph_rgw
+                from s3dcp_testkit.forwarder import CountingForwarder
 
                 rgw_dir = scratch / "rgw"
                 stack.callback(ceph_rgw.stop, rgw_dir)
@@ -505,7 +505,7 @@ class Bench:
             "servers": {
                 "moto": "moto S3 server (one process) behind s3dcp_testkit.forwarder's counting forwarder; "
                         "HTTPS terminates at the forwarder",
-                "rgw": "Ceph RGW 16 (tests/servers/ceph_rgw.py: one mon, one memstore OSD, radosgw beast) "
+                "rgw": "Ceph RGW 16 (s3dcp_testkit.ceph_rgw: one mon, one memstore OSD, radosgw beast) "
                        "behind the counting forwarder; HTTPS terminates at the forwarder",
                 "sink": "s3dcp_testkit.null_sink in the driver process: takes uploads, stores nothing",
                 "local": "FileSystemWriter/Reader on a temporary directory (page cache, no fsync)",
