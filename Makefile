@@ -12,10 +12,11 @@ all: test
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch first and pinned: a CPU wheel; any other torch spec downloads gigabytes
-$(STAMP): pyproject.toml | $(BIN)/python
+# torch first and pinned: a CPU wheel; any other torch spec downloads gigabytes.
+# testkit/: the local S3 servers (s3dcp_testkit) the tests, benchmarks and examples import
+$(STAMP): pyproject.toml testkit/pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' -e testkit
 	touch $@
 
 install: $(STAMP)
@@ -47,13 +48,13 @@ test: typecheck
 # HTTPS. Installs Ceph with apt-get if missing (needs root); stops what it started.
 RGW_DIR ?= /tmp/s3dcp-rgw
 test-rgw: $(STAMP)
-	$(BIN)/python tests/servers/ceph_rgw.py start --dir $(RGW_DIR) || { $(BIN)/python tests/servers/ceph_rgw.py stop --dir $(RGW_DIR); exit 1; }
+	$(BIN)/python -m s3dcp_testkit.ceph_rgw start --dir $(RGW_DIR) || { $(BIN)/python -m s3dcp_testkit.ceph_rgw stop --dir $(RGW_DIR); exit 1; }
 	status=0; \
 	for server in rgw-http rgw-https; do \
 		echo "== integration tests against $$server"; \
 		S3DCP_RGW_DIR=$(RGW_DIR) S3DCP_TEST_SERVER=$$server $(BIN)/python -m pytest tests/integration || status=1; \
 	done; \
-	$(BIN)/python tests/servers/ceph_rgw.py stop --dir $(RGW_DIR); \
+	$(BIN)/python -m s3dcp_testkit.ceph_rgw stop --dir $(RGW_DIR); \
 	exit $$status
 
 # The version matrix: the whole suite again in a venv of its own, once on the lowest
@@ -69,7 +70,7 @@ matrix-leg:
 	rm -rf $(MATRIX_VENV)
 	$(PYTHON) -m venv $(MATRIX_VENV)
 	$(MATRIX_PIP) torch==2.13.0
-	$(MATRIX_PIP) $(PIN) torch==2.13.0 -e '.[test]'
+	$(MATRIX_PIP) $(PIN) torch==2.13.0 -e '.[test]' -e testkit
 	$(MATRIX_VENV)/bin/python -m pip list --disable-pip-version-check 2>/dev/null | grep -iE '^(torch|botocore|boto3|urllib3|numpy|tenacity|xxhash|isal|zstandard|moto) '
 	$(MATRIX_VENV)/bin/python -m pytest -p no:cacheprovider
 
@@ -78,7 +79,7 @@ bench-prefix: $(STAMP)
 	$(BIN)/python benchmarks/prefix_throttle.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .venv-floor .venv-newest build *.egg-info .pytest_cache .mypy_cache
+	rm -rf $(VENV) .venv-floor .venv-newest build *.egg-info testkit/build testkit/*.egg-info .pytest_cache .mypy_cache
 
 # make bench: side-by-side benchmark (s3dcp, s3torchconnector, fsspec/s3fs, boto3, local disk)
 # in its own venv, so s3fs's botocore pin never touches .venv. Options: make bench BENCH_ARGS='--size-mib 64 --runs 1'
@@ -96,9 +97,9 @@ $(BENCH_BIN)/python:
 # same command line as the extra so nothing in it can upgrade torch. s3fs is
 # named there too so pip settles aiobotocore's botocore pin before it picks a
 # boto3 (left to the extra alone, pip backtracks through s3fs releases for many minutes)
-$(BENCH_STAMP): pyproject.toml | $(BENCH_BIN)/python
+$(BENCH_STAMP): pyproject.toml testkit/pyproject.toml | $(BENCH_BIN)/python
 	$(BENCH_BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BENCH_BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 's3fs>=2024.6' -e '.[bench]'
+	$(BENCH_BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 's3fs>=2024.6' -e '.[bench]' -e testkit
 	touch $@
 
 bench-install: $(BENCH_STAMP)

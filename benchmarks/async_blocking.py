@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -35,19 +34,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import boto3
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+
+from s3dcp import S3StorageWriter, TieredStorageWriter
+from s3dcp_testkit.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer
+from s3dcp_testkit.ports import free_port
+from workload import build_state_dict, tensor_bytes
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-import boto3  # noqa: E402
-import torch.distributed as dist  # noqa: E402
-import torch.distributed.checkpoint as dcp  # noqa: E402
-from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType  # noqa: E402
-
-from s3dcp import S3StorageWriter, TieredStorageWriter  # noqa: E402
-from tests.distributed import free_port  # noqa: E402
-from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer  # noqa: E402
-from workload import build_state_dict, tensor_bytes  # noqa: E402
 
 warnings.filterwarnings("ignore")
 BUCKET = "async-bench"

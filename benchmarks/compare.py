@@ -6,9 +6,9 @@
     .venv-bench/bin/python benchmarks/compare.py --scaling --max-mib 4096
 
 Servers, all on 127.0.0.1 and started here:
-  moto  moto's S3 server behind a counting forwarder (benchmarks/proxy.py); with
+  moto  moto's S3 server behind a counting forwarder (s3dcp_testkit.forwarder); with
         HTTPS the forwarder also terminates TLS. Saves and loads.
-  sink  benchmarks/null_sink.py, which reads and drops every upload: the client's
+  sink  s3dcp_testkit.null_sink, which reads and drops every upload: the client's
         ceiling on this machine. Saves only.
   local DCP's FileSystemWriter/Reader on a temporary directory (method local-fs):
         no network at all, measured once whatever --server/--scheme say.
@@ -53,11 +53,9 @@ from importlib import metadata as package_metadata
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from transfer import check_loaded, measure
 
-from transfer import check_loaded, measure  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 MIB = 1024 * 1024
 ALL_METHODS = ["s3dcp", "s3dcp-unsigned", "s3torchconnector", "fsspec-s3fs", "boto3-raw", "local-fs"]
@@ -383,14 +381,14 @@ class Bench:
             tls = None
             ca_file = ""
             if "https" in schemes:
-                from proxy import make_certificate
+                from s3dcp_testkit.certificates import make_certificate
 
-                ca, cert, key = make_certificate(scratch)
-                tls, ca_file = (cert, key), str(ca)
+                made = make_certificate(scratch / "tls")
+                tls, ca_file = (made.cert, made.key), str(made.ca)
             targets: list[Target] = []
             if remote and ("moto" in servers or args.scaling):
-                from proxy import CountingForwarder
-                from tests.servers.moto_server import MotoServer
+                from s3dcp_testkit.forwarder import CountingForwarder
+                from s3dcp_testkit.moto_server import MotoServer
 
                 moto = stack.enter_context(MotoServer())
                 import boto3
@@ -404,8 +402,8 @@ class Bench:
             if remote and "rgw" in servers:
                 import boto3
 
-                from proxy import CountingForwarder
-                from tests.servers import ceph_rgw
+                from s3dcp_testkit import ceph_rgw
+                from s3dcp_testkit.forwarder import CountingForwarder
 
                 rgw_dir = scratch / "rgw"
                 stack.callback(ceph_rgw.stop, rgw_dir)
@@ -426,7 +424,7 @@ class Bench:
                     targets.append(Target("rgw", scheme, forwarder.endpoint_url, forwarder.counts,
                                           credentials=rgw_credentials, admin=admin))
             if remote and "sink" in servers:
-                from null_sink import NullSink
+                from s3dcp_testkit.null_sink import NullSink
 
                 for scheme in schemes:
                     sink = stack.enter_context(NullSink(tls if scheme == "https" else None))
@@ -505,11 +503,11 @@ class Bench:
                 "warm": self.args.warm,
             },
             "servers": {
-                "moto": "moto S3 server (one process) behind benchmarks/proxy.py's counting forwarder; "
+                "moto": "moto S3 server (one process) behind s3dcp_testkit.forwarder's counting forwarder; "
                         "HTTPS terminates at the forwarder",
-                "rgw": "Ceph RGW 16 (tests/servers/ceph_rgw.py: one mon, one memstore OSD, radosgw beast) "
+                "rgw": "Ceph RGW 16 (s3dcp_testkit.ceph_rgw: one mon, one memstore OSD, radosgw beast) "
                        "behind the counting forwarder; HTTPS terminates at the forwarder",
-                "sink": "benchmarks/null_sink.py in the driver process: takes uploads, stores nothing",
+                "sink": "s3dcp_testkit.null_sink in the driver process: takes uploads, stores nothing",
                 "local": "FileSystemWriter/Reader on a temporary directory (page cache, no fsync)",
             },
             "rows": self.rows,

@@ -5,7 +5,7 @@
 Measured in this process, CPU seconds (user+sys) per GiB, median of 3:
 
 - raw HTTP(S): 64 PUTs of 16 MiB bodies with ``http.client`` to the null sink
-  (``null_sink.py``, started here as a separate process, over HTTP and over
+  (``s3dcp_testkit.null_sink``, started here as a separate process, over HTTP and over
   HTTPS with a throwaway CA), then 64 GETs of a 16 MiB object read with ``readinto`` into one
   buffer: the sending and receiving alone (kernel, and TLS in Python's
   ``ssl``), no S3 client, no signing, no serialization;
@@ -45,13 +45,9 @@ import xxhash
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from proxy import make_certificate  # noqa: E402
-from workload import build_state_dict, tensor_bytes  # noqa: E402
-
-from s3dcp import _crc32 as crc32  # noqa: E402
+from s3dcp import _crc32 as crc32
+from s3dcp_testkit.certificates import make_certificate
+from workload import build_state_dict, tensor_bytes
 
 BODY = 16 << 20
 REQUESTS = 64  # 1 GiB
@@ -179,7 +175,7 @@ def passes(state: dict[str, Any], gib: float) -> dict[str, float]:
 def null_sink(tls: list[Any]) -> Iterator[str]:
     """The null sink in a process of its own, so its CPU is not counted here; yields its endpoint."""
     sink = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve().parent / "null_sink.py"), *map(str, tls)],
+        [sys.executable, "-m", "s3dcp_testkit.null_sink", *map(str, tls)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -200,8 +196,9 @@ def main() -> None:
 
     rows: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as scratch:
-        ca, cert, key = make_certificate(Path(scratch))
-        for scheme, tls, ca_file in (("HTTP", [], None), ("HTTPS", ["--tls-cert", cert, "--tls-key", key], str(ca))):
+        made = make_certificate(Path(scratch))
+        https = ["--tls-cert", made.cert, "--tls-key", made.key]
+        for scheme, tls, ca_file in (("HTTP", [], None), ("HTTPS", https, str(made.ca))):
             with null_sink(tls) as endpoint:
                 put, get = raw_http(endpoint, ca_file)
             rows[f"raw PUTs over {scheme} (http.client, 16 MiB bodies)"] = put

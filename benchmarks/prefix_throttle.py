@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -33,22 +32,21 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+import boto3
+import torch
+from torch.distributed.checkpoint import DefaultSavePlanner
 
-import boto3  # noqa: E402
-import torch  # noqa: E402
-from torch.distributed.checkpoint import DefaultSavePlanner  # noqa: E402
-
-from s3dcp import (  # noqa: E402
+from s3dcp import (
     BinaryPrefixStrategy,
     HexPrefixStrategy,
     RoundRobinPrefixStrategy,
     S3ClientConfig,
     S3StorageWriter,
 )
-from tests.servers.fault_proxy import FaultProxy  # noqa: E402
-from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer  # noqa: E402
+from s3dcp_testkit.fault_proxy import FaultProxy
+from s3dcp_testkit.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer
+
+HERE = Path(__file__).resolve().parent
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 

@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
 
 MIB = 1024 * 1024
 
@@ -177,7 +175,7 @@ def main() -> None:
         if not uri:
             import boto3
 
-            from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer
+            from s3dcp_testkit.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer
 
             moto = stack.enter_context(MotoServer())
             os.environ.update(

@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
 
 MIB = 1024 * 1024
 CODINGS = ("plain", "zstd")
@@ -131,7 +129,7 @@ def main() -> None:
     with ExitStack() as stack:
         import boto3
 
-        from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer
+        from s3dcp_testkit.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer
 
         moto = stack.enter_context(MotoServer())
         os.environ.update(AWS_ENDPOINT_URL=moto.endpoint_url, AWS_ACCESS_KEY_ID=ACCESS_KEY,

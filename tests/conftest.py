@@ -1,7 +1,7 @@
 """Shared fixtures: a real S3 server on 127.0.0.1 and a clean environment.
 
 The server is moto's, or a running Ceph RGW with ``S3DCP_TEST_SERVER=rgw-http``
-or ``rgw-https`` (see ``tests/servers/target.py``). Tests that need what
+or ``rgw-https`` (see ``s3dcp_testkit.target``). Tests that need what
 only moto offers carry ``@pytest.mark.moto_only("why")`` and are skipped,
 with that reason, on RGW.
 
@@ -20,8 +20,8 @@ import boto3
 import botocore.config
 import pytest
 
-from tests.servers.fault_proxy import FaultProxy
-from tests.servers.target import TestServer, test_server
+from s3dcp_testkit.fault_proxy import FaultProxy
+from s3dcp_testkit.target import TestServer, test_server
 
 REGION = "us-east-1"
 
@@ -67,7 +67,7 @@ def _ranks_marker(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from tests.servers.target import selected_kind
+    from s3dcp_testkit.target import selected_kind
 
     if selected_kind() == "moto":
         return

@@ -10,7 +10,6 @@ rank's traceback; a group that is still running at the deadline is killed.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import threading
 import time
@@ -21,18 +20,13 @@ from typing import Any
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from s3dcp_testkit.ports import free_port
+
 DEADLINE_S = 240.0
 
 # set for each test by tests/conftest.py: whether it carries @pytest.mark.ranks, which
 # `make test-fast` deselects; run_ranks refuses to run for a test without it
 marked_for_ranks = False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _rank_main(

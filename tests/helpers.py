@@ -1,9 +1,10 @@
-"""Small helpers shared by tests: state dicts and exact comparisons."""
+"""Small helpers shared by tests: constants, state dicts, exact comparisons, the AWS environment."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +16,17 @@ from torch.distributed.checkpoint import staging, state_dict_saver
 
 from s3dcp import S3DCPError, find_s3dcp_error
 from s3dcp._cli import main
+from tests.conftest import AWS_VARIABLES
+
+MIB = 1024 * 1024
+
+# quick retries, for tests that provoke them: S3ClientConfig(**FAST_RETRIES), with other options as needed
+FAST_RETRIES: dict[str, float] = {"retry_initial_backoff": 0.01, "retry_max_backoff": 0.05}
+
+
+def aws_env() -> dict[str, str]:
+    """This process's AWS variables (the test server's, under ``s3_env``), for ranks started by ``run_ranks``."""
+    return {name: os.environ[name] for name in AWS_VARIABLES if name in os.environ}
 
 
 # -- torch features some tests need ---------------------------------------------------

@@ -6,20 +6,17 @@ AWS_ENDPOINT_URL for MinIO/Ceph/...), inside a new sub-prefix of their own
 (``prefix/s3dcp-demo-<UTC time>-<random>``): they save, prune and clean up
 there only, so whatever else the bucket holds is never touched. Without a
 URI they start moto's S3 server on 127.0.0.1, point the AWS variables at it
-and create a bucket.
+and create a bucket (``s3dcp_testkit.moto_server.local_s3``, installed with
+the test venv).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def fresh_prefix(uri: str) -> str:
@@ -39,21 +36,9 @@ def s3_target(uri: str | None) -> Iterator[str]:
               "the example saves, prunes and cleans up there only")
         yield base
         return
-    sys.path.insert(0, str(REPO))
-    import boto3
+    from s3dcp_testkit.moto_server import local_s3  # the test venv's (make install)
 
-    from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer
-
-    with MotoServer() as server:
-        os.environ.update(
-            AWS_ENDPOINT_URL=server.endpoint_url,
-            AWS_ACCESS_KEY_ID=ACCESS_KEY,
-            AWS_SECRET_ACCESS_KEY=SECRET_KEY,
-            AWS_REGION="us-east-1",
-        )
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
-            os.environ.pop(name, None)
-        bucket = "s3dcp-demo"
-        boto3.client("s3").create_bucket(Bucket=bucket)
+    bucket = "s3dcp-demo"
+    with local_s3(bucket) as server:
         print(f"no S3 configured: started a local S3 server (moto) at {server.endpoint_url}")
         yield f"s3://{bucket}/run-{uuid.uuid4().hex[:8]}"

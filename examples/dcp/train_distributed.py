@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,9 +28,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from s3dcp import S3StorageReader, S3StorageWriter, latest_checkpoint  # noqa: E402
+from s3dcp import S3StorageReader, S3StorageWriter, latest_checkpoint
 
 FEATURES = 32
 

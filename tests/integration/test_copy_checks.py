@@ -15,7 +15,7 @@ from s3dcp._cli import human_bytes
 from s3dcp._copy import copy_checkpoint
 from tests.conftest import REGION, list_keys
 from tests.helpers import assert_same, blank_like, run_cli as run
-from tests.servers.fault_proxy import FaultProxy
+from s3dcp_testkit.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.s3
 

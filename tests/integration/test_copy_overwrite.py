@@ -17,9 +17,9 @@ import torch.distributed.checkpoint as dcp
 
 from s3dcp import RoundRobinPrefixStrategy, S3StorageReader, S3StorageWriter
 from s3dcp._cli import cmd_cp, human_bytes
+from s3dcp_testkit.fault_proxy import FaultProxy
 from tests.conftest import REGION, list_keys
 from tests.helpers import assert_same, blank_like, run_cli as run
-from tests.servers.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.s3
 

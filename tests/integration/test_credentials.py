@@ -13,9 +13,9 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from s3dcp import AccessDeniedError, S3StorageReader, S3StorageWriter
+from s3dcp_testkit.moto_server import MotoServer
 from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like, s3dcp_error
-from tests.servers.moto_server import MotoServer
 
 pytestmark = [pytest.mark.s3, pytest.mark.moto_only("a second moto server with IAM auth creates users and keys")]
 

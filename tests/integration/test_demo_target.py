@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -15,9 +17,24 @@ from tests.conftest import REGION, list_keys
 
 pytestmark = pytest.mark.s3
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples" / "dcp"))
-import demo  # noqa: E402
-from _s3_target import s3_target  # noqa: E402
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "dcp"
+
+
+def _example(name: str) -> ModuleType:
+    """``examples/dcp/<name>.py`` imported as the module ``name``, as running the example imports it.
+
+    Registered in ``sys.modules`` so that ``demo``'s own ``from _s3_target import ...`` finds it.
+    """
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+s3_target = _example("_s3_target").s3_target
+demo = _example("demo")
 
 
 def save(uri: str) -> None:

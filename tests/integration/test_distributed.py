@@ -7,7 +7,6 @@ with that rank's traceback.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,11 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
 from s3dcp import BucketNotFoundError, S3StorageReader, S3StorageWriter
-from tests.conftest import AWS_VARIABLES, REGION, list_keys
+from tests.conftest import REGION, list_keys
 from tests.distributed import run_ranks
 from tests.helpers import (
     async_save_options,
+    aws_env,
     needs_async_save_copy,
     needs_fsdp2_on_cpu,
     needs_process_async_save,
@@ -32,10 +32,6 @@ from tests.helpers import (
 pytestmark = [pytest.mark.s3, pytest.mark.ranks]
 
 ROWS, COLS = 10, 6  # 10 rows over 3 or 4 ranks: uneven shards
-
-
-def aws_env() -> dict[str, str]:
-    return {name: os.environ[name] for name in AWS_VARIABLES if name in os.environ}
 
 
 # -- DTensor resharding -----------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import pytest
@@ -20,6 +19,8 @@ from s3dcp import (
     S3StorageReader,
     S3StorageWriter,
 )
+from s3dcp_testkit.certificates import make_certificate, server_context
+from s3dcp_testkit.ports import free_port
 from tests.conftest import REGION, list_keys
 from tests.helpers import s3dcp_error
 
@@ -153,14 +154,8 @@ def test_no_credentials_anywhere(clean_aws_env: Any, s3_server: Any, bucket: str
     assert isinstance(s3dcp_error(raised.value), CredentialsError)
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_unreachable_endpoint(s3_env: Any) -> None:
-    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    endpoint = f"http://127.0.0.1:{free_port()}"
     config = S3ClientConfig(endpoint_url=endpoint, retry_initial_backoff=0.01)
     reader = S3StorageReader(REGION, "s3://some-bucket/ckpt", config)
     with pytest.raises(EndpointError) as raised:
@@ -173,7 +168,7 @@ def test_unreachable_endpoint(s3_env: Any) -> None:
 
 
 def test_endpoint_credentials_never_reach_messages(s3_env: Any) -> None:
-    config = S3ClientConfig(endpoint_url=f"http://user:hunter2@127.0.0.1:{_closed_port()}")
+    config = S3ClientConfig(endpoint_url=f"http://user:hunter2@127.0.0.1:{free_port()}")
     reader = S3StorageReader(REGION, "s3://some-bucket/ckpt", config)
     assert "hunter2" not in repr(reader)
     with pytest.raises(EndpointError) as raised:
@@ -181,32 +176,12 @@ def test_endpoint_credentials_never_reach_messages(s3_env: Any) -> None:
     assert "hunter2" not in str(raised.value)
 
 
-def _self_signed_https_server(directory: Any) -> Any:
-    """An HTTPS server on 127.0.0.1 whose certificate nobody trusts (a fresh self-signed one)."""
-    import datetime
-    import ssl
+def _untrusted_https_server(directory: Any) -> Any:
+    """An HTTPS server on 127.0.0.1 whose certificate nobody trusts (signed by a fresh CA the client is not given)."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "untrusted test server")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ))
+    made = make_certificate(directory)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # never reached: the client refuses the handshake
@@ -217,9 +192,7 @@ def _self_signed_https_server(directory: Any) -> Any:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_file, key_file)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.socket = server_context(made.cert, made.key).wrap_socket(server.socket, server_side=True)
     server.handshakes = 0  # type: ignore[attr-defined]
     original = server.get_request
 
@@ -235,7 +208,7 @@ def _self_signed_https_server(directory: Any) -> Any:
 def test_an_untrusted_tls_certificate_fails_at_once_and_says_what_to_set(
     s3_env: Any, tmp_path: Any
 ) -> None:
-    server = _self_signed_https_server(tmp_path)
+    server = _untrusted_https_server(tmp_path)
     try:
         s3_env.setenv("AWS_ENDPOINT_URL", f"https://127.0.0.1:{server.server_address[1]}")
         s3_env.delenv("AWS_CA_BUNDLE", raising=False)

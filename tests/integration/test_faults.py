@@ -30,15 +30,13 @@ from s3dcp import (
     S3StorageReader,
     S3StorageWriter,
 )
+from s3dcp_testkit.fault_proxy import FaultProxy
 from tests.conftest import REGION, list_keys
-from tests.helpers import assert_same, blank_like, s3dcp_error
-from tests.servers.fault_proxy import FaultProxy
+from tests.helpers import FAST_RETRIES, MIB, assert_same, blank_like, s3dcp_error
 
 pytestmark = pytest.mark.s3
 
-MIB = 1024 * 1024
 REPO = Path(__file__).resolve().parents[2]
-FAST_RETRIES = dict(retry_initial_backoff=0.01, retry_max_backoff=0.05)
 
 
 def mixed_state(seed: int = 3) -> dict[str, Any]:

@@ -12,9 +12,9 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 import s3dcp._format.in_place
 from s3dcp import ChecksumMismatchError, S3ClientConfig, S3StorageReader, S3StorageWriter
+from s3dcp_testkit.fault_proxy import FaultProxy
 from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like, s3dcp_error
-from tests.servers.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.s3
 

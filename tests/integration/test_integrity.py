@@ -21,13 +21,12 @@ from s3dcp import (
     UnsafeCheckpointError,
 )
 from s3dcp._format.integrity import get_checksum
+from s3dcp_testkit.fault_proxy import FaultProxy
 from tests.conftest import REGION
-from tests.helpers import assert_same, blank_like, s3dcp_error
-from tests.servers.fault_proxy import FaultProxy
+from tests.helpers import MIB, assert_same, blank_like, s3dcp_error
 
 pytestmark = pytest.mark.s3
 
-MIB = 1024 * 1024
 
 
 def stored_metadata(s3: Any, bucket: str, prefix: str) -> Any:

@@ -20,14 +20,14 @@ import s3dcp._s3.body
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
 from s3dcp._compat import _missing
 from s3dcp._compat import ssl as compat_ssl
+from s3dcp_testkit import target
+from s3dcp_testkit.fault_proxy import FaultProxy
 from tests.conftest import REGION
-from tests.helpers import assert_same, blank_like
-from tests.servers.fault_proxy import FaultProxy
-from tests.servers import target
+from tests.helpers import FAST_RETRIES, assert_same, blank_like
 
 pytestmark = pytest.mark.s3
 
-FAST_RETRIES = S3ClientConfig(retry_initial_backoff=0.01, retry_max_backoff=0.05)
+QUICK = S3ClientConfig(**FAST_RETRIES)
 
 
 def small_state() -> dict[str, Any]:
@@ -71,7 +71,7 @@ class ReaderSpy:
 
 def save_then_spy(keepalive: FaultProxy, monkeypatch: pytest.MonkeyPatch, path: str) -> tuple[Any, ReaderSpy]:
     state = small_state()
-    dcp.save(state, storage_writer=S3StorageWriter(REGION, path, FAST_RETRIES))
+    dcp.save(state, storage_writer=S3StorageWriter(REGION, path, QUICK))
     keepalive.clear()
     return state, ReaderSpy(monkeypatch)
 
@@ -87,7 +87,7 @@ def test_a_load_reads_bodies_straight_from_the_kept_alive_socket(
     state, spy = save_then_spy(keepalive, monkeypatch, path)
     for _ in range(2):  # the second load finds the connections the first gave back
         loaded = blank_like(state)
-        dcp.load(loaded, storage_reader=S3StorageReader(REGION, path, FAST_RETRIES))
+        dcp.load(loaded, storage_reader=S3StorageReader(REGION, path, QUICK))
         assert_same(state, loaded)
     gets = keepalive.requests("GET")
     assert spy.kinds and set(spy.kinds) == {expected_receive(keepalive)}
@@ -102,7 +102,7 @@ def test_a_body_cut_short_is_fetched_again_and_loads_bit_exact(
     state, spy = save_then_spy(keepalive, monkeypatch, path)
     keepalive.add_rule("truncate", method="GET", key_pattern=r"distcp$", count=1, keep_fraction=0.4)
     loaded = blank_like(state)
-    dcp.load(loaded, storage_reader=S3StorageReader(REGION, path, FAST_RETRIES))
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, path, QUICK))
     assert_same(state, loaded)
     first, *again = keepalive.requests("GET", r"distcp$")
     assert first.action == "truncate" and again and again[0].action is None
@@ -135,7 +135,7 @@ def test_a_changed_tls_object_falls_back_to_http_client_and_loads_bit_exact(
         monkeypatch.setattr(compat_ssl, "_tls_object", lambda sock: changed)
         loaded = blank_like(state)
         with caplog.at_level(logging.DEBUG, logger="s3dcp"):
-            dcp.load(loaded, storage_reader=S3StorageReader(REGION, path, FAST_RETRIES))
+            dcp.load(loaded, storage_reader=S3StorageReader(REGION, path, QUICK))
         assert_same(state, loaded)
         assert spy.received == 0
         assert all(record.action is None for record in proxy.requests())

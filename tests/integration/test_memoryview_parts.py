@@ -16,14 +16,13 @@ import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
 from s3dcp._s3.upload import ObjectUpload
+from s3dcp_testkit.fault_proxy import FaultProxy
 from tests.botocore_doubles import unshared_context
 from tests.conftest import REGION
-from tests.helpers import assert_same, blank_like
-from tests.servers.fault_proxy import FaultProxy
+from tests.helpers import MIB, assert_same, blank_like
 
 pytestmark = pytest.mark.s3
 
-MIB = 1024 * 1024
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["context-shared", "context-not-shared"])

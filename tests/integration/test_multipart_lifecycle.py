@@ -10,7 +10,7 @@ from s3dcp import S3ClientConfig
 from s3dcp._config import resolve_settings
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.upload import complete_multipart, multipart_upload
-from tests.servers.fault_proxy import FaultProxy
+from s3dcp_testkit.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.s3
 

@@ -6,7 +6,6 @@ strategy code under test).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
@@ -21,9 +20,9 @@ from s3dcp import (
     S3StorageReader,
     S3StorageWriter,
 )
-from tests.conftest import AWS_VARIABLES, REGION, list_keys
+from tests.conftest import REGION, list_keys
 from tests.distributed import run_ranks
-from tests.helpers import assert_same, blank_like
+from tests.helpers import assert_same, aws_env, blank_like
 
 pytestmark = pytest.mark.s3
 
@@ -85,7 +84,7 @@ def save_with_every_strategy(rank: int, world_size: int, bucket: str) -> None:
 
 @pytest.mark.ranks
 def test_every_strategy_writes_the_documented_keys_and_loads_back(s3_env: Any, s3: Any, bucket: str) -> None:
-    env = {name: os.environ[name] for name in AWS_VARIABLES if name in os.environ}
+    env = aws_env()
     run_ranks(WORLD_SIZE, save_with_every_strategy, bucket, env=env)
 
     expected_state = full_state()

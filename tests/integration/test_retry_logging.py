@@ -15,13 +15,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
+from s3dcp_testkit.fault_proxy import FaultProxy
 from tests.conftest import REGION
-from tests.helpers import assert_same, blank_like
-from tests.servers.fault_proxy import FaultProxy
+from tests.helpers import FAST_RETRIES, assert_same, blank_like
 
 pytestmark = pytest.mark.s3
 
-FAST_RETRIES = dict(retry_initial_backoff=0.01, retry_max_backoff=0.05)
 
 
 def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:

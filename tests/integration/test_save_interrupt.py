@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
+from s3dcp_testkit.fault_proxy import FaultProxy
 from tests.conftest import list_keys
-from tests.servers.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.s3
 

@@ -13,8 +13,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from s3dcp import S3ClientConfig, S3StorageWriter
+from s3dcp_testkit.fault_proxy import FaultProxy
 from tests.conftest import REGION, list_keys
-from tests.servers.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.s3
 

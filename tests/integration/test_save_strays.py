@@ -14,9 +14,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import HexPrefixStrategy, S3StorageReader, S3StorageWriter
+from s3dcp_testkit.fault_proxy import FaultProxy
 from tests.conftest import REGION, list_keys
 from tests.helpers import assert_same, blank_like
-from tests.servers.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.s3
 

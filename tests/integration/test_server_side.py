@@ -20,13 +20,12 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
+from s3dcp_testkit.fault_proxy import FaultProxy, Record
 from tests.conftest import REGION, list_keys
-from tests.helpers import assert_same, blank_like
-from tests.servers.fault_proxy import FaultProxy, Record
+from tests.helpers import MIB, assert_same, blank_like
 
 pytestmark = pytest.mark.s3
 
-MIB = 1024 * 1024
 MOTO_ACCOUNT_ID = "123456789012"
 PART_SIZE = 5 * MIB
 

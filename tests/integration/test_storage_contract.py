@@ -22,8 +22,7 @@ from s3dcp import S3StorageReader, S3StorageWriter, UnsafeCheckpointError
 from s3dcp._copy import copy_checkpoint
 from tests.conftest import REGION, list_keys
 from tests.distributed import run_ranks
-from tests.helpers import assert_same, blank_like, s3dcp_error
-from tests.integration.test_distributed import aws_env
+from tests.helpers import assert_same, aws_env, blank_like, s3dcp_error
 from tests.integration.test_interop import upload_tree
 
 pytestmark = pytest.mark.s3

@@ -30,11 +30,10 @@ from s3dcp import (
     latest_tiered_checkpoint,
 )
 from tests.conftest import REGION, list_keys
-from tests.helpers import async_save_options
+from tests.helpers import FAST_RETRIES, assert_same, async_save_options
 
 pytestmark = pytest.mark.s3
 
-FAST_RETRIES = S3ClientConfig(max_attempts=3, retry_initial_backoff=0.01, retry_max_backoff=0.05)
 
 
 def state(seed: int = 0) -> dict[str, Any]:
@@ -49,13 +48,6 @@ def state(seed: int = 0) -> dict[str, Any]:
 def blank() -> dict[str, Any]:
     return {"model": {"w": torch.zeros(64, 32), "b": torch.zeros(32)},
             "optim": {"m": torch.zeros(2048, dtype=torch.float64)}, "step": -1}
-
-
-def assert_same(got: dict[str, Any], want: dict[str, Any]) -> None:
-    assert torch.equal(got["model"]["w"], want["model"]["w"])
-    assert torch.equal(got["model"]["b"], want["model"]["b"])
-    assert torch.equal(got["optim"]["m"], want["optim"]["m"])
-    assert got["step"] == want["step"]
 
 
 @pytest.fixture
@@ -100,10 +92,10 @@ def test_background_upload_commits_a_copy_that_s3_storage_reader_loads(
 
     from_s3 = blank()
     dcp.load(from_s3, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/run/step_7"))
-    assert_same(from_s3, want)
+    assert_same(want, from_s3)
     from_local = blank()  # the local tier is DCP's own layout
     dcp.load(from_local, storage_reader=FileSystemReader(local / "step_7"))
-    assert_same(from_local, want)
+    assert_same(want, from_local)
 
 
 def test_local_hit_needs_no_s3_at_all(s3_env: Any, bucket: str, local: Path) -> None:
@@ -114,7 +106,7 @@ def test_local_hit_needs_no_s3_at_all(s3_env: Any, bucket: str, local: Path) -> 
     r = reader(local, bucket)
     got = blank()
     dcp.load(got, checkpoint_id="step_3", storage_reader=r)
-    assert_same(got, want)
+    assert_same(want, got)
     assert r.source == "local" and list(phases(r.last_stats)) == ["load.local"]
     assert phases(r.last_stats)["load.local"].items == 4
 
@@ -128,7 +120,7 @@ def test_local_missing_loads_from_s3(s3_env: Any, bucket: str, local: Path) -> N
     r = reader(local / "node-b", bucket)  # another node: an empty local tier
     got = blank()
     dcp.load(got, checkpoint_id="step_4", storage_reader=r)
-    assert_same(got, want)
+    assert_same(want, got)
     assert r.source == "s3"
     assert phases(r.last_stats)["load.read"].items == 4
 
@@ -149,7 +141,7 @@ def test_damaged_local_item_is_read_from_s3_with_a_warning(
     got = blank()
     with caplog.at_level(logging.WARNING, logger="s3dcp"):
         dcp.load(got, checkpoint_id="step_5", storage_reader=r)
-    assert_same(got, want)
+    assert_same(want, got)
     warnings = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
     assert len(warnings) == 1 and "__0_0.distcp" in warnings[0] and "'optim.m'" in warnings[0], warnings
     # only the damaged item came from S3
@@ -167,7 +159,7 @@ def test_missing_local_file_is_read_from_s3(s3_env: Any, bucket: str, local: Pat
     r = reader(local, bucket)
     got = blank()
     dcp.load(got, checkpoint_id="step_6", storage_reader=r)
-    assert_same(got, want)
+    assert_same(want, got)
     assert r.source == "local" and phases(r.last_stats)["load.read"].items >= 1
 
 
@@ -230,7 +222,7 @@ def test_local_retention_keeps_the_newest(s3_env: Any, s3: Any, bucket: str, loc
     assert committed == ["step_1", "step_2", "step_3", "step_4"]  # S3 keeps its own retention
     got = blank()
     dcp.load(got, checkpoint_id="step_1", storage_reader=reader(local, bucket))
-    assert_same(got, state(1))
+    assert_same(state(1), got)
 
 
 def test_latest_across_tiers(s3_env: Any, bucket: str, local: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -270,7 +262,7 @@ def test_failed_background_upload_is_reported_and_local_copy_kept(
     assert any("upload failed" in r.getMessage() for r in caplog.records)
     got = blank()
     dcp.load(got, storage_reader=FileSystemReader(local / "step_2"))
-    assert_same(got, want)
+    assert_same(want, got)
 
 
 def test_background_upload_retries_through_faults(
@@ -278,13 +270,14 @@ def test_background_upload_retries_through_faults(
 ) -> None:
     # the first shard PUT is reset twice, longer than the client's own retries allow
     proxy.add_rule("reset", method="PUT", key_pattern=r"/run/step_1/__0_0\.distcp$", count=3)
-    w = TieredStorageWriter(local, f"s3://{bucket}/run", FAST_RETRIES, region=REGION, upload_attempts=3)
+    config = S3ClientConfig(max_attempts=3, **FAST_RETRIES)
+    w = TieredStorageWriter(local, f"s3://{bucket}/run", config, region=REGION, upload_attempts=3)
     dcp.save(state(1), checkpoint_id="step_1", storage_writer=w)
     w_statuses = w.wait_for_uploads(timeout=120)
     assert [(s.state, s.attempts) for s in w_statuses] == [("uploaded", 2), ("committed", 1)]
     got = blank()
     dcp.load(got, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/run/step_1"))
-    assert_same(got, state(1))
+    assert_same(state(1), got)
 
 
 def test_refuses_to_replace_a_complete_checkpoint(s3_env: Any, s3: Any, bucket: str, local: Path) -> None:
@@ -301,13 +294,13 @@ def test_refuses_to_replace_a_complete_checkpoint(s3_env: Any, s3: Any, bucket: 
     assert "already holds a complete checkpoint" in str(find_s3dcp_error(caught.value))
     got = blank()
     dcp.load(got, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/run/step_1"))
-    assert_same(got, state(1))
+    assert_same(state(1), got)
     # overwrite=True replaces both copies
     dcp.save(state(4), checkpoint_id="step_1", storage_writer=writer(local, bucket, background=False,
                                                                      overwrite=True))
     got = blank()
     dcp.load(got, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/run/step_1"))
-    assert_same(got, state(4))
+    assert_same(state(4), got)
 
 
 def test_works_with_async_save(s3_env: Any, bucket: str, local: Path) -> None:
@@ -319,7 +312,7 @@ def test_works_with_async_save(s3_env: Any, bucket: str, local: Path) -> None:
     w.wait_for_uploads(timeout=120)
     got = blank()
     dcp.load(got, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/run/step_11"))
-    assert_same(got, want)
+    assert_same(want, got)
 
 
 @pytest.mark.parametrize("bad", ["s3://bucket/x", "/abs/step_1", "a/b", "..", ".hidden", ""])
@@ -392,4 +385,4 @@ def test_prefix_strategy_shapes_both_tiers(s3_env: Any, s3: Any, bucket: str, lo
     for r in (reader(local, bucket), reader(local / "elsewhere", bucket)):
         got = blank()
         dcp.load(got, checkpoint_id="step_12", storage_reader=r)
-        assert_same(got, want)
+        assert_same(want, got)

@@ -28,10 +28,11 @@ from s3dcp._config import resolve_settings
 from s3dcp._tiered.upload import MARKERS, TierUploader, UploadJob, UploadStatus
 from s3dcp._uri import parse_s3_uri
 from tests.conftest import REGION, list_keys
+from tests.helpers import FAST_RETRIES
 
 pytestmark = pytest.mark.s3
 
-FAST_RETRIES = S3ClientConfig(max_attempts=3, retry_initial_backoff=0.01, retry_max_backoff=0.05)
+RETRIES = S3ClientConfig(max_attempts=3, **FAST_RETRIES)
 SAVE_ID = "save-1"
 METADATA = b"the coordinator's .metadata"
 WAIT = 60.0  # a bound on real waits for threads; never reached when the code works
@@ -76,7 +77,7 @@ def job(bucket: str, checkpoint: Path, rank: int, *, files: bool = True, metadat
         time: FakeTime | None = None, **options: Any) -> UploadJob:
     time = time or FakeTime()
     return UploadJob(
-        client=S3Client(resolve_settings(REGION, FAST_RETRIES)), checkpoint_dir=checkpoint,
+        client=S3Client(resolve_settings(REGION, RETRIES)), checkpoint_dir=checkpoint,
         uri=parse_s3_uri(f"s3://{bucket}/run/step_1"), rank=rank, world_size=2, save_id=SAVE_ID,
         files=[shard(rank)] if files else [], overwrite=False, metadata=metadata,
         clock=time.clock, sleep=time.sleep, **options,
@@ -205,14 +206,14 @@ def test_whole_attempts_pause_as_the_request_retry_policy_says(
     proxied_env: Any, proxy: Any, s3: Any, bucket: str, checkpoint: Path
 ) -> None:
     """More resets than one request's retries allow: the job tries again after a jittered, injected pause."""
-    proxy.add_rule("reset", method="PUT", key_pattern=rf"/run/step_1/{shard(1)}$", count=FAST_RETRIES.max_attempts)
+    proxy.add_rule("reset", method="PUT", key_pattern=rf"/run/step_1/{shard(1)}$", count=RETRIES.max_attempts)
     time = FakeTime()
     rank_1 = TierUploader()
     rank_1.submit(job(bucket, checkpoint, 1, time=time))
     [status] = rank_1.wait(WAIT)
     assert (status.state, status.attempts) == ("uploaded", 2)
     # one pause, drawn from [0, first backoff bound] (full jitter), through the job's sleep
-    assert len(time.sleeps) == 1 and 0.0 <= time.sleeps[0] <= FAST_RETRIES.retry_initial_backoff
+    assert len(time.sleeps) == 1 and 0.0 <= time.sleeps[0] <= RETRIES.retry_initial_backoff
     assert shard(1) in keys(s3, bucket)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,15 +11,11 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3StorageReader, TieredStorageReader, TieredStorageWriter
-from tests.conftest import AWS_VARIABLES, REGION, list_keys
+from tests.conftest import REGION, list_keys
 from tests.distributed import run_ranks
-from tests.helpers import async_save_options, needs_process_async_save
+from tests.helpers import async_save_options, aws_env, needs_process_async_save
 
 pytestmark = [pytest.mark.s3, pytest.mark.ranks]
-
-
-def aws_env() -> dict[str, str]:
-    return {name: os.environ[name] for name in AWS_VARIABLES if name in os.environ}
 
 
 def checkpoint_dirs(root: Path) -> list[str]:

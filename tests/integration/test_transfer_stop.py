@@ -15,9 +15,9 @@ from s3dcp import AccessDeniedError, S3ClientConfig, S3StorageWriter
 from s3dcp._s3.client import S3Client
 from s3dcp._config import resolve_settings
 from s3dcp._s3.retry import TransferStopped
+from s3dcp_testkit.fault_proxy import FaultProxy
 from tests.conftest import REGION, list_keys
 from tests.helpers import s3dcp_error
-from tests.servers.fault_proxy import FaultProxy
 
 pytestmark = pytest.mark.s3
 

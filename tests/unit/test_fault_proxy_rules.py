@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.servers.fault_proxy import Rule
+from s3dcp_testkit.fault_proxy import Rule
 
 
 def test_throttle_keeps_one_token_bucket_per_partition() -> None:

@@ -22,7 +22,7 @@ and networks do:
   limits request rates per prefix; requests over the rate get 503 SlowDown.
 
 With ``tls=True`` the proxy answers HTTPS with a certificate from a
-throw-away CA made by the ``openssl`` command (``ca_bundle`` is its file,
+throw-away CA (``certificates.make_certificate``; ``ca_bundle`` is its file,
 for ``AWS_CA_BUNDLE``), and keeps connections alive: the TLS counterpart
 of the plain proxy, where moto itself closes every connection.
 
@@ -42,19 +42,21 @@ import re
 import shutil
 import socket
 import ssl
-import subprocess
-import tempfile
 import struct
+import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import unquote, urlsplit
-import zlib
+
+from s3dcp_testkit.certificates import make_certificate, server_context
+from s3dcp_testkit.http_framing import Body, BodyError
 
 _ERRORS = {
     "slowdown": (503, "SlowDown", "Please reduce your request rate."),
@@ -283,32 +285,9 @@ class FaultProxy:
     def _tls_context(self) -> ssl.SSLContext:
         """A server context whose certificate, for 127.0.0.1, a new throw-away CA signed."""
         self._tls_dir = Path(tempfile.mkdtemp(prefix="fault-proxy-tls-"))
-        ca, ca_key, key, request, cert = (
-            self._tls_dir / name for name in ("ca.pem", "ca.key", "server.key", "server.csr", "server.pem")
-        )
-        extensions = self._tls_dir / "server.ext"
-        extensions.write_text(
-            "subjectAltName = IP:127.0.0.1, DNS:localhost\n"
-            "basicConstraints = critical, CA:FALSE\n"
-            "keyUsage = critical, digitalSignature, keyEncipherment\n"
-            "extendedKeyUsage = serverAuth\n"
-            "subjectKeyIdentifier = hash\n"
-            "authorityKeyIdentifier = keyid\n"
-        )
-        new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        for args in (
-            ["req", "-x509", *new_key, "-keyout", ca_key, "-out", ca, "-days", "2",
-             "-subj", "/CN=fault proxy throw-away CA", "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-            ["req", "-new", *new_key, "-keyout", key, "-out", request, "-subj", "/CN=localhost"],
-            ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-set_serial", "1",
-             "-days", "2", "-extfile", extensions, "-out", cert],
-        ):
-            subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
-        self.ca_bundle = str(ca)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        return context
+        made = make_certificate(self._tls_dir, days=2)
+        self.ca_bundle = str(made.ca)
+        return server_context(made.cert, made.key)
 
     def stop(self) -> None:
         with self._lock:
@@ -356,18 +335,8 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
             pass
 
         def _read_body(self) -> bytes:
-            if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-                chunks = []
-                while True:
-                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                    if size == 0:
-                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                            pass
-                        return b"".join(chunks)
-                    chunks.append(self.rfile.read(size))
-                    self.rfile.readline()
-            length = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(length) if length else b""
+            chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
+            return Body.of(self.rfile, chunked, self.headers.get("Content-Length")).read()
 
         def _reset(self) -> None:
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -412,7 +381,11 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
                 proxy._leave()
 
         def _handle_counted(self) -> None:
-            body = self._read_body()
+            try:
+                body = self._read_body()
+            except BodyError:  # the client went away mid-request: nothing to forward or answer
+                self.close_connection = True
+                return
             split = urlsplit(self.path)
             path = unquote(split.path)
             rule = proxy._pick_rule(self.command, path, split.query, self.headers)

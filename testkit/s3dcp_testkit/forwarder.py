@@ -1,4 +1,4 @@
-"""A counting HTTP forwarder (optionally terminating TLS) and a throwaway certificate.
+"""A counting HTTP forwarder, optionally terminating TLS, for the benchmarks.
 
 ``CountingForwarder`` listens on 127.0.0.1 and a free port and relays each
 client connection to one upstream HTTP server (moto, for the benchmarks),
@@ -16,55 +16,22 @@ might not send. Unsigned ``aws-chunked`` bodies (botocore sends them over
 HTTPS, with a trailing checksum) are decoded on the way and forwarded as
 plain bodies without the trailer: moto decodes them by repeated ``bytes``
 concatenation, which takes minutes for a 256 MiB object and would measure
-moto, not the client. The counts keep the bytes the client sent.
-
-``make_certificate(directory)`` writes a throwaway CA and a server
-certificate for 127.0.0.1 / localhost signed by it, using the ``openssl``
-command line tool; clients trust the CA file (``AWS_CA_BUNDLE``).
+moto, not the client. The counts keep the bytes the client sent. Other
+chunked bodies are passed on chunked (not necessarily in the same chunks).
 """
 
 from __future__ import annotations
 
-import shutil
 import socket
 import socketserver
 import ssl
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from null_sink import RECV_BUFFER, BackgroundServer, open_connection, Counts, _BodyError, header, read_head, server_tls_context
+from s3dcp_testkit.http_framing import Body, BodyError, copy, copy_chunked, encode_head, header, is_chunked, read_head
+from s3dcp_testkit.loopback import RECV_BUFFER, BackgroundServer, Counts, open_connection
 
 COPY_CHUNK = 1024 * 1024
-
-
-def _copy(rfile: Any, out: socket.socket, length: int, buffer: memoryview) -> int:
-    left = length
-    while left:
-        got = rfile.readinto(buffer[: min(left, len(buffer))])
-        if not got:
-            raise _BodyError("body ended early")
-        out.sendall(buffer[:got])
-        left -= got
-    return length
-
-
-def _copy_chunked(rfile: Any, out: socket.socket, buffer: memoryview) -> int:
-    total = 0
-    while True:
-        size_line = rfile.readline(65537)
-        if not size_line:
-            raise _BodyError("chunked body ended early")
-        out.sendall(size_line)
-        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-        if size == 0:
-            while True:
-                trailer = rfile.readline(65537)
-                out.sendall(trailer or b"\r\n")
-                if trailer in (b"\r\n", b"\n", b""):
-                    return total
-        total += _copy(rfile, out, size, buffer)
-        out.sendall(rfile.readline(65537))
 
 
 def _unsigned_aws_chunked(headers: list[tuple[str, str]]) -> bool:
@@ -88,85 +55,15 @@ def _plain_body_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]
     return plain
 
 
-class _Body:
-    """A request body as a stream (``readline``/``readinto``), framed by a length or chunked;
-    ``total`` counts the payload bytes read."""
+def _copy_aws_chunked(body: Body, out: socket.socket, buffer: memoryview) -> None:
+    """Pass on the payload of an unsigned aws-chunked body, dropping its framing and trailer.
 
-    def __init__(self, rfile: Any, length: int | None) -> None:
-        self._rfile = rfile
-        self._chunked = length is None
-        self._left = 0 if length is None else length
-        self._done = length == 0
-        self._started = False
-        self.total = 0
-
-    def _fill(self) -> None:
-        while self._chunked and self._left == 0 and not self._done:
-            if self._started:
-                self._rfile.readline(65537)  # CRLF after the previous chunk
-            self._started = True
-            size_line = self._rfile.readline(65537)
-            if not size_line:
-                raise _BodyError("chunked body ended early")
-            size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-            if size == 0:
-                while self._rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                    pass  # HTTP trailers
-                self._done = True
-            self._left = size
-        if not self._chunked and self._left == 0:
-            self._done = True
-
-    def readinto(self, buffer: memoryview) -> int:
-        self._fill()
-        if self._done:
-            return 0
-        got = self._rfile.readinto(buffer[: min(len(buffer), self._left)])
-        if not got:
-            raise _BodyError("body ended early")
-        self._left -= got
-        self.total += got
-        return int(got)
-
-    def readline(self, limit: int = 65537) -> bytes:
-        line = bytearray()
-        while len(line) < limit and not line.endswith(b"\n"):
-            self._fill()
-            if self._done:
-                break
-            part = self._rfile.readline(min(limit - len(line), self._left))
-            if not part:
-                raise _BodyError("body ended early")
-            self._left -= len(part)
-            self.total += len(part)
-            line += part
-        return bytes(line)
-
-    def drain(self, buffer: memoryview) -> None:
-        while self.readinto(buffer):
-            pass
-
-
-def _copy_aws_chunked(body: _Body, out: socket.socket, buffer: memoryview) -> None:
-    """Pass on the payload of an unsigned aws-chunked body, dropping its framing and trailer."""
-    while True:
-        size_line = body.readline()
-        if not size_line:
-            raise _BodyError("aws-chunked body ended early")
-        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-        if size == 0:
-            break
-        _copy(body, out, size, buffer)
-        body.readline()  # CRLF after the chunk
-    body.drain(buffer)  # the trailer (checksum) and the closing blank line
-
-
-def _encode_head(first_line: str, headers: list[tuple[str, str]]) -> bytes:
-    return ("\r\n".join([first_line] + [f"{k}: {v}" for k, v in headers]) + "\r\n\r\n").encode("latin-1")
-
-
-def _chunked(headers: list[tuple[str, str]]) -> bool:
-    return (header(headers, "transfer-encoding") or "").lower().endswith("chunked")
+    aws-chunked framing is HTTP's chunked framing, inside the HTTP body.
+    """
+    payload = Body(body, None)
+    while got := payload.readinto(buffer):
+        out.sendall(buffer[:got])
+    body.drain(buffer)  # nothing, unless the client sent more after the closing blank line
 
 
 class _Upstream:
@@ -204,7 +101,7 @@ class _Handler(socketserver.BaseRequestHandler):
         try:
             while self._relay_one(conn, rfile, upstream, buffer):
                 pass
-        except (OSError, ValueError, _BodyError, ssl.SSLError):
+        except (OSError, ValueError, BodyError, ssl.SSLError):
             pass
         finally:
             upstream.close()
@@ -228,21 +125,21 @@ class _Handler(socketserver.BaseRequestHandler):
         assert upstream.sock is not None
         length = header(headers, "content-length")
         if _unsigned_aws_chunked(headers):
-            upstream.sock.sendall(_encode_head(request_line, _plain_body_headers(headers)))
-            body = _Body(rfile, None if _chunked(headers) else int(length or 0))
+            upstream.sock.sendall(encode_head(request_line, _plain_body_headers(headers)))
+            body = Body.of(rfile, is_chunked(headers), length)
             _copy_aws_chunked(body, upstream.sock, buffer)
             sent = body.total
         else:
-            upstream.sock.sendall(_encode_head(request_line, headers))
-            if _chunked(headers):
-                sent = _copy_chunked(rfile, upstream.sock, buffer)
+            upstream.sock.sendall(encode_head(request_line, headers))
+            if is_chunked(headers):
+                sent = copy_chunked(Body(rfile, None), upstream.sock, buffer)
             else:
-                sent = _copy(rfile, upstream.sock, int(length), buffer) if length else 0
+                sent = copy(rfile, upstream.sock, int(length), buffer) if length else 0
 
         while True:  # skip interim 1xx answers
             answer = read_head(upstream.rfile)
             if answer is None:
-                raise _BodyError("upstream closed without answering")
+                raise BodyError("upstream closed without answering")
             status_line, response_headers = answer
             status = int(status_line.split(" ", 2)[1])
             if status >= 200:
@@ -252,15 +149,15 @@ class _Handler(socketserver.BaseRequestHandler):
         forwarded = [(k, v) for k, v in response_headers if k.lower() != "connection" or client_close]
         length = header(response_headers, "content-length")
         no_body = method == "HEAD" or status in (204, 304)
-        known = 0 if no_body else int(length) if length is not None and not _chunked(response_headers) else None
+        known = 0 if no_body else int(length) if length is not None and not is_chunked(response_headers) else None
         if known is not None:  # counted before the client can see the answer, so a count taken
             self.server.counts.add(method, sent, known)  # right after the client is done includes it
-        conn.sendall(_encode_head(status_line, forwarded))
+        conn.sendall(encode_head(status_line, forwarded))
         until_close = False
         if known is not None:
-            _copy(upstream.rfile, conn, known, buffer)
-        elif _chunked(response_headers):
-            self.server.counts.add(method, sent, _copy_chunked(upstream.rfile, conn, buffer))
+            copy(upstream.rfile, conn, known, buffer)
+        elif is_chunked(response_headers):
+            self.server.counts.add(method, sent, copy_chunked(Body(upstream.rfile, None), conn, buffer))
         else:  # body until the upstream closes: pass it on, then close the client too
             received = 0
             while True:
@@ -296,7 +193,7 @@ class CountingForwarder(BackgroundServer):
 
     Attributes:
         endpoint_url: what clients use, once started.
-        counts: a :class:`null_sink.Counts` keyed by HTTP method.
+        counts: a :class:`loopback.Counts` keyed by HTTP method.
     """
 
     thread_name = "forwarder"
@@ -309,32 +206,3 @@ class CountingForwarder(BackgroundServer):
 
     def _make_server(self) -> _Server:
         return _Server(self._upstream, self._tls)
-
-
-def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1 and localhost signed by it.
-
-    Returns (ca_file, server_cert, server_key). Needs the ``openssl`` command.
-    """
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        raise RuntimeError("the HTTPS benchmarks need the openssl command (Debian: apt-get install openssl)")
-    ca_key, ca_file = directory / "ca.key", directory / "ca.pem"
-    key, csr, cert = directory / "server.key", directory / "server.csr", directory / "server.pem"
-    extensions = directory / "server.ext"
-    extensions.write_text(
-        "basicConstraints = critical, CA:FALSE\n"
-        "keyUsage = critical, digitalSignature, keyEncipherment\n"
-        "extendedKeyUsage = serverAuth\n"
-        "subjectAltName = IP:127.0.0.1, DNS:localhost\n"
-    )
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=s3dcp benchmark CA",
-        "-keyout", str(ca_key), "-out", str(ca_file))
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(csr))
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca_file), "-CAkey", str(ca_key), "-CAcreateserial",
-        "-days", "2", "-extfile", str(extensions), "-out", str(cert))
-    return ca_file, cert, key

@@ -1,9 +1,10 @@
 """Run moto's S3 server as a child process on 127.0.0.1 and a free port.
 
-Used by the test fixtures and by ``make demo`` when no S3 endpoint is
-configured. The child binds port 0, so there is no race for a port; it prints
-the port it got on one line, and the parent waits for that line (no sleeps).
-Run ``python -m tests.servers.moto_server`` to start one by hand.
+Used by the test fixtures, the benchmarks, and the examples when no S3
+endpoint is configured (``local_s3``). The child binds port 0, so there is no
+race for a port; it prints the port it got on one line, and the parent waits
+for that line (no sleeps). Run ``python -m s3dcp_testkit.moto_server`` to
+start one by hand.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
 _CHILD = """
@@ -100,6 +103,34 @@ class MotoServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+# what would send requests elsewhere, or as someone else, than the variables local_s3 sets
+_OTHER_AWS_SETTINGS = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3")
+
+
+@contextmanager
+def local_s3(bucket: str, region: str = "us-east-1") -> Iterator[MotoServer]:
+    """A moto server with ``bucket`` created, and the standard AWS variables of this process pointing at it.
+
+    Sets ``AWS_ENDPOINT_URL``, the credentials and ``AWS_REGION`` (and drops a
+    profile, session token or S3-only endpoint), so anything that reads
+    the environment, boto3 or s3dcp, talks to it. The variables are left
+    set when the server stops. Needs boto3.
+    """
+    import boto3
+
+    with MotoServer() as server:
+        os.environ.update(
+            AWS_ENDPOINT_URL=server.endpoint_url,
+            AWS_ACCESS_KEY_ID=ACCESS_KEY,
+            AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+            AWS_REGION=region,
+        )
+        for name in _OTHER_AWS_SETTINGS:
+            os.environ.pop(name, None)
+        boto3.client("s3").create_bucket(Bucket=bucket)
+        yield server
 
 
 if __name__ == "__main__":

@@ -18,107 +18,29 @@ requests a client sent. HTTP/1.1 keep-alive, ``Expect: 100-continue``,
 just ``Content-Length`` bytes to consume) are handled. With ``tls=(cert,
 key)`` it speaks HTTPS.
 
-    python benchmarks/null_sink.py            # prints the endpoint; Ctrl-C stops
-    python benchmarks/null_sink.py --tls-cert cert.pem --tls-key key.pem
+    python -m s3dcp_testkit.null_sink            # prints the endpoint; Ctrl-C stops
+    python -m s3dcp_testkit.null_sink --tls-cert cert.pem --tls-key key.pem
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import socket
 import socketserver
 import ssl
 import threading
 import uuid
-from collections import Counter
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-RECV_BUFFER = 4 * 1024 * 1024  # socket receive buffer asked of the kernel
+from s3dcp_testkit.http_framing import Body, BodyError, header, is_chunked, read_head
+from s3dcp_testkit.loopback import RECV_BUFFER, BackgroundServer, Counts, open_connection
+
 READ_CHUNK = 1024 * 1024  # bytes consumed per readinto
 
 _XML = '<?xml version="1.0" encoding="UTF-8"?>\n'
 _NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
-
-
-class Counts:
-    """Requests and bytes seen, thread-safe; ``take()`` returns them and starts again."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
-
-    def add(self, operation: str, request_bytes: int, response_bytes: int) -> None:
-        with self._lock:
-            self._counts["requests"] += 1
-            self._counts[f"op:{operation}"] += 1
-            self._counts["request_body_bytes"] += request_bytes
-            self._counts["response_body_bytes"] += response_bytes
-            self._counts[f"response_bytes:{operation}"] += response_bytes
-
-    def take(self) -> dict[str, int]:
-        with self._lock:
-            counts, self._counts = dict(self._counts), Counter()
-        return counts
-
-
-class _BodyError(Exception):
-    pass
-
-
-def read_head(rfile: Any) -> tuple[str, list[tuple[str, str]]] | None:
-    """One request or status line and its headers; None at a clean end of stream."""
-    line = rfile.readline(65537)
-    while line in (b"\r\n", b"\n"):  # tolerate stray blank lines between messages
-        line = rfile.readline(65537)
-    if not line:
-        return None
-    headers: list[tuple[str, str]] = []
-    while True:
-        header = rfile.readline(65537)
-        if header in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = header.decode("latin-1").partition(":")
-        headers.append((name.strip(), value.strip()))
-    return line.decode("latin-1").rstrip("\r\n"), headers
-
-
-def header(headers: list[tuple[str, str]], name: str) -> str | None:
-    name = name.lower()
-    for key, value in headers:
-        if key.lower() == name:
-            return value
-    return None
-
-
-def drain(rfile: Any, length: int, buffer: memoryview) -> int:
-    """Read and drop exactly ``length`` bytes."""
-    left = length
-    while left:
-        got = rfile.readinto(buffer[: min(left, len(buffer))])
-        if not got:
-            raise _BodyError("body ended early")
-        left -= got
-    return length
-
-
-def drain_chunked(rfile: Any, buffer: memoryview) -> int:
-    """Read and drop a chunked body (its trailers too); returns the payload size."""
-    total = 0
-    while True:
-        size_line = rfile.readline(65537)
-        if not size_line:
-            raise _BodyError("chunked body ended early")
-        size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
-        if size == 0:
-            while rfile.readline(65537) not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return total
-        total += drain(rfile, size, buffer)
-        rfile.readline(65537)  # CRLF after the chunk
 
 
 def _operation(method: str, key: str, query: dict[str, list[str]], headers: list[tuple[str, str]]) -> str:
@@ -263,17 +185,6 @@ def _escape(text: str) -> str:
 _REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found"}
 
 
-def open_connection(conn: socket.socket, tls: ssl.SSLContext | None) -> tuple[socket.socket, Any] | None:
-    """An accepted connection, TLS-wrapped if asked, and a buffered reader on it (None if TLS fails)."""
-    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if tls is not None:
-        try:
-            conn = tls.wrap_socket(conn, server_side=True)
-        except (ssl.SSLError, OSError):
-            return None
-    return conn, conn.makefile("rb", buffering=256 * 1024)
-
-
 class _Handler(socketserver.BaseRequestHandler):
     server: _Server
 
@@ -286,7 +197,7 @@ class _Handler(socketserver.BaseRequestHandler):
         try:
             while self._one_request(conn, rfile, buffer):
                 pass
-        except (OSError, ValueError, _BodyError, ssl.SSLError):
+        except (OSError, ValueError, BodyError, ssl.SSLError):
             pass
         finally:
             rfile.close()
@@ -310,11 +221,7 @@ class _Handler(socketserver.BaseRequestHandler):
             operation = _operation(method, key, query, headers)
         if (header(headers, "expect") or "").lower() == "100-continue":
             conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        declared = header(headers, "content-length")
-        if (header(headers, "transfer-encoding") or "").lower().endswith("chunked"):
-            received = drain_chunked(rfile, buffer)
-        else:
-            received = drain(rfile, int(declared), buffer) if declared else 0
+        received = Body.of(rfile, is_chunked(headers), header(headers, "content-length")).drain(buffer)
         size = _payload_size(headers, received)
         status, extra, body = _answer(operation, bucket, key, query, headers, size, self.server.sizes)
         close = (header(headers, "connection") or "").lower() == "close" or version == "HTTP/1.0"
@@ -355,64 +262,6 @@ class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)  # inherited by accepted sockets
         self.server_bind()
         self.server_activate()
-
-
-def server_tls_context(cert: Path, key: Path) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(str(cert), str(key))
-    return context
-
-
-class BackgroundServer:
-    """A loopback server run on a daemon thread of this process; a context manager.
-
-    Subclasses say how to build their ``socketserver`` server (which must
-    have a ``counts`` attribute) in :meth:`_make_server`.
-
-    Attributes:
-        endpoint_url: ``http(s)://127.0.0.1:PORT`` once started.
-        counts: a :class:`Counts` of the requests answered.
-    """
-
-    _ids = itertools.count()
-    thread_name = "server"
-
-    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
-        self._tls = server_tls_context(*tls) if tls else None
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self.endpoint_url = ""
-        self.counts = Counts()
-
-    def _make_server(self) -> Any:
-        raise NotImplementedError
-
-    def start(self) -> Any:
-        self._server = self._make_server()
-        self.counts = self._server.counts
-        port = self._server.server_address[1]
-        self.endpoint_url = f"{'https' if self._tls else 'http'}://127.0.0.1:{port}"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"{self.thread_name}-{next(self._ids)}", daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-
-    def __enter__(self) -> Any:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 class NullSink(BackgroundServer):

@@ -8,9 +8,9 @@ DIR/ca.pem), no mgr, no cephx. Everything it writes (config, data, logs,
 sockets, PIDs) lives in DIR, and ``stop`` signals only the PIDs that ``start``
 recorded there.
 
-    python tests/servers/ceph_rgw.py start [--dir DIR]   # DIR defaults to /tmp/s3dcp-rgw
+    python -m s3dcp_testkit.ceph_rgw start [--dir DIR]   # DIR defaults to /tmp/s3dcp-rgw
     . DIR/env                                           # S3DCP_RGW_* (also DIR/env.json)
-    python tests/servers/ceph_rgw.py stop [--dir DIR]
+    python -m s3dcp_testkit.ceph_rgw stop [--dir DIR]
 
 ``start(directory)`` and ``stop(directory)`` do the same from Python. Linux
 only; if Ceph's binaries are missing, ``start`` installs the Debian packages
@@ -32,7 +32,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -42,6 +41,9 @@ import urllib.request
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+
+from s3dcp_testkit.certificates import make_certificate
+from s3dcp_testkit.ports import free_ports
 
 DEFAULT_DIR = Path("/tmp/s3dcp-rgw")
 USER_ID = "s3dcp-test"
@@ -113,6 +115,7 @@ class _Cluster:
         self.conf = directory / "ceph.conf"
         self.tls = directory / "tls"
         self.ca = directory / "ca.pem"
+        self.cert, self.key = self.tls / "server.pem", self.tls / "server.key"  # written by _write_certificates
         self.fsid = str(uuid.uuid4())
         self.started = time.monotonic()
         self.deadline = self.started + START_TIMEOUT
@@ -169,7 +172,7 @@ class _Cluster:
         run, log = self.dir / "run", self.dir / "log"
         frontend = (
             f"beast endpoint=127.0.0.1:{self.http_port} ssl_endpoint=127.0.0.1:{self.https_port}"
-            f" ssl_certificate={self.tls / 'server.pem'} ssl_private_key={self.tls / 'server.key'}"
+            f" ssl_certificate={self.cert} ssl_private_key={self.key}"
         )
         self.conf.write_text(f"""\
 [global]
@@ -228,30 +231,13 @@ rgw enable lc threads = false
 """)
 
     def _write_certificates(self) -> None:
-        """A throw-away CA (DIR/ca.pem) and its certificate for 127.0.0.1 and localhost.
-
-        The extensions are the ones strict verifiers (Python 3.13's default
-        context, for one) insist on, so clients need nothing but the CA file.
-        """
-        ca_key, key, request, cert = (self.tls / n for n in ("ca.key", "server.key", "server.csr", "server.pem"))
-        extensions = self.tls / "server.ext"
-        extensions.write_text(
-            "subjectAltName = IP:127.0.0.1, DNS:localhost\n"
-            "basicConstraints = critical, CA:FALSE\n"
-            "keyUsage = critical, digitalSignature, keyEncipherment\n"
-            "extendedKeyUsage = serverAuth\n"
-            "subjectKeyIdentifier = hash\n"
-            "authorityKeyIdentifier = keyid\n"
-        )
-        new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        self._run(["openssl", "req", "-x509", *new_key, "-keyout", str(ca_key), "-out", str(self.ca),
-                   "-days", "30", "-subj", "/CN=s3dcp throw-away test CA",
-                   "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
-        self._run(["openssl", "req", "-new", *new_key, "-keyout", str(key), "-out", str(request),
-                   "-subj", "/CN=localhost"])
-        self._run(["openssl", "x509", "-req", "-in", str(request), "-CA", str(self.ca), "-CAkey", str(ca_key),
-                   "-set_serial", str(uuid.uuid4().int >> 1), "-days", "30", "-extfile", str(extensions),
-                   "-out", str(cert)])
+        """A throw-away CA (DIR/ca.pem) and its certificate for 127.0.0.1 and localhost (DIR/tls)."""
+        try:
+            made = make_certificate(self.tls, timeout=self._remaining())
+        except (subprocess.SubprocessError, RuntimeError) as error:
+            raise StartError(f"the throw-away certificate: {error}") from error
+        shutil.copyfile(made.ca, self.ca)
+        self.cert, self.key = made.cert, made.key
 
     # -- processes
 
@@ -402,22 +388,11 @@ def _prepare(directory: Path) -> None:
 
 
 def _free_ports(count: int) -> list[int]:
-    """Distinct free ports on 127.0.0.1 that the kernel hands out for port 0, none in the OSD's range."""
-    sockets: list[socket.socket] = []
-    ports: list[int] = []
+    """Distinct free ports on 127.0.0.1, none in the OSD's range."""
     try:
-        while len(ports) < count and len(sockets) < 100:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sockets.append(sock)  # held open until all are picked, so they differ
-            sock.bind(("127.0.0.1", 0))
-            if (port := sock.getsockname()[1]) not in OSD_PORTS:
-                ports.append(port)
-    finally:
-        for sock in sockets:
-            sock.close()
-    if len(ports) < count:
-        raise StartError("no free ports on 127.0.0.1")
-    return ports
+        return free_ports(count, avoid=OSD_PORTS)
+    except OSError as error:
+        raise StartError(str(error)) from error
 
 
 # -- PIDs

@@ -2,7 +2,7 @@
 
 ``S3DCP_TEST_SERVER`` picks it: ``moto`` starts moto's server for the test
 session; ``rgw-http`` / ``rgw-https`` use the Ceph RGW that
-``tests/servers/ceph_rgw.py start`` left running, reading its endpoints,
+``python -m s3dcp_testkit.ceph_rgw start`` left running, reading its endpoints,
 keys and CA file from ``$S3DCP_RGW_DIR/env.json`` (default ``/tmp/s3dcp-rgw``).
 """
 
@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.servers.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer
+from s3dcp_testkit.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer
 
 SERVER_VARIABLE = "S3DCP_TEST_SERVER"
 KINDS = ("moto", "rgw-http", "rgw-https")
@@ -50,7 +50,7 @@ def _rgw(kind: str) -> TestServer:
     if not env_file.exists():
         raise RuntimeError(
             f"{SERVER_VARIABLE}={kind} but {env_file} does not exist: start the server first "
-            "(python tests/servers/ceph_rgw.py start, or make test-rgw)"
+            "(python -m s3dcp_testkit.ceph_rgw start, or make test-rgw)"
         )
     values = json.loads(env_file.read_text())
     https = kind == "rgw-https"
