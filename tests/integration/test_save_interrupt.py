@@ -23,7 +23,14 @@ pytestmark = pytest.mark.s3
 
 REPO = Path(__file__).resolve().parents[2]
 
+# A process started in the background by a shell without job control (`make test &`,
+# `(cmd &)`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
+# handler: the child would never see the Ctrl-C. Give it the signal handling of a
+# program started from a terminal, whatever the test run was started from.
 _SAVER = """
+import signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
 import sys, torch, torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from s3dcp import S3ClientConfig, S3StorageWriter
