@@ -12,6 +12,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3StorageWriter, _copy as copy_module, _verify as verify_module
+from s3dcp._s3 import upload as upload_module
 from s3dcp._cli import main
 from s3dcp._copy import copy_checkpoint
 from s3dcp._progress import human_bytes
@@ -51,7 +52,8 @@ class Events:
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """1 KiB reads, so a KiB-sized shard takes several, as a GiB one takes many at full size."""
-    monkeypatch.setattr(copy_module, "_READ_CHUNK", 1024)
+    monkeypatch.setattr(copy_module, "_READ_CHUNK", 1024)  # downloads
+    monkeypatch.setattr(upload_module, "_FILE_CHUNK", 1024)  # uploads of local files
     monkeypatch.setattr(verify_module, "_CHUNK", 1024)
 
 
