@@ -1,11 +1,11 @@
 # make demo: save / crash / resume / load against S3 (a local moto server if no endpoint is set)
-# make test: type checks and the whole test suite
+# make test: lint, type checks and the whole test suite (make test-fast: without the multi-process gloo tests)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.s3dcp-installed
 
-.PHONY: all install demo demo-distributed demo-tiered test test-rgw test-floor test-newest matrix-leg typecheck unit integration clean bench-prefix
+.PHONY: all install demo demo-distributed demo-tiered test test-fast test-rgw test-floor test-newest matrix-leg lint format typecheck unit integration clean bench-prefix
 
 all: test
 
@@ -32,6 +32,17 @@ demo-distributed: $(STAMP)
 demo-tiered: $(STAMP)
 	$(BIN)/python examples/dcp/tiered_demo.py
 
+# ruff (pinned in the test extra) over everything that is Python here
+LINTED := s3dcp testkit tests benchmarks examples
+lint: $(STAMP)
+	$(BIN)/python -m ruff check $(LINTED)
+	$(BIN)/python -m ruff format --check $(LINTED)
+
+format: $(STAMP)
+	$(BIN)/python -m ruff check --fix $(LINTED)
+	$(BIN)/python -m ruff format $(LINTED)
+
+# mypy (strict) over s3dcp, testkit/s3dcp_testkit and benchmarks (pyproject.toml)
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy
 
@@ -41,8 +52,12 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/python -m pytest tests/integration
 
-test: typecheck
+test: lint typecheck
 	$(BIN)/python -m pytest
+
+# the same without the tests that start gloo process groups (marked `ranks`): a few minutes less
+test-fast: lint typecheck
+	$(BIN)/python -m pytest -m "not ranks"
 
 # The integration suite against a throw-away single-node Ceph RGW over HTTP, then
 # HTTPS. Installs Ceph with apt-get if missing (needs root); stops what it started.

@@ -30,19 +30,20 @@ import statistics
 import tempfile
 import time
 import warnings
+from concurrent.futures import Future
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
+from workload import build_state_dict, tensor_bytes
 
 from s3dcp import S3StorageWriter, TieredStorageWriter
 from s3dcp_testkit.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer
 from s3dcp_testkit.ports import free_port
-from workload import build_state_dict, tensor_bytes
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,8 +60,16 @@ def measure_tiered(way: str, state: dict[str, Any], uri: str, group: Any, local:
         dcp.save(state, checkpoint_id=name, storage_writer=writer)
         blocked = time.perf_counter() - started
     else:
-        future = dcp.async_save(state, checkpoint_id=name, storage_writer=writer,
-                                async_checkpointer_type=AsyncCheckpointerType.THREAD, process_group=group)
+        future = cast(
+            Future[Any],
+            dcp.async_save(
+                state,
+                checkpoint_id=name,
+                storage_writer=writer,
+                async_checkpointer_type=AsyncCheckpointerType.THREAD,
+                process_group=group,
+            ),
+        )
         blocked = time.perf_counter() - started
         future.result()
     writer.wait_for_uploads()  # raises if the S3 copy failed
@@ -77,7 +86,9 @@ def measure(way: str, state: dict[str, Any], uri: str, group: Any, local: Path) 
         blocked = total = time.perf_counter() - started
         return blocked, total
     executor = AsyncCheckpointerType.PROCESS if way.endswith("process") else AsyncCheckpointerType.THREAD
-    future = dcp.async_save(state, storage_writer=writer, async_checkpointer_type=executor, process_group=group)
+    future = cast(
+        Future[Any], dcp.async_save(state, storage_writer=writer, async_checkpointer_type=executor, process_group=group)
+    )
     blocked = time.perf_counter() - started
     future.result()
     return blocked, time.perf_counter() - started
@@ -103,9 +114,15 @@ def run(args: argparse.Namespace, local: Path) -> None:
 
     with MotoServer() as server:
         os.environ.update(
-            AWS_ENDPOINT_URL=server.endpoint_url, AWS_ACCESS_KEY_ID=ACCESS_KEY, AWS_SECRET_ACCESS_KEY=SECRET_KEY,
-            AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true",
-            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
+            AWS_ENDPOINT_URL=server.endpoint_url,
+            AWS_ACCESS_KEY_ID=ACCESS_KEY,
+            AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+            AWS_REGION="us-east-1",
+            AWS_EC2_METADATA_DISABLED="true",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(free_port()),
+            RANK="0",
+            WORLD_SIZE="1",
         )
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         dist.init_process_group("gloo")

@@ -80,7 +80,6 @@ def _needed_bytes(method: Any, uri: str) -> dict[str, int]:
 
 def run_worker(op: str, method_name: str, target: str, size_mib: int, warm: bool = False) -> dict[str, Any]:
     import torch
-
     from methods import METHODS
     from workload import build_state_dict, tensor_bytes
 
@@ -143,7 +142,18 @@ class Target:
 def _worker(target: Target, op: str, method: str, uri: str, size_mib: int, warm: bool = False) -> dict[str, Any]:
     """One measurement in a fresh process; ``{"error": ...}`` instead of raising."""
     env = dict(os.environ, **target.env)
-    command = [sys.executable, __file__, "--worker", op, "--method", method, "--target", uri, "--size-mib", str(size_mib)]
+    command = [
+        sys.executable,
+        __file__,
+        "--worker",
+        op,
+        "--method",
+        method,
+        "--target",
+        uri,
+        "--size-mib",
+        str(size_mib),
+    ]
     warm = warm and op in ("save", "load", "partial")
     if warm:
         command.append("--warm")
@@ -152,8 +162,7 @@ def _worker(target: Target, op: str, method: str, uri: str, size_mib: int, warm:
     timeout = (120 + size_mib // 2) * (2 if warm else 1)
     # stderr to a file: a pipe nobody reads during the warm-up could fill and stall the worker
     errors = tempfile.TemporaryFile(mode="w+")
-    worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors,
-                              text=True, env=env)
+    worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
     try:
         if warm:
             assert worker.stdout is not None and worker.stdin is not None
@@ -228,8 +237,14 @@ def summarize(runs: list[dict[str, Any]], target: Target, size_mib: int) -> dict
 
 
 def failed_row(target: Target, method: str, op: str, size_mib: int, error: str) -> dict[str, Any]:
-    return {"server": target.server, "scheme": target.scheme, "method": method, "op": op, "size_mib": size_mib,
-            "error": error}
+    return {
+        "server": target.server,
+        "scheme": target.scheme,
+        "method": method,
+        "op": op,
+        "size_mib": size_mib,
+        "error": error,
+    }
 
 
 RATIO_KEYS = ("wall_s", "mb_per_s", "cpu_s_per_gib", "peak_rss_growth_mib", "requests")
@@ -238,7 +253,9 @@ RATIO_KEYS = ("wall_s", "mb_per_s", "cpu_s_per_gib", "peak_rss_growth_mib", "req
 def add_ratios(rows: list[dict[str, Any]]) -> None:
     """Each metric divided by s3dcp's for the same server, scheme, op and size."""
     reference = {
-        (r["server"], r["scheme"], r["op"], r["size_mib"]): r for r in rows if r["method"] == "s3dcp" and "error" not in r
+        (r["server"], r["scheme"], r["op"], r["size_mib"]): r
+        for r in rows
+        if r["method"] == "s3dcp" and "error" not in r
     }
     for row in rows:
         base = reference.get((row["server"], row["scheme"], row["op"], row["size_mib"]))
@@ -290,11 +307,14 @@ class Bench:
                 self.log(result["stderr"])
             return
         requests = f" {result['requests']} req" if "requests" in result else ""
-        self.log(f"  {'run %d ' % (run + 1) if run is not None else ''}{where} {result['wall_s']:.2f}s "
-                 f"cpu {result['cpu_s']:.2f}s rss +{result['peak_rss_growth_mib']:.0f} MiB{requests}")
+        self.log(
+            f"  {f'run {run + 1} ' if run is not None else ''}{where} {result['wall_s']:.2f}s "
+            f"cpu {result['cpu_s']:.2f}s rss +{result['peak_rss_growth_mib']:.0f} MiB{requests}"
+        )
 
-    def measure(self, target: Target, methods: list[str], ops: list[str], size_mib: int, runs: int,
-                partial: bool) -> list[dict[str, Any]]:
+    def measure(
+        self, target: Target, methods: list[str], ops: list[str], size_mib: int, runs: int, partial: bool
+    ) -> list[dict[str, Any]]:
         """Prepare, then ``runs`` rounds of every op and method in turn; returns summary rows."""
         failed: dict[str, str] = {}
         if "load" in ops or partial:
@@ -319,8 +339,9 @@ class Bench:
                     if "error" in result:
                         failed[method] = result["error"]
                         continue
-                    self.raw.append(dict(result, server=target.server, scheme=target.scheme, run=run + 1,
-                                         size_mib=size_mib))
+                    self.raw.append(
+                        dict(result, server=target.server, scheme=target.scheme, run=run + 1, size_mib=size_mib)
+                    )
                     results.setdefault((op, method), []).append(result)
         rows = [summarize(runs_, target, size_mib) for runs_ in results.values()]
         for method, error in failed.items():
@@ -331,8 +352,9 @@ class Bench:
             for method in methods:
                 if method not in DCP_METHODS or method in failed:
                     continue
-                result = _worker(target, "partial", method, self.uri(target, method, "ref", size_mib), size_mib,
-                                 warm=self.args.warm)
+                result = _worker(
+                    target, "partial", method, self.uri(target, method, "ref", size_mib), size_mib, warm=self.args.warm
+                )
                 self._note(target, "partial", method, result)
                 self.partial.append(self._partial_row(target, method, size_mib, result))
         self._delete_prefix(target, f"{target.scheme}/")
@@ -396,9 +418,18 @@ class Bench:
                 os.environ.update(credentials)
                 boto3.client("s3", endpoint_url=moto.endpoint_url).create_bucket(Bucket=BUCKET)
                 for scheme in schemes:
-                    forwarder = stack.enter_context(CountingForwarder(moto.endpoint_url, tls if scheme == "https" else None))
-                    targets.append(Target("moto", scheme, forwarder.endpoint_url, forwarder.counts,
-                                          admin={"endpoint_url": moto.endpoint_url}))
+                    forwarder = stack.enter_context(
+                        CountingForwarder(moto.endpoint_url, tls if scheme == "https" else None)
+                    )
+                    targets.append(
+                        Target(
+                            "moto",
+                            scheme,
+                            forwarder.endpoint_url,
+                            forwarder.counts,
+                            admin={"endpoint_url": moto.endpoint_url},
+                        )
+                    )
             if remote and "rgw" in servers:
                 import boto3
 
@@ -409,20 +440,33 @@ class Bench:
                 stack.callback(ceph_rgw.stop, rgw_dir)
                 values = ceph_rgw.start(rgw_dir)
                 http_url = values["S3DCP_RGW_HTTP_ENDPOINT"]
-                keys = {"aws_access_key_id": values["S3DCP_RGW_ACCESS_KEY"],
-                        "aws_secret_access_key": values["S3DCP_RGW_SECRET_KEY"]}
+                keys = {
+                    "aws_access_key_id": values["S3DCP_RGW_ACCESS_KEY"],
+                    "aws_secret_access_key": values["S3DCP_RGW_SECRET_KEY"],
+                }
                 admin = {"endpoint_url": http_url, "region_name": "us-east-1", **keys}
                 boto3.client("s3", **admin).create_bucket(Bucket=BUCKET)
                 # boto3 >= 1.36 (boto3-raw, s3fs through aiobotocore) otherwise sends aws-chunked
                 # bodies with trailing checksums, which this RGW refuses; the documented switch
-                rgw_credentials = dict(credentials, AWS_ACCESS_KEY_ID=keys["aws_access_key_id"],
-                                       AWS_SECRET_ACCESS_KEY=keys["aws_secret_access_key"],
-                                       AWS_REQUEST_CHECKSUM_CALCULATION="when_required")
+                rgw_credentials = dict(
+                    credentials,
+                    AWS_ACCESS_KEY_ID=keys["aws_access_key_id"],
+                    AWS_SECRET_ACCESS_KEY=keys["aws_secret_access_key"],
+                    AWS_REQUEST_CHECKSUM_CALCULATION="when_required",
+                )
                 for scheme in schemes:
                     # like moto: TLS (our throwaway CA) ends at the forwarder, which counts requests
                     forwarder = stack.enter_context(CountingForwarder(http_url, tls if scheme == "https" else None))
-                    targets.append(Target("rgw", scheme, forwarder.endpoint_url, forwarder.counts,
-                                          credentials=rgw_credentials, admin=admin))
+                    targets.append(
+                        Target(
+                            "rgw",
+                            scheme,
+                            forwarder.endpoint_url,
+                            forwarder.counts,
+                            credentials=rgw_credentials,
+                            admin=admin,
+                        )
+                    )
             if remote and "sink" in servers:
                 from s3dcp_testkit.null_sink import NullSink
 
@@ -430,21 +474,33 @@ class Bench:
                     sink = stack.enter_context(NullSink(tls if scheme == "https" else None))
                     targets.append(Target("sink", scheme, sink.endpoint_url, sink.counts))
             for target in targets:
-                target.env = dict(target.credentials or credentials, AWS_ENDPOINT_URL=target.endpoint or "",
-                                  AWS_ENDPOINT_URL_S3=target.endpoint or "", S3DCP_BENCH_LOCAL_DIR=str(local_dir))
+                target.env = dict(
+                    target.credentials or credentials,
+                    AWS_ENDPOINT_URL=target.endpoint or "",
+                    AWS_ENDPOINT_URL_S3=target.endpoint or "",
+                    S3DCP_BENCH_LOCAL_DIR=str(local_dir),
+                )
                 if target.scheme == "https":  # boto3/s3dcp/s3fs read AWS_CA_BUNDLE, the AWS CRT SSL_CERT_FILE
                     target.env.update(AWS_CA_BUNDLE=ca_file, SSL_CERT_FILE=ca_file)
             local = Target("local", "-", env=dict(credentials, S3DCP_BENCH_LOCAL_DIR=str(local_dir)))
 
-            self.log(f"{args.size_mib} MiB, {args.runs} runs, methods {methods}, "
-                     f"targets {[t.label for t in targets] + (['local'] if 'local-fs' in methods else [])}")
+            self.log(
+                f"{args.size_mib} MiB, {args.runs} runs, methods {methods}, "
+                f"targets {[t.label for t in targets] + (['local'] if 'local-fs' in methods else [])}"
+            )
             for target in targets:
                 if target.server == "moto" and "moto" not in servers:
                     continue  # started for --scaling only
                 target_ops = ops if target.server in ("moto", "rgw") else [op for op in ops if op == "save"]
                 self.log(f"{target.label}: {target.endpoint}")
-                self.rows += self.measure(target, remote, target_ops, args.size_mib, args.runs,
-                                          partial=args.partial and target.server == "moto")
+                self.rows += self.measure(
+                    target,
+                    remote,
+                    target_ops,
+                    args.size_mib,
+                    args.runs,
+                    partial=args.partial and target.server == "moto",
+                )
             if "local-fs" in methods:
                 self.log(f"local: {local_dir}")
                 self.rows += self.measure(local, ["local-fs"], ops, args.size_mib, args.runs, partial=args.partial)
@@ -465,9 +521,15 @@ class Bench:
                 group = [m for m in group if m in methods]
                 if target is None or not group:
                     continue
-                reused = [r for r in self.rows if r["server"] == target.server and r["scheme"] == target.scheme
-                          and r["size_mib"] == size and r["method"] in group
-                          and ("error" in r or r["runs"] >= args.scaling_runs)]
+                reused = [
+                    r
+                    for r in self.rows
+                    if r["server"] == target.server
+                    and r["scheme"] == target.scheme
+                    and r["size_mib"] == size
+                    and r["method"] in group
+                    and ("error" in r or r["runs"] >= args.scaling_runs)
+                ]
                 if {(r["method"], r["op"]) for r in reused} >= {(m, op) for m in group for op in ("save", "load")}:
                     self.scaling += [dict(r) for r in reused if r["op"] in ("save", "load")]
                     continue
@@ -476,8 +538,18 @@ class Bench:
 
     def report(self) -> dict[str, Any]:
         versions = {}
-        for name in ("torch", "s3dcp", "boto3", "botocore", "s3torchconnector", "s3torchconnectorclient", "s3fs",
-                     "aiobotocore", "fsspec", "moto"):
+        for name in (
+            "torch",
+            "s3dcp",
+            "boto3",
+            "botocore",
+            "s3torchconnector",
+            "s3torchconnectorclient",
+            "s3fs",
+            "aiobotocore",
+            "fsspec",
+            "moto",
+        ):
             try:
                 versions[name] = package_metadata.version(name)
             except package_metadata.PackageNotFoundError:
@@ -504,9 +576,9 @@ class Bench:
             },
             "servers": {
                 "moto": "moto S3 server (one process) behind s3dcp_testkit.forwarder's counting forwarder; "
-                        "HTTPS terminates at the forwarder",
+                "HTTPS terminates at the forwarder",
                 "rgw": "Ceph RGW 16 (s3dcp_testkit.ceph_rgw: one mon, one memstore OSD, radosgw beast) "
-                       "behind the counting forwarder; HTTPS terminates at the forwarder",
+                "behind the counting forwarder; HTTPS terminates at the forwarder",
                 "sink": "s3dcp_testkit.null_sink in the driver process: takes uploads, stores nothing",
                 "local": "FileSystemWriter/Reader on a temporary directory (page cache, no fsync)",
             },
@@ -520,10 +592,12 @@ class Bench:
 def _git_state() -> str:
     """The commit s3dcp was measured at, and whether its sources had uncommitted changes."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True,
-                                text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "s3dcp"], cwd=HERE.parent,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "s3dcp"], cwd=HERE.parent, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit + (" with uncommitted changes in s3dcp/" if dirty else "")
@@ -571,8 +645,12 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['date']}, {machine['machine']}, {machine['cores']} cores (shared by client and server), "
         f"Python {machine['python']}, {report['settings']['size_mib']} MiB state dict, "
         f"median of {report['settings']['runs']} runs; (Nx) = this method / s3dcp"
-        + ("; **warm**: each figure is a process's second operation (after an unmeasured, uncounted one), "
-           "so peak RSS growth leaves out what the first kept" if report["settings"].get("warm") else ""),
+        + (
+            "; **warm**: each figure is a process's second operation (after an unmeasured, uncounted one), "
+            "so peak RSS growth leaves out what the first kept"
+            if report["settings"].get("warm")
+            else ""
+        ),
     ]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in report["rows"]:
@@ -580,10 +658,14 @@ def markdown(report: dict[str, Any]) -> str:
     for key in sorted(groups, key=lambda k: list(TITLES).index(k) if k in TITLES else 99):
         out += ["", f"**{TITLES.get(key, ' '.join(key))}**", ""] + _main_table(groups[key])
     if report["partial_load"]:
-        out += ["", "**Partial load: only the `model.*` tensors** (bytes needed = their items' lengths in the "
-                "checkpoint metadata; fetched = GET response bytes counted at the forwarder)", "",
-                "| server | method | wall s | needed MiB | fetched MiB | fetched / needed | HTTP requests |",
-                "| --- | --- | --- | --- | --- | --- | --- |"]
+        out += [
+            "",
+            "**Partial load: only the `model.*` tensors** (bytes needed = their items' lengths in the "
+            "checkpoint metadata; fetched = GET response bytes counted at the forwarder)",
+            "",
+            "| server | method | wall s | needed MiB | fetched MiB | fetched / needed | HTTP requests |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for r in report["partial_load"]:
             where = r["server"] if r["server"] == "local" else f"{r['server']} {r['scheme']}"
             if "error" in r:
@@ -594,10 +676,14 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {r.get('fetched_over_needed', '-')} | {r.get('requests', '-')} |"
             )
     if report["scaling"]:
-        out += ["", f"**Scaling** (moto, first scheme measured, and local disk; {report['settings']['scaling_runs']} "
-                "run(s) per size, the main size's rows reused)", "",
-                "| size MiB | method | where | save s | save MB/s | save CPU s/GiB | load s | load MB/s | load CPU s/GiB |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        out += [
+            "",
+            f"**Scaling** (moto, first scheme measured, and local disk; {report['settings']['scaling_runs']} "
+            "run(s) per size, the main size's rows reused)",
+            "",
+            "| size MiB | method | where | save s | save MB/s | save CPU s/GiB | load s | load MB/s | load CPU s/GiB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         cells: dict[tuple[int, str, str], dict[str, dict[str, Any]]] = {}
         for r in report["scaling"]:
             where = r["server"] if r["server"] == "local" else f"{r['server']} {r['scheme']}"
@@ -636,17 +722,24 @@ def chart(report: dict[str, Any], path: Path) -> None:
         return r["server"] if r["server"] == "local" else f"{r['server']} {r['scheme']}"
 
     for col, op in enumerate(("save", "load")):
-        for row_index, (metric, unit) in enumerate((("mb_per_s", "MB/s (higher is better)"),
-                                                     ("cpu_s_per_gib", "client CPU s/GiB (lower is better)"))):
+        for row_index, (metric, unit) in enumerate(
+            (("mb_per_s", "MB/s (higher is better)"), ("cpu_s_per_gib", "client CPU s/GiB (lower is better)"))
+        ):
             axis = axes[row_index][col]
             legend_done: set[str] = set()
             for m, method in enumerate(methods):  # each method's bars centred on its tick
-                present = [r for label in labels for r in rows
-                           if r["op"] == op and r["method"] == method and where(r) == label]
+                present = [
+                    r for label in labels for r in rows if r["op"] == op and r["method"] == method and where(r) == label
+                ]
                 for i, r in enumerate(present):
                     label = where(r)
-                    bars = axis.bar(m + (i - (len(present) - 1) / 2) * width, r[metric], width, color=colors[label],
-                                    label=None if label in legend_done else label)
+                    bars = axis.bar(
+                        m + (i - (len(present) - 1) / 2) * width,
+                        r[metric],
+                        width,
+                        color=colors[label],
+                        label=None if label in legend_done else label,
+                    )
                     legend_done.add(label)
                     axis.bar_label(bars, fmt="%.0f" if metric == "mb_per_s" else "%.2f", fontsize=7, padding=1)
             axis.set_xticks(range(len(methods)), methods, fontsize=9)
@@ -655,31 +748,50 @@ def chart(report: dict[str, Any], path: Path) -> None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[label]) for label in labels]
     figure.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=9)
     machine = report["machine"]
-    figure.suptitle(f"{report['settings']['size_mib']} MiB state dict, median of {report['settings']['runs']} runs, "
-                    f"{machine['cores']} cores, {report['date']} (missing bar: not measured or n/a)", fontsize=11)
+    figure.suptitle(
+        f"{report['settings']['size_mib']} MiB state dict, median of {report['settings']['runs']} runs, "
+        f"{machine['cores']} cores, {report['date']} (missing bar: not measured or n/a)",
+        fontsize=11,
+    )
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--server", choices=["moto", "rgw", "sink", "both", "all"], default="both",
-                        help="both = moto and sink; all = moto, rgw and sink (rgw needs root: it may apt-install Ceph)")
+    parser.add_argument(
+        "--server",
+        choices=["moto", "rgw", "sink", "both", "all"],
+        default="both",
+        help="both = moto and sink; all = moto, rgw and sink (rgw needs root: it may apt-install Ceph)",
+    )
     parser.add_argument("--scheme", choices=["http", "https", "both"], default="both")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma-separated, from {ALL_METHODS} (default: all but s3dcp-unsigned)")
+    parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated, from {ALL_METHODS} (default: all but s3dcp-unsigned)",
+    )
     parser.add_argument("--ops", default="save,load")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--no-partial", dest="partial", action="store_false", help="skip the partial-load case")
-    parser.add_argument("--scaling", action="store_true", help="also measure 64, 256, 1024 MiB (4096 with --max-mib 4096)")
+    parser.add_argument(
+        "--scaling", action="store_true", help="also measure 64, 256, 1024 MiB (4096 with --max-mib 4096)"
+    )
     parser.add_argument("--max-mib", type=int, default=1024)
     parser.add_argument("--scaling-methods", help="methods for --scaling (default: --methods)")
     parser.add_argument("--scaling-runs", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "compare.json",
-                        help="JSON report; the .md table and .png chart go next to it")
-    parser.add_argument("--warm", action="store_true",
-                        help="measure each worker's second operation (steady state), after an unmeasured one")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=HERE / "results" / "compare.json",
+        help="JSON report; the .md table and .png chart go next to it",
+    )
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="measure each worker's second operation (steady state), after an unmeasured one",
+    )
     parser.add_argument("--verbose", action="store_true", help="print a failing worker's stderr")
     parser.add_argument("--worker", choices=["prepare", "save", "load", "partial"], help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -692,8 +804,11 @@ def main() -> None:
 
     bench = Bench(args)
     if bench.load_at_start[0] > 1.0:
-        print(f"warning: load average {bench.load_at_start} before starting: is another benchmark or test run "
-              "going on? It shares the cores with this one.", flush=True)
+        print(
+            f"warning: load average {bench.load_at_start} before starting: is another benchmark or test run "
+            "going on? It shares the cores with this one.",
+            flush=True,
+        )
     bench.run()
     report = bench.report()
     table = markdown(report)

@@ -44,10 +44,10 @@ import torch.distributed.checkpoint as dcp
 import xxhash
 from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
 from torch.futures import Future
+from workload import build_state_dict, tensor_bytes
 
 from s3dcp import _crc32 as crc32
 from s3dcp_testkit.certificates import make_certificate
-from workload import build_state_dict, tensor_bytes
 
 BODY = 16 << 20
 REQUESTS = 64  # 1 GiB
@@ -142,7 +142,7 @@ class _NoStorage(StorageWriter):
 
 def passes(state: dict[str, Any], gib: float) -> dict[str, float]:
     views = [
-        memoryview(t.reshape(-1).view(torch.uint8).numpy()).cast("B")
+        t.reshape(-1).view(torch.uint8).numpy().data.cast("B")
         for t in state.values()
         if isinstance(t, torch.Tensor) and t.numel()
     ]
@@ -159,9 +159,7 @@ def passes(state: dict[str, Any], gib: float) -> dict[str, float]:
         scratch[: view.nbytes] = view
 
     return {
-        f"CRC-32 ({'ISA-L' if 'isal' in crc32.compute.__module__ else 'zlib'})": median_cost(
-            over(crc32.compute), gib
-        ),
+        f"CRC-32 ({'ISA-L' if 'isal' in crc32.compute.__module__ else 'zlib'})": median_cost(over(crc32.compute), gib),
         "xxh3-64": median_cost(over(lambda view: xxhash.xxh3_64(view).digest()), gib),
         "SHA-256": median_cost(over(lambda view: hashlib.sha256(view).digest()), gib),
         "one copy": median_cost(over(copy), gib),

@@ -27,9 +27,9 @@ import boto3
 import torch
 import torch.distributed.checkpoint as dcp
 from boto3.s3.transfer import TransferConfig
+from workload import tensors_in_order
 
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
-from workload import tensors_in_order
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
@@ -171,7 +171,7 @@ class _TensorBytes(io.RawIOBase):
 
     def __init__(self, state: dict[str, Any]) -> None:
         super().__init__()
-        self._views = [memoryview(t.contiguous().view(torch.uint8).numpy()).cast("B") for t in tensors_in_order(state)]
+        self._views = [t.contiguous().view(torch.uint8).numpy().data.cast("B") for t in tensors_in_order(state)]
         self._starts = []
         position = 0
         for view in self._views:
@@ -230,9 +230,7 @@ class Boto3Raw(Method):
     name = "boto3-raw"
 
     def _transfer(self) -> TransferConfig:
-        return TransferConfig(
-            multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE, max_concurrency=CONCURRENCY
-        )
+        return TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE, max_concurrency=CONCURRENCY)
 
     def _target(self, uri: str) -> tuple[Any, str, str]:
         bucket, _, key = uri[len("s3://") :].partition("/")

@@ -90,7 +90,9 @@ def save_as_ranks(states: list[dict[str, Any]], writers: list[S3StorageWriter]) 
     writers[0].finish(metadata=metadata, results=results)
 
 
-def measure(proxy: FaultProxy, s3: Any, ranks: int, name: str, strategy: Any, args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    proxy: FaultProxy, s3: Any, ranks: int, name: str, strategy: Any, args: argparse.Namespace
+) -> dict[str, Any]:
     path = f"{name.split()[0]}-{ranks}"
     proxy.clear()
     rule = proxy.add_rule(
@@ -112,8 +114,11 @@ def measure(proxy: FaultProxy, s3: Any, ranks: int, name: str, strategy: Any, ar
         error = f"{type(err).__name__}: {str(err).splitlines()[0][:160]}"
     wall = time.monotonic() - started
     records = proxy.requests()
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{path}/")
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{path}/")
+        for o in page.get("Contents", [])
+    ]
     shard_keys = [k for k in keys if k.endswith(".distcp")]
     return {
         "ranks": ranks,
@@ -164,14 +169,25 @@ def main() -> None:
         s3 = boto3.client("s3", endpoint_url=server.endpoint_url, region_name=REGION)
         s3.create_bucket(Bucket=BUCKET)
         # warm-up (not reported): the process's first save pays for creating the S3 client
-        save_as_ranks([rank_state(r, 16) for r in range(2)],
-                      [S3StorageWriter(REGION, f"s3://{BUCKET}/warm-up", S3ClientConfig(
-                          endpoint_url=proxy.endpoint_url, force_path_style=True)) for _ in range(2)])
+        save_as_ranks(
+            [rank_state(r, 16) for r in range(2)],
+            [
+                S3StorageWriter(
+                    REGION,
+                    f"s3://{BUCKET}/warm-up",
+                    S3ClientConfig(endpoint_url=proxy.endpoint_url, force_path_style=True),
+                )
+                for _ in range(2)
+            ],
+        )
         for ranks in (int(n) for n in args.ranks.split(",")):
             for name, strategy in strategies().items():
                 row = measure(proxy, s3, ranks, name, strategy, args)
-                print(f"{ranks:4d} ranks  {name:26s} partitions {row['partitions']:3d}  requests {row['requests']:4d}  "
-                      f"503 {row['throttled_503']:4d}  {row['wall_s']:6.2f}s  {row['error'] or 'committed'}", flush=True)
+                print(
+                    f"{ranks:4d} ranks  {name:26s} partitions {row['partitions']:3d}  requests {row['requests']:4d}  "
+                    f"503 {row['throttled_503']:4d}  {row['wall_s']:6.2f}s  {row['error'] or 'committed'}",
+                    flush=True,
+                )
                 rows.append(row)
     report = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -70,18 +70,18 @@ def measure(operation: Callable[[], None]) -> tuple[float, float, float]:
 def check_loaded(state: dict[str, Any], size_mib: int, method_name: str) -> None:
     """Exit unless every tensor in ``state`` (all keys, or a partial load's) is the benchmark's, bit for bit."""
     import torch
-
     from workload import build_state_dict
 
     expected = build_state_dict(size_mib)
     for key, value in state.items():
-        if isinstance(value, torch.Tensor) and not torch.equal(value.view(torch.uint8), expected[key].view(torch.uint8)):
+        if isinstance(value, torch.Tensor) and not torch.equal(
+            value.view(torch.uint8), expected[key].view(torch.uint8)
+        ):
             raise SystemExit(f"{method_name} loaded wrong bytes for {key}")
 
 
 def run_worker(op: str, method_name: str, uri: str, size_mib: int) -> dict[str, Any]:
     import torch
-
     from methods import METHODS
     from workload import build_state_dict, tensor_bytes
 
@@ -196,8 +196,11 @@ def main() -> None:
                 for method in methods:
                     result = _worker(op, method, uri, args.size_mib)
                     results.setdefault((op, method), []).append(result)
-                    print(f"  run {run + 1} {op:4} {method:10} {result['wall_s']:.2f}s cpu {result['cpu_s']:.2f}s "
-                          f"rss +{result['peak_rss_growth_mib']:.0f} MiB", flush=True)
+                    print(
+                        f"  run {run + 1} {op:4} {method:10} {result['wall_s']:.2f}s cpu {result['cpu_s']:.2f}s "
+                        f"rss +{result['peak_rss_growth_mib']:.0f} MiB",
+                        flush=True,
+                    )
     rows = [summarize(runs) for runs in results.values()]
     table = markdown(rows)
     print(table)

@@ -34,7 +34,6 @@ CODINGS = ("plain", "zstd")
 
 def _state(workload: str, size_mib: int, weights: str | None) -> dict[str, Any]:
     import torch
-
     from workload import build_state_dict
 
     if workload == "bench":
@@ -53,11 +52,11 @@ def run_worker(op: str, coding: str, workload: str, uri: str, size_mib: int, wei
     import torch
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint._extension import ZStandard
+    from transfer import measure
+    from workload import blank_copy, tensor_bytes
 
     from s3dcp import S3StorageReader, S3StorageWriter
     from s3dcp._uri import parse_s3_uri
-    from transfer import measure
-    from workload import blank_copy, tensor_bytes
 
     state = _state(workload, size_mib, weights)
     extensions = [ZStandard()] if coding == "zstd" else None
@@ -68,29 +67,46 @@ def run_worker(op: str, coding: str, workload: str, uri: str, size_mib: int, wei
         dest = blank_copy(state)
         wall, cpu, peak = measure(lambda: dcp.load(dest, storage_reader=S3StorageReader(None, uri)))
         for key, value in state.items():
-            if isinstance(value, torch.Tensor) and not torch.equal(dest[key].reshape(-1).view(torch.uint8), value.reshape(-1).view(torch.uint8)):
+            if isinstance(value, torch.Tensor) and not torch.equal(
+                dest[key].reshape(-1).view(torch.uint8), value.reshape(-1).view(torch.uint8)
+            ):
                 raise SystemExit(f"{coding} load of {workload} gave wrong bytes for {key}")
     where = parse_s3_uri(uri)
     pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=where.bucket, Prefix=where.prefix + "/")
     stored = sum(obj["Size"] for page in pages for obj in page.get("Contents", []))
-    return {"op": op, "coding": coding, "workload": workload, "bytes": tensor_bytes(state),
-            "stored_bytes": stored, "wall_s": wall, "cpu_s": cpu, "peak_rss_growth_mib": peak}
+    return {
+        "op": op,
+        "coding": coding,
+        "workload": workload,
+        "bytes": tensor_bytes(state),
+        "stored_bytes": stored,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "peak_rss_growth_mib": peak,
+    }
 
 
 def _worker(*args: str) -> dict[str, Any]:
     result = subprocess.run([sys.executable, __file__, "--worker", *args], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"worker {args} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    measured: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return measured
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     gib = runs[0]["bytes"] / 1024**3
     walls = [r["wall_s"] for r in runs]
     return {
-        "workload": runs[0]["workload"], "op": runs[0]["op"], "coding": runs[0]["coding"],
-        "bytes": runs[0]["bytes"], "stored_bytes": runs[-1]["stored_bytes"], "runs": len(runs),
-        "wall_s_median": statistics.median(walls), "wall_s_min": min(walls), "wall_s_max": max(walls),
+        "workload": runs[0]["workload"],
+        "op": runs[0]["op"],
+        "coding": runs[0]["coding"],
+        "bytes": runs[0]["bytes"],
+        "stored_bytes": runs[-1]["stored_bytes"],
+        "runs": len(runs),
+        "wall_s_median": statistics.median(walls),
+        "wall_s_min": min(walls),
+        "wall_s_max": max(walls),
         "mb_s": runs[0]["bytes"] / 1e6 / statistics.median(walls),
         "cpu_s_per_gib": statistics.median(r["cpu_s"] for r in runs) / gib,
         "peak_rss_growth_mib": statistics.median(r["peak_rss_growth_mib"] for r in runs),
@@ -98,9 +114,11 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| state dict | op | coding | tensor MiB | stored MiB | stored / tensor | wall s median (min-max) "
-             "| MB/s of tensor bytes | client CPU s/GiB | peak RSS growth MiB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| state dict | op | coding | tensor MiB | stored MiB | stored / tensor | wall s median (min-max) "
+        "| MB/s of tensor bytes | client CPU s/GiB | peak RSS growth MiB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         lines.append(
             f"| {r['workload']} | {r['op']} | {r['coding']} | {r['bytes'] / MIB:.0f} | {r['stored_bytes'] / MIB:.0f} "
@@ -132,11 +150,17 @@ def main() -> None:
         from s3dcp_testkit.moto_server import ACCESS_KEY, SECRET_KEY, MotoServer
 
         moto = stack.enter_context(MotoServer())
-        os.environ.update(AWS_ENDPOINT_URL=moto.endpoint_url, AWS_ACCESS_KEY_ID=ACCESS_KEY,
-                          AWS_SECRET_ACCESS_KEY=SECRET_KEY, AWS_REGION="us-east-1")
+        os.environ.update(
+            AWS_ENDPOINT_URL=moto.endpoint_url,
+            AWS_ACCESS_KEY_ID=ACCESS_KEY,
+            AWS_SECRET_ACCESS_KEY=SECRET_KEY,
+            AWS_REGION="us-east-1",
+        )
         boto3.client("s3").create_bucket(Bucket="bench")
-        print(f"moto over HTTP; benchmark state dict {args.size_mib} MiB; {args.runs} runs; weights {args.weights}",
-              flush=True)
+        print(
+            f"moto over HTTP; benchmark state dict {args.size_mib} MiB; {args.runs} runs; weights {args.weights}",
+            flush=True,
+        )
         results: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         for run in range(args.runs):
             for workload in workloads:
@@ -145,17 +169,26 @@ def main() -> None:
                         uri = f"s3://bench/{workload}-{coding}"
                         row = _worker(op, coding, workload, uri, str(args.size_mib), *extra)
                         results.setdefault((workload, op, coding), []).append(row)
-                        print(f"  run {run + 1} {workload} {op} {coding}: {row['wall_s']:.2f} s, "
-                              f"cpu {row['cpu_s']:.2f} s, stored {row['stored_bytes'] / MIB:.1f} MiB", flush=True)
-    rows = [summarize(results[key]) for key in sorted(results, key=lambda k: (workloads.index(k[0]), k[1] != "save", k[2]))]
+                        print(
+                            f"  run {run + 1} {workload} {op} {coding}: {row['wall_s']:.2f} s, "
+                            f"cpu {row['cpu_s']:.2f} s, stored {row['stored_bytes'] / MIB:.1f} MiB",
+                            flush=True,
+                        )
+    rows = [
+        summarize(results[key]) for key in sorted(results, key=lambda k: (workloads.index(k[0]), k[1] != "save", k[2]))
+    ]
     table = markdown(rows)
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        report = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-                  "server": "moto server (loopback, HTTP)", "size_mib": args.size_mib,
-                  "weights": Path(args.weights).name if args.weights else None, "rows": rows}
+        report = {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            "server": "moto server (loopback, HTTP)",
+            "size_mib": args.size_mib,
+            "weights": Path(args.weights).name if args.weights else None,
+            "rows": rows,
+        }
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         args.out.with_suffix(".md").write_text(table + "\n")
 

@@ -218,7 +218,7 @@ def _describe(
     nested: list[str],
 ) -> _Found:
     """Sort the objects under one checkpoint (``root_head`` ends in ``/`` or is ``""``) into its own and the rest."""
-    by_rel = {obj.key[len(root_head):]: obj for obj in objects if obj.key.startswith(root_head)}
+    by_rel = {obj.key[len(root_head) :]: obj for obj in objects if obj.key.startswith(root_head)}
     metadata = by_rel.get(METADATA_NAME)
     referenced: dict[str, int] | None = None
     damaged: str | None = None
@@ -241,9 +241,11 @@ def _describe(
         needed = referenced
         counted = [metadata] + [by_rel[rel] for rel in sorted(needed) if rel in by_rel]
         strays = [
-            obj for obj in own
-            if obj.key[len(root_head):] not in needed and obj is not metadata
-            and not is_empty_shard(obj.key[len(root_head):], obj.size)
+            obj
+            for obj in own
+            if obj.key[len(root_head) :] not in needed
+            and obj is not metadata
+            and not is_empty_shard(obj.key[len(root_head) :], obj.size)
         ]
         missing = sorted(rel for rel in needed if rel not in by_rel)
         short = sorted(rel for rel, size in needed.items() if rel in by_rel and by_rel[rel].size < size)
@@ -251,8 +253,10 @@ def _describe(
             damaged = f"{len(missing)} of {len(needed)} referenced objects missing (e.g. {missing[0]})"
         elif short:
             rel = short[0]
-            damaged = (f"{len(short)} referenced objects shorter than the metadata needs (e.g. {rel}: "
-                       f"{by_rel[rel].size} bytes of {needed[rel]})")
+            damaged = (
+                f"{len(short)} referenced objects shorter than the metadata needs (e.g. {rel}: "
+                f"{by_rel[rel].size} bytes of {needed[rel]})"
+            )
     path = root_head.rstrip("/")
     uri = f"s3://{bucket}/{path}" if path else f"s3://{bucket}"
     info = CheckpointInfo(
@@ -268,7 +272,9 @@ def _describe(
     )
     marker = by_rel.get(SAVING_MARKER)
     return _Found(
-        info, own, nested,
+        info,
+        own,
+        nested,
         newest_write=max((obj.last_modified for obj in own), default=None),
         committed=metadata.last_modified if metadata else None,
         marker=marker.last_modified if marker else None,
@@ -277,7 +283,7 @@ def _describe(
 
 def _has_direct_signal(objects: list[StoredObject], children: list[str], head: str) -> bool:
     """Could ``head`` be a checkpoint, judging by what sits directly under it?"""
-    names = {obj.key[len(head):] for obj in objects}
+    names = {obj.key[len(head) :] for obj in objects}
     if METADATA_NAME in names or SAVING_MARKER in names or any(is_shard_name(name) for name in names):
         return True
     return head + UPLOAD_MARKERS + "/" in children
@@ -290,7 +296,7 @@ def _find_at(client: S3Client, bucket: str, head: str) -> _Found | None:
         return None
     if children:
         objects = list(_objects(list_pages(client, bucket, head)))
-    roots = checkpoint_roots(obj.key[len(head):] for obj in objects)
+    roots = checkpoint_roots(obj.key[len(head) :] for obj in objects)
     if "" not in roots:
         return None  # shards beside deeper checkpoints: a run, not a checkpoint
     return _describe(client, bucket, head, objects, [root for root in roots if root])
@@ -299,7 +305,7 @@ def _find_at(client: S3Client, bucket: str, head: str) -> _Found | None:
 def _holds_checkpoints(client: S3Client, bucket: str, head: str) -> bool:
     """Whether anything under ``head`` looks like a checkpoint (stops at the first sign)."""
     for obj in _objects(list_pages(client, bucket, head)):
-        parts = obj.key[len(head):].split("/")
+        parts = obj.key[len(head) :].split("/")
         if parts[-1] in (METADATA_NAME, SAVING_MARKER) or UPLOAD_MARKERS in parts[:-1] or is_shard_name(parts[-1]):
             return True
     return False
@@ -339,11 +345,16 @@ def _found_under(client: S3Client, base: S3Uri) -> tuple[list[_Found], bool, lis
     objects, children = _listing(client, base.bucket, head)
     if _has_direct_signal(objects, children, head):
         everything = list(_objects(list_pages(client, base.bucket, head)))
-        roots = checkpoint_roots(obj.key[len(head):] for obj in everything)
+        roots = checkpoint_roots(obj.key[len(head) :] for obj in everything)
         direct = [root for root in roots if root and "/" not in root]
         found = [
-            _describe(client, base.bucket, f"{head}{root}/", everything,
-                      [r[len(root) + 1:] for r in roots if _strictly_inside(r, root)])
+            _describe(
+                client,
+                base.bucket,
+                f"{head}{root}/",
+                everything,
+                [r[len(root) + 1 :] for r in roots if _strictly_inside(r, root)],
+            )
             for root in direct
         ]
         return sorted(found, key=lambda f: _sort_key(f.info)), "" in roots, children
@@ -367,7 +378,7 @@ def survey(
     if not found and not itself:
         with ThreadPoolExecutor(_LISTING_THREADS, thread_name_prefix="s3dcp-list") as pool:
             holds = list(pool.map(lambda child: _holds_checkpoints(client, base.bucket, child), children))
-        runs = [child[len(head):] for child, yes in zip(children, holds) if yes]
+        runs = [child[len(head) :] for child, yes in zip(children, holds) if yes]
     return Survey(str(base), [f.info for f in found], itself, runs)
 
 
@@ -406,7 +417,8 @@ def checkpoint_info(
         raise CheckpointNotFoundError(
             f"{target} is not a checkpoint (no {METADATA_NAME}, DCP shards or s3dcp save marker directly under it); "
             f"see what it holds with: s3dcp ls {target}",
-            bucket=target.bucket, key=target.prefix,
+            bucket=target.bucket,
+            key=target.prefix,
         )
     return found.info
 
@@ -436,9 +448,7 @@ def latest_checkpoint(
     base = parse_s3_uri(base_uri)
     client = _client(region, s3client_config)
     _, children = _listing(client, base.bucket, _head(base))
-    stepped = sorted(
-        ((step, prefix) for prefix in children if (step := parse_step(prefix)) is not None), reverse=True
-    )
+    stepped = sorted(((step, prefix) for prefix in children if (step := parse_step(prefix)) is not None), reverse=True)
     for _, prefix in stepped:
         if _committed_at(client, base.bucket, prefix) is not None:
             return f"s3://{base.bucket}/{prefix.rstrip('/')}"
@@ -515,9 +525,10 @@ def plan_delete(
     if not objects:
         raise CheckpointNotFoundError(
             f"{target} holds no objects; nothing to delete (check the path with: s3dcp ls {_parent_uri(target)})",
-            bucket=target.bucket, key=target.prefix,
+            bucket=target.bucket,
+            key=target.prefix,
         )
-    rels = [obj.key[len(head):] for obj in objects]
+    rels = [obj.key[len(head) :] for obj in objects]
     if not _is_marked(set(rels)):
         enclosing = _enclosing_checkpoint(client, target)
         if enclosing is not None:
@@ -531,7 +542,8 @@ def plan_delete(
             f"{target} is not a checkpoint and holds none (no {METADATA_NAME}, DCP shards or s3dcp save marker); "
             f"s3dcp deletes checkpoints only, and nothing was deleted. "
             f"It holds {_plural(len(objects), 'other object')}: {_examples(rels)}",
-            bucket=target.bucket, key=target.prefix,
+            bucket=target.bucket,
+            key=target.prefix,
         )
     if not recursive and "" not in roots:
         raise ValueError(
@@ -540,8 +552,13 @@ def plan_delete(
             f"s3dcp rm {target.child(roots[0])}, or all of them (and nothing else) with s3dcp rm --recursive {target}"
         )
     found = [
-        _describe(client, target.bucket, f"{head}{root}/" if root else head, objects,
-                  [r[len(root) + 1:] if root else r for r in roots if _strictly_inside(r, root)])
+        _describe(
+            client,
+            target.bucket,
+            f"{head}{root}/" if root else head,
+            objects,
+            [r[len(root) + 1 :] if root else r for r in roots if _strictly_inside(r, root)],
+        )
         for root in roots
     ]
     if not recursive:
@@ -574,8 +591,8 @@ def _enclosing_checkpoint(client: S3Client, target: S3Uri) -> S3Uri | None:
         above = S3Uri(target.bucket, "/".join(parts[:depth]))
         head = _head(above)
         page = client.call("list_objects_v2", target.bucket, Prefix=head + ".", Delimiter="/")
-        names = {entry["Key"][len(head):] for entry in page.get("Contents", [])}
-        names |= {entry["Prefix"][len(head):] for entry in page.get("CommonPrefixes", [])}
+        names = {entry["Key"][len(head) :] for entry in page.get("Contents", [])}
+        names |= {entry["Prefix"][len(head) :] for entry in page.get("CommonPrefixes", [])}
         if _is_marked(names):
             return above
     return None
@@ -640,7 +657,7 @@ def delete_checkpoint(
 def _refuse_runs(client: S3Client, base: S3Uri, children: list[str], verb: str) -> None:
     """Raise if ``base`` holds no checkpoints directly but some deeper (it holds runs)."""
     head = _head(base)
-    runs = [child[len(head):] for child in children if _holds_checkpoints(client, base.bucket, child)]
+    runs = [child[len(head) :] for child in children if _holds_checkpoints(client, base.bucket, child)]
     if runs:
         raise ValueError(
             f"no checkpoints directly under {base}; {_and_list(runs)} hold checkpoints, so {base} holds runs and "
@@ -723,7 +740,8 @@ def plan_prune(
                 if upload["Key"].startswith(head):
                     uploads[head].append(upload)
         incomplete = [
-            f for f, head in zip(incomplete, heads)
+            f
+            for f, head in zip(incomplete, heads)
             if all(is_settled(_upload_writes(client, base.bucket, u), cutoff) for u in uploads[head])
         ]
     chosen = {id(f) for f in doomed + incomplete}
@@ -757,8 +775,14 @@ def prune(
     first. Raises ``ValueError`` when ``base_uri`` holds runs rather than
     checkpoints.
     """
-    plan = plan_prune(base_uri, keep, grace=grace, include_unnumbered=include_unnumbered, region=region,
-                      s3client_config=s3client_config)
+    plan = plan_prune(
+        base_uri,
+        keep,
+        grace=grace,
+        include_unnumbered=include_unnumbered,
+        region=region,
+        s3client_config=s3client_config,
+    )
     if not dry_run:
         remove(plan, region=region, s3client_config=s3client_config)
     return [removal.checkpoint for removal in plan]
@@ -796,8 +820,7 @@ class UploadSweep:
 def is_checkpoint_object(key: str) -> bool:
     """Whether a key is named like part of a checkpoint: a shard, a ``.metadata`` or an s3dcp marker."""
     parts = key.split("/")
-    return (is_shard_name(parts[-1]) or parts[-1] == METADATA_NAME
-            or any(is_own_object(part) for part in parts))
+    return is_shard_name(parts[-1]) or parts[-1] == METADATA_NAME or any(is_own_object(part) for part in parts)
 
 
 def plan_gc(
@@ -857,4 +880,3 @@ def gc(
     if not dry_run:
         abort_uploads(sweep, region=region, s3client_config=s3client_config)
     return sweep.stale
-

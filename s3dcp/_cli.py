@@ -84,10 +84,15 @@ def _when(moment: datetime | None) -> str:
 
 def _info_json(info: CheckpointInfo) -> dict[str, Any]:
     return {
-        "uri": info.uri, "step": info.step, "complete": info.complete, "size_bytes": info.size_bytes,
+        "uri": info.uri,
+        "step": info.step,
+        "complete": info.complete,
+        "size_bytes": info.size_bytes,
         "num_objects": info.num_objects,
         "last_modified": info.last_modified.isoformat() if info.last_modified else None,
-        "stray_objects": info.stray_objects, "stray_bytes": info.stray_bytes, "damaged": info.damaged,
+        "stray_objects": info.stray_objects,
+        "stray_bytes": info.stray_bytes,
+        "damaged": info.damaged,
     }
 
 
@@ -111,8 +116,10 @@ def cmd_ls(args: argparse.Namespace) -> int:
             hint = f"{uri} is a checkpoint itself (ls lists the checkpoints under a prefix); see: s3dcp info {uri}"
         elif found.runs:
             shown = found.runs[:5] + ([f"{len(found.runs) - 5} more"] if len(found.runs) > 5 else [])
-            hint = (f"no checkpoints directly under {uri}; {_and(shown)} hold checkpoints: "
-                    f"s3dcp ls {uri.rstrip('/')}/{found.runs[0].rstrip('/')}")
+            hint = (
+                f"no checkpoints directly under {uri}; {_and(shown)} hold checkpoints: "
+                f"s3dcp ls {uri.rstrip('/')}/{found.runs[0].rstrip('/')}"
+            )
         else:
             hint = f"no checkpoints under {uri}"
         print(hint, file=sys.stderr)
@@ -123,10 +130,17 @@ def cmd_ls(args: argparse.Namespace) -> int:
     for info in found.checkpoints:
         state = "DAMAGED" if info.damaged else "yes" if info.complete else "NO"
         strays = f"{info.stray_objects} ({human_bytes(info.stray_bytes)})" if info.stray_objects else "-"
-        rows.append((
-            "-" if info.step is None else str(info.step), state, human_bytes(info.size_bytes),
-            str(info.num_objects), strays, _when(info.last_modified), info.uri,
-        ))
+        rows.append(
+            (
+                "-" if info.step is None else str(info.step),
+                state,
+                human_bytes(info.size_bytes),
+                str(info.num_objects),
+                strays,
+                _when(info.last_modified),
+                info.uri,
+            )
+        )
     _table(rows)
     for info in found.checkpoints:
         if info.damaged:
@@ -162,34 +176,66 @@ def cmd_info(args: argparse.Namespace) -> int:
             numel = 1
             for dim in size:
                 numel *= dim
-            keys.append({"key": name, "kind": "tensor", "dtype": str(properties.dtype).removeprefix("torch."),
-                         "shape": list(size), "size_bytes": numel * properties.dtype.itemsize})
+            keys.append(
+                {
+                    "key": name,
+                    "kind": "tensor",
+                    "dtype": str(properties.dtype).removeprefix("torch."),
+                    "shape": list(size),
+                    "size_bytes": numel * properties.dtype.itemsize,
+                }
+            )
         else:
             keys.append({"key": name, "kind": "object", "dtype": None, "shape": None, "size_bytes": None})
     if args.json:
-        print(json.dumps(dict(
-            _info_json(catalogued), items=len(metadata.state_dict_metadata), pieces=len(storage),
-            data_bytes=sum(info.length for info in storage.values()), data_objects=len(objects),
-            ranks=sorted(ranks), digests=digests, keys=keys,
-        ), indent=2))
+        print(
+            json.dumps(
+                dict(
+                    _info_json(catalogued),
+                    items=len(metadata.state_dict_metadata),
+                    pieces=len(storage),
+                    data_bytes=sum(info.length for info in storage.values()),
+                    data_objects=len(objects),
+                    ranks=sorted(ranks),
+                    digests=digests,
+                    keys=keys,
+                ),
+                indent=2,
+            )
+        )
     else:
         print(f"checkpoint   {where}")
         print(f"items        {len(metadata.state_dict_metadata)} ({len(storage)} stored pieces)")
         print(f"size         {human_bytes(sum(info.length for info in storage.values()))} in {len(objects)} objects")
         print(f"written by   {len(ranks) or '?'} rank(s)" + (f", ranks {min(ranks)}-{max(ranks)}" if ranks else ""))
-        print("digests      " + (f"xxh3-64 on {digests} of {len(storage)} pieces (written by s3dcp)" if digests
-                                 else "none (written by another DCP writer; verify cannot check it)"))
+        print(
+            "digests      "
+            + (
+                f"xxh3-64 on {digests} of {len(storage)} pieces (written by s3dcp)"
+                if digests
+                else "none (written by another DCP writer; verify cannot check it)"
+            )
+        )
         if catalogued.stray_objects:
-            print(f"strays       {catalogued.stray_objects} objects, {human_bytes(catalogued.stray_bytes)}, "
-                  "not referenced by .metadata (left by an earlier save; not counted above)")
+            print(
+                f"strays       {catalogued.stray_objects} objects, {human_bytes(catalogued.stray_bytes)}, "
+                "not referenced by .metadata (left by an earlier save; not counted above)"
+            )
         if catalogued.damaged:
             print(f"damaged      {catalogued.damaged}")
         print()
         rows = [("KEY", "KIND", "DTYPE", "SHAPE", "SIZE")]
         for key in keys:
             if key["kind"] == "tensor":
-                rows.append((key["key"], "tensor", key["dtype"], "x".join(map(str, key["shape"])) or "scalar",
-                             human_bytes(key["size_bytes"])))
+                rows.append(
+                    (
+                        key["key"],
+                        "tensor",
+                        key["dtype"],
+                        "x".join(map(str, key["shape"])) or "scalar",
+                        human_bytes(key["size_bytes"]),
+                    )
+                )
             else:
                 rows.append((key["key"], "object", "-", "-", "-"))
         _table(rows)
@@ -203,12 +249,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from s3dcp._verify import verify_checkpoint  # here, not at the top: it brings torch
 
     progress = Progress("verified", None, None, sys.stderr)
-    report = verify_checkpoint(args.uri, on_object=progress.object_done, on_bytes=progress.add_bytes,
-                               on_totals=progress.set_totals, **_s3(args))
+    report = verify_checkpoint(
+        args.uri,
+        on_object=progress.object_done,
+        on_bytes=progress.add_bytes,
+        on_totals=progress.set_totals,
+        **_s3(args),
+    )
     progress.done()
     if getattr(args, "json", False):
         document = {
-            "uri": report.uri, "items": report.items, "checked": report.checked, "unchecked": report.unchecked,
+            "uri": report.uri,
+            "items": report.items,
+            "checked": report.checked,
+            "unchecked": report.unchecked,
             "bytes_read": report.bytes_read,
             "problems": [{"key": p.key, "item": p.item, "detail": p.detail} for p in report.problems],
             "ok": report.ok,
@@ -217,8 +271,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return EXIT_DAMAGED if report.problems else 0
     for problem in report.problems:
         print(f"s3dcp: damaged: {problem}", file=sys.stderr)
-    summary = (f"{report.uri}: {report.checked} of {report.items} items match their digests, "
-               f"{human_bytes(report.bytes_read)} read")
+    summary = (
+        f"{report.uri}: {report.checked} of {report.items} items match their digests, "
+        f"{human_bytes(report.bytes_read)} read"
+    )
     if report.unchecked:
         summary += f"; {report.unchecked} items have no digest to check"
     if report.problems:
@@ -231,8 +287,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_cp(args: argparse.Namespace) -> int:
     from s3dcp._copy import plan_copy, run_copy  # here, not at the top: it brings torch, which takes seconds to load
 
-    plan = plan_copy(args.source, args.destination, overwrite=args.overwrite, overwrite_advice="add --overwrite",
-                     **_s3(args))
+    plan = plan_copy(
+        args.source, args.destination, overwrite=args.overwrite, overwrite_advice="add --overwrite", **_s3(args)
+    )
     if args.dry_run:
         for line in plan.describe():
             print(line)
@@ -246,13 +303,16 @@ def cmd_cp(args: argparse.Namespace) -> int:
     progress.done()
     print(f"copied {args.source} -> {args.destination}: {report.objects} objects, {human_bytes(report.bytes_copied)}")
     if report.strays_left:
-        print(f"left behind {report.strays_left} stray object(s), {human_bytes(report.stray_bytes_left)}, "
-              f"under {args.source}: shard objects its .metadata does not reference (leftovers of earlier saves)")
+        print(
+            f"left behind {report.strays_left} stray object(s), {human_bytes(report.stray_bytes_left)}, "
+            f"under {args.source}: shard objects its .metadata does not reference (leftovers of earlier saves)"
+        )
     if report.strays_removed:
-        print(f"removed {report.strays_removed} stray object(s), {human_bytes(report.stray_bytes_removed)}, "
-              f"from {args.destination}: shard objects of the replaced checkpoint the new one does not reference")
+        print(
+            f"removed {report.strays_removed} stray object(s), {human_bytes(report.stray_bytes_removed)}, "
+            f"from {args.destination}: shard objects of the replaced checkpoint the new one does not reference"
+        )
     return 0
-
 
 
 def _confirm(args: argparse.Namespace, question: str, details: Sequence[str]) -> bool:
@@ -285,8 +345,14 @@ def _summary(plan: list[Removal], uri: str) -> str:
 
 
 def _show_ask_act(
-    args: argparse.Namespace, lines: list[str], summary: str, question: str, act: Callable[[], object],
-    *, would: str, did: str,
+    args: argparse.Namespace,
+    lines: list[str],
+    summary: str,
+    question: str,
+    act: Callable[[], object],
+    *,
+    would: str,
+    did: str,
 ) -> int:
     """The shared end of rm, prune and gc: show, ask, act (a dry run, or nothing to do, only shows)."""
     if args.dry_run or not lines:
@@ -305,8 +371,15 @@ def _show_ask_act(
 
 def _delete_plan(args: argparse.Namespace, plan: list[Removal]) -> int:
     summary = _summary(plan, args.uri)
-    return _show_ask_act(args, [_described(removal) for removal in plan], summary, f"delete {summary}?",
-                         lambda: remove(plan, **_s3(args)), would="would delete", did="deleted")
+    return _show_ask_act(
+        args,
+        [_described(removal) for removal in plan],
+        summary,
+        f"delete {summary}?",
+        lambda: remove(plan, **_s3(args)),
+        would="would delete",
+        did="deleted",
+    )
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
@@ -319,15 +392,22 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    plan = plan_prune(args.uri, args.keep, grace=timedelta(hours=args.grace_hours),
-                      include_unnumbered=args.include_unnumbered, **_s3(args))
+    plan = plan_prune(
+        args.uri,
+        args.keep,
+        grace=timedelta(hours=args.grace_hours),
+        include_unnumbered=args.include_unnumbered,
+        **_s3(args),
+    )
     return _delete_plan(args, plan)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
     sweep = plan_gc(args.uri, timedelta(hours=args.older_than_hours), **_s3(args))
-    lines = [f"upload of s3://{sweep.bucket}/{upload.key} started {upload.initiated:%Y-%m-%d %H:%M:%S} UTC"
-             for upload in sweep.stale]
+    lines = [
+        f"upload of s3://{sweep.bucket}/{upload.key} started {upload.initiated:%Y-%m-%d %H:%M:%S} UTC"
+        for upload in sweep.stale
+    ]
     left = []
     if sweep.young:
         left.append(f"{sweep.young} checkpoint upload(s) younger than {args.older_than_hours:g} h")
@@ -335,9 +415,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
         left.append(f"{sweep.not_checkpoints} upload(s) of objects that are not checkpoint objects")
     note = f"; left alone: {', '.join(left)}" if left else ""
     return _show_ask_act(
-        args, lines, f"{len(sweep.stale)} abandoned multipart upload(s) under {args.uri}{note}",
+        args,
+        lines,
+        f"{len(sweep.stale)} abandoned multipart upload(s) under {args.uri}{note}",
         f"abort {len(sweep.stale)} multipart upload(s) under {args.uri}?",
-        lambda: abort_uploads(sweep, **_s3(args)), would="would abort", did="aborted",
+        lambda: abort_uploads(sweep, **_s3(args)),
+        would="would abort",
+        did="aborted",
     )
 
 
@@ -365,28 +449,40 @@ def _positive_int(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (the newest complete checkpoint always stays), got {text}")
+        raise argparse.ArgumentTypeError(
+            f"must be at least 1 (the newest complete checkpoint always stays), got {text}"
+        )
     return value
 
 
 def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
     """The S3 and logging options, accepted before the command and after it."""
+
     def given(value: Any) -> Any:
         return argparse.SUPPRESS if default is argparse.SUPPRESS else value
 
     parser.add_argument("--region", default=given(None), help="AWS region (default: AWS_REGION / the profile's)")
-    parser.add_argument("--endpoint-url", default=given(None),
-                        help="S3 endpoint, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL)")
-    parser.add_argument("--profile", default=given(None),
-                        help="AWS profile for credentials (default: the standard chain)")
-    parser.add_argument("-v", "--verbose", action="store_true", default=given(False),
-                        help="log each S3 phase to stderr")
+    parser.add_argument(
+        "--endpoint-url",
+        default=given(None),
+        help="S3 endpoint, e.g. http://127.0.0.1:9000 (default: AWS_ENDPOINT_URL)",
+    )
+    parser.add_argument(
+        "--profile", default=given(None), help="AWS profile for credentials (default: the standard chain)"
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=given(False), help="log each S3 phase to stderr"
+    )
 
 
 def _deletion_options(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--dry-run", action="store_true", help=f"only list what would be {what}, with sizes")
-    parser.add_argument("-y", "--yes", action="store_true",
-                        help="do not ask before deleting (the question is asked only when stdin is a terminal)")
+    parser.add_argument(
+        "-y",
+        "--yes",
+        action="store_true",
+        help="do not ask before deleting (the question is asked only when stdin is a terminal)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -394,7 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(common, argparse.SUPPRESS)  # after the command, overriding those given before it
 
     parser = argparse.ArgumentParser(
-        prog="s3dcp", description="Manage PyTorch Distributed Checkpoints stored in S3.", epilog=__doc__,
+        prog="s3dcp",
+        description="Manage PyTorch Distributed Checkpoints stored in S3.",
+        epilog=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"s3dcp {__version__}")
@@ -402,18 +500,28 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Any, help_text: str, details: str = "") -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text + details,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub = commands.add_parser(
+            name,
+            parents=[common],
+            help=help_text,
+            description=help_text + details,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         sub.set_defaults(handler=handler)
         return sub
 
-    ls = command("ls", cmd_ls, "list the checkpoints directly under a prefix: step, complete, size, strays, time",
-                 "\n\nSIZE and OBJECTS count .metadata and what it references; STRAYS are own objects it does not "
-                 "reference\n(left by an earlier save to the same path).")
+    ls = command(
+        "ls",
+        cmd_ls,
+        "list the checkpoints directly under a prefix: step, complete, size, strays, time",
+        "\n\nSIZE and OBJECTS count .metadata and what it references; STRAYS are own objects it does not "
+        "reference\n(left by an earlier save to the same path).",
+    )
     ls.add_argument("uri", type=_s3_uri, help="s3://bucket/prefix holding checkpoints (e.g. step_N)")
     ls.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
-    info = command("info", cmd_info,
-                   "summarize a checkpoint's metadata: keys, dtypes, shapes, sizes, ranks, strays, damage")
+    info = command(
+        "info", cmd_info, "summarize a checkpoint's metadata: keys, dtypes, shapes, sizes, ranks, strays, damage"
+    )
     info.add_argument("uri", type=_s3_uri, help="s3://bucket/prefix of one checkpoint")
     info.add_argument("--json", action="store_true", help="print JSON instead of text")
     verify = command("verify", cmd_verify, "read back every item and check its digest (exit 3 on damage)")
@@ -425,7 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--overwrite", action="store_true", help="replace a complete checkpoint at the destination")
     _deletion_options(cp, "copied, replaced and removed")
     rm = command(
-        "rm", cmd_rm, "delete one checkpoint: its own objects only, .metadata first",
+        "rm",
+        cmd_rm,
+        "delete one checkpoint: its own objects only, .metadata first",
         "\n\nDeletes the checkpoint's .metadata, the objects it references, stray shards of earlier saves\n"
         "to the same path and s3dcp's .s3dcp-* markers. Refuses, deleting nothing, a prefix that is not\n"
         "a checkpoint or lies inside one, or a checkpoint that also holds other objects or nested\n"
@@ -434,11 +544,16 @@ def build_parser() -> argparse.ArgumentParser:
         "belong to no checkpoint (logs, configs, data) are never deleted.",
     )
     rm.add_argument("uri", type=_s3_uri, help="s3://bucket/prefix of the checkpoint")
-    rm.add_argument("--recursive", action="store_true",
-                    help="also delete checkpoints nested below the prefix (other objects still stay)")
+    rm.add_argument(
+        "--recursive",
+        action="store_true",
+        help="also delete checkpoints nested below the prefix (other objects still stay)",
+    )
     _deletion_options(rm, "deleted")
     pr = command(
-        "prune", cmd_prune, "delete all but the newest N complete step_N checkpoints under a prefix",
+        "prune",
+        cmd_prune,
+        "delete all but the newest N complete step_N checkpoints under a prefix",
         "\n\nConsiders the checkpoints directly under the prefix whose name is step_N. Deletes, as rm does\n"
         "(own objects only, .metadata first), the complete ones older than the newest --keep by step\n"
         "(the newest always stays), and incomplete ones when no process could still be writing them:\n"
@@ -448,22 +563,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pr.add_argument("uri", type=_s3_uri, help="s3://bucket/prefix holding step_N checkpoints")
     pr.add_argument("--keep", type=_positive_int, required=True, help="complete checkpoints to keep (>= 1)")
-    pr.add_argument("--grace-hours", type=_non_negative_hours, default=6.0,
-                    help="leave incomplete checkpoints written to more recently than this (a save may be running); "
-                         "default 6")
-    pr.add_argument("--include-unnumbered", action="store_true",
-                    help="also prune checkpoints without step_N in their name; complete ones then rank by "
-                         "the time they were committed")
+    pr.add_argument(
+        "--grace-hours",
+        type=_non_negative_hours,
+        default=6.0,
+        help="leave incomplete checkpoints written to more recently than this (a save may be running); default 6",
+    )
+    pr.add_argument(
+        "--include-unnumbered",
+        action="store_true",
+        help="also prune checkpoints without step_N in their name; complete ones then rank by "
+        "the time they were committed",
+    )
     _deletion_options(pr, "deleted")
     g = command(
-        "gc", cmd_gc, "abort multipart uploads left behind by killed saves (deletes no stored object)",
+        "gc",
+        cmd_gc,
+        "abort multipart uploads left behind by killed saves (deletes no stored object)",
         "\n\nAborts multipart uploads under the prefix whose key is a checkpoint object (a DCP shard,\n"
         ".metadata or .s3dcp-*) and that started more than --older-than-hours ago. Uploads of other\n"
         "objects, and younger ones, are left alone and counted.",
     )
     g.add_argument("uri", type=_s3_uri, help="s3://bucket/prefix to clean under")
-    g.add_argument("--older-than-hours", type=_non_negative_hours, default=6.0,
-                   help="only uploads started longer ago than this (default 6)")
+    g.add_argument(
+        "--older-than-hours",
+        type=_non_negative_hours,
+        default=6.0,
+        help="only uploads started longer ago than this (default 6)",
+    )
     _deletion_options(g, "aborted")
     return parser
 

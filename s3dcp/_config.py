@@ -164,9 +164,7 @@ class S3ClientConfig:
         sse = self.server_side_encryption
         if sse is not None and sse not in SERVER_SIDE_ENCRYPTIONS:
             allowed = ", ".join(repr(v) for v in SERVER_SIDE_ENCRYPTIONS)
-            raise ValueError(
-                f"server_side_encryption must be one of {allowed} or None, got {sse!r}"
-            )
+            raise ValueError(f"server_side_encryption must be one of {allowed} or None, got {sse!r}")
         if self.sse_kms_key_id is not None:
             # Messages never echo the key id.
             if sse not in KMS_ENCRYPTIONS:
@@ -177,8 +175,7 @@ class S3ClientConfig:
                 )
             if not isinstance(self.sse_kms_key_id, str) or not self.sse_kms_key_id.strip():
                 raise ValueError(
-                    "sse_kms_key_id must be a non-empty KMS key id, ARN or alias, "
-                    "or None for the AWS-managed key"
+                    "sse_kms_key_id must be a non-empty KMS key id, ARN or alias, or None for the AWS-managed key"
                 )
         storage_class = self.storage_class
         if storage_class is not None:
@@ -206,18 +203,14 @@ def validate_part_size(part_size: object) -> int:
     if not isinstance(part_size, int) or isinstance(part_size, bool):
         raise TypeError(f"part_size must be an int number of bytes, got {part_size!r}")
     if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
-        raise ValueError(
-            f"part_size must be between 5 MiB and 5 GiB (S3's limits), got {part_size} bytes"
-        )
+        raise ValueError(f"part_size must be between 5 MiB and 5 GiB (S3's limits), got {part_size} bytes")
     return part_size
 
 
 def _validate_endpoint(url: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            f"endpoint_url {redact_url(url)!r} must look like 'https://host[:port]'"
-        )
+        raise ValueError(f"endpoint_url {redact_url(url)!r} must look like 'https://host[:port]'")
 
 
 def redact_url(url: str) -> str:
@@ -257,9 +250,7 @@ class ClientSettings:
         return f"AWS S3 ({self.region or 'default region'})"
 
     def __repr__(self) -> str:
-        shown = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr
-        )
+        shown = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr)
         has_keys = self.access_key_id is not None
         return f"ClientSettings({shown}, env_credentials={has_keys})"
 
@@ -279,9 +270,7 @@ def resolve_settings(
     if config is None:
         config = S3ClientConfig()
     elif not isinstance(config, S3ClientConfig):
-        raise TypeError(
-            f"s3client_config must be an S3ClientConfig, not {type(config).__name__}"
-        )
+        raise TypeError(f"s3client_config must be an S3ClientConfig, not {type(config).__name__}")
     env = os.environ if environ is None else environ
 
     def get(name: str) -> str | None:

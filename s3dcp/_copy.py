@@ -91,17 +91,26 @@ class CopyPlan:
 
     def describe(self) -> list[str]:
         """What the copy would do, one line each (for a dry run): copied, replaced, left behind, removed."""
-        lines = [f"would copy {len(self.objects) + 1} objects ({human_bytes(self.total_bytes)}) "
-                 f"from {self.source} to {self.destination}"]
+        lines = [
+            f"would copy {len(self.objects) + 1} objects ({human_bytes(self.total_bytes)}) "
+            f"from {self.source} to {self.destination}"
+        ]
         if self.replaces_commit:
-            how = (f"{len(self.replaced)} of its objects replaced" if self.replaced
-                   else f"its {METADATA_NAME} replaced last, in one write")
+            how = (
+                f"{len(self.replaced)} of its objects replaced"
+                if self.replaced
+                else f"its {METADATA_NAME} replaced last, in one write"
+            )
             lines.append(f"would replace the complete checkpoint at {self.destination} ({how})")
         if self.source_strays:
-            lines.append(f"would leave behind {len(self.source_strays)} stray object(s) "
-                         f"({human_bytes(sum(self.source_strays.values()))}) under {self.source}")
-        lines.extend(f"would remove {self.destination}/{relative} ({human_bytes(size)})"
-                     for relative, size in sorted(self.destination_strays.items()))
+            lines.append(
+                f"would leave behind {len(self.source_strays)} stray object(s) "
+                f"({human_bytes(sum(self.source_strays.values()))}) under {self.source}"
+            )
+        lines.extend(
+            f"would remove {self.destination}/{relative} ({human_bytes(size)})"
+            for relative, size in sorted(self.destination_strays.items())
+        )
         if self.replaces_save:
             lines.append(f"would remove {self.destination}/{SAVING_MARKER}, the marker of an unfinished save")
         return lines
@@ -202,13 +211,17 @@ def plan_copy(
     if METADATA_NAME not in found:
         why = (
             f"a save there has not committed ({SAVING_MARKER} is there: one is running, or one died); "
-            "copy it once it has" if SAVING_MARKER in found else "wrong path, or the save never finished"
+            "copy it once it has"
+            if SAVING_MARKER in found
+            else "wrong path, or the save never finished"
         )
         raise CheckpointNotFoundError(f"no complete checkpoint at {src}: {METADATA_NAME} is missing ({why})")
     where = f"{src}/{METADATA_NAME}"
     try:
-        metadata = read_object(client, src.bucket, src.key(METADATA_NAME)) if isinstance(src, S3Uri) else (
-            (src / METADATA_NAME).read_bytes()
+        metadata = (
+            read_object(client, src.bucket, src.key(METADATA_NAME))
+            if isinstance(src, S3Uri)
+            else ((src / METADATA_NAME).read_bytes())
         )
     except (ObjectNotFoundError, FileNotFoundError) as gone:  # listed a moment ago: a save is replacing it
         raise CheckpointNotFoundError(
@@ -242,8 +255,10 @@ def plan_copy(
     existing = _listing(client, dst)
     replaces_commit, replaces_save = METADATA_NAME in existing, SAVING_MARKER in existing
     if (replaces_commit or replaces_save) and not overwrite:
-        found_name, what = (METADATA_NAME, "a complete checkpoint") if replaces_commit else (
-            SAVING_MARKER, f"an unfinished save ({SAVING_MARKER}: one may be running there, or one died)"
+        found_name, what = (
+            (METADATA_NAME, "a complete checkpoint")
+            if replaces_commit
+            else (SAVING_MARKER, f"an unfinished save ({SAVING_MARKER}: one may be running there, or one died)")
         )
         raise CheckpointExistsError(
             f"{dst} already holds {what}; copy to a new path, or {overwrite_advice} to replace it",
@@ -290,8 +305,13 @@ def _copy_object(
         for number, first in enumerate(range(0, size, step), start=1):
             last = min(first + step, size) - 1
             answer = client.call(
-                "upload_part_copy", target.bucket, to_key, UploadId=upload_id, PartNumber=number,
-                CopySource=copy_source, CopySourceRange=f"bytes={first}-{last}",
+                "upload_part_copy",
+                target.bucket,
+                to_key,
+                UploadId=upload_id,
+                PartNumber=number,
+                CopySource=copy_source,
+                CopySourceRange=f"bytes={first}-{last}",
             )
             parts.append({"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]})
             if on_bytes is not None:

@@ -271,8 +271,7 @@ class Loader:
                 data = job.layout.view(buffer, item_range.start, item_range.end)
                 self._verify(item, job.relative, data)
                 framing = job.decode_into.get(id(item))
-                if framing is not None and self._decode_into(item, job.relative, data, framing,
-                                                             job.targets[id(item)]):
+                if framing is not None and self._decode_into(item, job.relative, data, framing, job.targets[id(item)]):
                     parsed.append((item, None))
                     continue
                 data = self._decode(item, job.relative, data)
@@ -297,8 +296,11 @@ class Loader:
                 hand_to_planner(item, value, planner, job.targets.pop(id(item), None))
         again = []
         for item in result.again:
-            log.debug("%s: item %r is not laid out as expected; reading it again the ordinary way",
-                      self.uri.child(job.relative), item.storage_index.fqn)
+            log.debug(
+                "%s: item %r is not laid out as expected; reading it again the ordinary way",
+                self.uri.child(job.relative),
+                item.storage_index.fqn,
+            )
             retry = _Fetch(job.relative, self._range_of(item), [item], in_place=False)
             retry.targets[id(item)] = job.targets.pop(id(item))
             again.append(retry)
@@ -350,8 +352,9 @@ class Loader:
         except Exception as err:  # whatever the extension's decoder raises on bytes it cannot undo
             raise self._undecodable(item, relative, err) from err
 
-    def _decode_into(self, item: ReadItem, relative: str, data: memoryview, framing: Framing,
-                     target: torch.Tensor) -> bool:
+    def _decode_into(
+        self, item: ReadItem, relative: str, data: memoryview, framing: Framing, target: torch.Tensor
+    ) -> bool:
         """Decode a transformed tensor straight into its destination; ``False``: its archive is laid out
         otherwise (it is then decoded the ordinary way, which overwrites whatever went into ``target``)."""
         extensions = self._transforms[item.storage_index]
@@ -367,8 +370,12 @@ class Loader:
             # checksum by default: the archive's own CRC-32 of the tensor's bytes is the check left
             if crc32.compute(destination) != framing.recorded_crc(tail):
                 names = ", ".join(transforms.descriptors_of(self.storage_data[item.storage_index]))
-                raise self._damaged(relative, [item], f"its bytes, decoded through {names}, hold a tensor whose "
-                                    "CRC-32 is not the one its archive records")
+                raise self._damaged(
+                    relative,
+                    [item],
+                    f"its bytes, decoded through {names}, hold a tensor whose "
+                    "CRC-32 is not the one its archive records",
+                )
         return True
 
     def _undecodable(self, item: ReadItem, relative: str, err: Exception) -> CheckpointDamagedError:

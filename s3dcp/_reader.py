@@ -129,9 +129,7 @@ class S3StorageReader(StorageReader):
         self._report("load.metadata", started, items=len(metadata.storage_data or {}), objects=1, requests=1, size=size)
         return metadata
 
-    def set_up_storage_reader(
-        self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any
-    ) -> None:
+    def set_up_storage_reader(self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
         if self._kept_error is not None:
             error, self._kept_error = self._kept_error, None
             raise error
@@ -152,14 +150,21 @@ class S3StorageReader(StorageReader):
             raise RuntimeError("read_data() before set_up_storage_reader(): DCP calls them in that order")
         started = time.monotonic()
         counts = Loader(self._client, self.uri, self._records, verify=self.verify).read(plan, planner)
-        self._report("load.read", started, items=len(plan.items), objects=counts.objects, requests=counts.requests,
-                     size=counts.size)
+        self._report(
+            "load.read",
+            started,
+            items=len(plan.items),
+            objects=counts.objects,
+            requests=counts.requests,
+            size=counts.size,
+        )
         done: Future[None] = Future()
         done.set_result(None)
         return done
 
     def _report(self, phase: str, started: float, **counts: int) -> None:
         seconds = time.monotonic() - started
-        stats = report_phase(phase, rank=self.rank, checkpoint=str(self.uri), seconds=seconds, callback=self.on_phase,
-                             **counts)
+        stats = report_phase(
+            phase, rank=self.rank, checkpoint=str(self.uri), seconds=seconds, callback=self.on_phase, **counts
+        )
         self.last_stats.append(stats)

@@ -124,8 +124,7 @@ def _validate_prefix(uri: str, prefix: str) -> None:
     parts = prefix.split("/")
     if any(part in ("", ".", "..") for part in parts):
         raise ValueError(
-            f"{uri!r} has an empty, '.' or '..' path segment; use a plain path like "
-            "'s3://bucket/run-7/step_100'"
+            f"{uri!r} has an empty, '.' or '..' path segment; use a plain path like 's3://bucket/run-7/step_100'"
         )
     if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in prefix):
         raise ValueError(f"{uri!r} contains control characters")

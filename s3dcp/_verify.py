@@ -102,8 +102,9 @@ def _verify_object(
                 checked += 1
             elif item.checksum is not None:
                 last = item.offset + item.length - 1
-                problems.append(Problem(key, item.name, f"bytes {item.offset}-{last} digest {actual}, "
-                                                        f"recorded {item.checksum}"))
+                problems.append(
+                    Problem(key, item.name, f"bytes {item.offset}-{last} digest {actual}, recorded {item.checksum}")
+                )
             hasher.reset()
             index += 1
 
@@ -130,8 +131,9 @@ def _verify_object(
             finish_current()  # empty items at the very end
         for item in items[index:]:
             last = item.offset + item.length - 1
-            problems.append(Problem(key, item.name, f"object ends at byte {position}, "
-                                                    f"the item needs bytes {item.offset}-{last}"))
+            problems.append(
+                Problem(key, item.name, f"object ends at byte {position}, the item needs bytes {item.offset}-{last}")
+            )
         return position, problems, checked
 
     return client.run(attempt, "get_object", bucket, key)

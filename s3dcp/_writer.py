@@ -185,6 +185,7 @@ class S3StorageWriter(StorageWriter):
 
     def _report(self, phase: str, started: float, **counts: int) -> None:
         seconds = time.monotonic() - started
-        stats = report_phase(phase, rank=self.rank, checkpoint=str(self.uri), seconds=seconds, callback=self.on_phase,
-                             **counts)
+        stats = report_phase(
+            phase, rank=self.rank, checkpoint=str(self.uri), seconds=seconds, callback=self.on_phase, **counts
+        )
         self.last_stats.append(stats)

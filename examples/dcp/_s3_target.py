@@ -32,8 +32,10 @@ def s3_target(uri: str | None) -> Iterator[str]:
     if uri:
         base = fresh_prefix(uri)
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
-        print(f"using {base} (endpoint: {endpoint}): a new prefix of its own under {uri.rstrip('/')}; "
-              "the example saves, prunes and cleans up there only")
+        print(
+            f"using {base} (endpoint: {endpoint}): a new prefix of its own under {uri.rstrip('/')}; "
+            "the example saves, prunes and cleans up there only"
+        )
         yield base
         return
     from s3dcp_testkit.moto_server import local_s3  # the test venv's (make install)

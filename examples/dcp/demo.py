@@ -136,8 +136,7 @@ def crash_during_save(state: dict[str, Any], uri: str) -> None:
     while True:  # watch the real upload; it takes several requests, so this sees it
         uploads = s3.list_multipart_uploads(Bucket=target.bucket, Prefix=target.prefix + "/").get("Uploads", [])
         parts = [
-            s3.list_parts(Bucket=target.bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts", [])
-            for u in uploads
+            s3.list_parts(Bucket=target.bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts", []) for u in uploads
         ]
         if any(parts):
             print(f"CRASH {target.prefix.rsplit('/', 1)[-1]} {sum(map(len, parts))}", flush=True)
@@ -160,8 +159,21 @@ def drive(base: str, steps: int, every: int, crash_at: int) -> None:
         truth = Path(tmp)
         print(f"\n[1] training {LAYERS}x{WIDTH}x{WIDTH} MLP + AdamW, checkpoint every {every} steps to {base}")
         child = subprocess.Popen(
-            [sys.executable, __file__, "train", "--base", base, "--steps", str(steps), "--every", str(every),
-             "--truth", tmp, "--crash-at", str(crash_at)],
+            [
+                sys.executable,
+                __file__,
+                "train",
+                "--base",
+                base,
+                "--steps",
+                str(steps),
+                "--every",
+                str(every),
+                "--truth",
+                tmp,
+                "--crash-at",
+                str(crash_at),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -238,8 +250,11 @@ def main() -> None:
     train.add_argument("--every", type=int, required=True)
     train.add_argument("--truth", type=Path, required=True)
     train.add_argument("--crash-at", type=int, required=True)
-    parser.add_argument("--uri", help="s3://bucket/prefix under which the demo makes a new sub-prefix of its own "
-                                      "and works only there (default: a local S3 server)")
+    parser.add_argument(
+        "--uri",
+        help="s3://bucket/prefix under which the demo makes a new sub-prefix of its own "
+        "and works only there (default: a local S3 server)",
+    )
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--every", type=int, default=3)
     parser.add_argument("--crash-at", type=int, default=9, help="kill the trainer while saving this step")

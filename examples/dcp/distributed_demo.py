@@ -21,10 +21,23 @@ HERE = Path(__file__).resolve().parent
 
 
 def torchrun(ranks: int, uri: str, steps: int) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}",
-               str(HERE / "train_distributed.py"), "--uri", uri, "--steps", str(steps), "--every", "5"]
-    print(f"\n$ torchrun --nproc-per-node={ranks} examples/dcp/train_distributed.py --uri {uri} --steps {steps}",
-          flush=True)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={ranks}",
+        str(HERE / "train_distributed.py"),
+        "--uri",
+        uri,
+        "--steps",
+        str(steps),
+        "--every",
+        "5",
+    ]
+    print(
+        f"\n$ torchrun --nproc-per-node={ranks} examples/dcp/train_distributed.py --uri {uri} --steps {steps}",
+        flush=True,
+    )
     subprocess.run(command, check=True)
 
 

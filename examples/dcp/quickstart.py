@@ -1,7 +1,7 @@
 """Quickstart: save a model and optimizer to S3 with DCP, load them back, verify.
 
-    python examples/dcp/quickstart.py                     # local S3 server
-    python examples/dcp/quickstart.py --uri s3://bucket/quickstart
+python examples/dcp/quickstart.py                     # local S3 server
+python examples/dcp/quickstart.py --uri s3://bucket/quickstart
 """
 
 from __future__ import annotations

@@ -59,9 +59,16 @@ def main() -> None:
     with s3_target(args.uri) as base, tempfile.TemporaryDirectory(prefix="s3dcp-tiered-") as scratch:
         local, s3 = Path(scratch) / "node-a", f"{base}/tiered"
         model, optimizer = make_model()
-        writer = TieredStorageWriter(local, s3, s3_every=3, keep_local=3,
-                                     on_upload=lambda s: s.state == "committed" and print(
-                                         f"  S3 copy of {s.checkpoint} committed ({s.seconds:.2f} s after the save)"))
+        writer = TieredStorageWriter(
+            local,
+            s3,
+            s3_every=3,
+            keep_local=3,
+            on_upload=lambda s: (
+                s.state == "committed"
+                and print(f"  S3 copy of {s.checkpoint} committed ({s.seconds:.2f} s after the save)")
+            ),
+        )
         for step in range(1, 8):
             train_step(model, optimizer)
             dcp.save(state_of(model, optimizer, step), checkpoint_id=f"step_{step}", storage_writer=writer)
@@ -81,8 +88,10 @@ def main() -> None:
         reader = TieredStorageReader(local, s3)
         dcp.load(restored, checkpoint_id="step_7", storage_reader=reader)
         fetched = {s.phase: s.items for s in reader.last_stats}
-        print(f"loaded step_7: {fetched.get('load.local', 0)} items from the local copy, "
-              f"{fetched.get('load.read', 0)} from S3")
+        print(
+            f"loaded step_7: {fetched.get('load.local', 0)} items from the local copy, "
+            f"{fetched.get('load.read', 0)} from S3"
+        )
         assert all(torch.equal(restored["model"][k], v) for k, v in expected.items())
 
         new_node = Path(scratch) / "node-b"
@@ -96,8 +105,10 @@ def main() -> None:
         fresh_optimizer.load_state_dict(restored["optim"])
         assert name == "step_7" and restored["step"] == 7 and reader.source == "s3"
         assert all(torch.equal(fresh.state_dict()[k], v) for k, v in expected.items())
-        assert all(torch.equal(fresh_optimizer.state_dict()["state"][i]["exp_avg"], state["exp_avg"])
-                   for i, state in optimizer.state_dict()["state"].items())
+        assert all(
+            torch.equal(fresh_optimizer.state_dict()["state"][i]["exp_avg"], state["exp_avg"])
+            for i, state in optimizer.state_dict()["state"].items()
+        )
         print(f"resumed at step {restored['step']} from {reader.source}: model bit-exact")
 
 

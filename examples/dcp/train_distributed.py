@@ -36,7 +36,11 @@ FEATURES = 32
 def build_model(mesh: Any) -> torch.nn.Module:
     torch.manual_seed(0)  # the same initial weights on every rank
     model = torch.nn.Sequential(
-        torch.nn.Linear(FEATURES, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1)
+        torch.nn.Linear(FEATURES, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 1),
     )
     for layer in model:
         if isinstance(layer, torch.nn.Linear):
@@ -103,7 +107,9 @@ def main() -> None:
                 process_group=checkpoint_group,
             )
             blocked = time.perf_counter() - began
-            say(f"step {step:4d}  loss {loss.item():.4f}  checkpoint step_{step} started (training blocked {blocked:.3f}s)")
+            say(
+                f"step {step:4d}  loss {loss.item():.4f}  checkpoint step_{step} started (training blocked {blocked:.3f}s)"
+            )
     if pending is not None:
         pending.result()
     say(f"done at step {args.steps}; newest complete checkpoint: {latest_checkpoint(args.uri)}")

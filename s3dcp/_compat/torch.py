@@ -153,14 +153,35 @@ FALLBACK_ALLOWED_GLOBALS = frozenset(
         "torch.nn.parameter.Parameter",
         "torch._utils._rebuild_tensor_v2",
         "torch._utils._rebuild_parameter",
-        *(f"torch.{kind}Storage" for kind in (
-            "Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool",
-            "ComplexFloat", "ComplexDouble",
-        )),
-        *(f"{_METADATA}.{name}" for name in (
-            "Metadata", "MetadataIndex", "StorageMeta", "TensorStorageMetadata", "BytesStorageMetadata",
-            "ChunkStorageMetadata", "TensorProperties",
-        )),
+        *(
+            f"torch.{kind}Storage"
+            for kind in (
+                "Float",
+                "Double",
+                "Half",
+                "BFloat16",
+                "Long",
+                "Int",
+                "Short",
+                "Char",
+                "Byte",
+                "Bool",
+                "ComplexFloat",
+                "ComplexDouble",
+            )
+        ),
+        *(
+            f"{_METADATA}.{name}"
+            for name in (
+                "Metadata",
+                "MetadataIndex",
+                "StorageMeta",
+                "TensorStorageMetadata",
+                "BytesStorageMetadata",
+                "ChunkStorageMetadata",
+                "TensorProperties",
+            )
+        ),
     }
 )
 """What s3dcp admits by default when torch's list is out of reach: tensors, their storages and

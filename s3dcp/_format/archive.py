@@ -55,6 +55,7 @@ from s3dcp._format.plain_data import MemoryReader
 
 __all__ = ["framed_tensor", "load_tensor", "tensor_view"]
 
+
 class _Unsupported(Exception):
     """The archive is not the simple kind this reader handles."""
 
@@ -181,10 +182,8 @@ def _read_directory(buffer: memoryview) -> dict[str, _Entry]:
     for _ in range(count):
         if bytes(buffer[position : position + 4]) != CENTRAL_HEADER:
             raise _Unsupported("bad central directory entry")
-        method, = struct.unpack_from("<H", buffer, position + 10)
-        compressed, uncompressed, name_len, extra_len, comment_len = struct.unpack_from(
-            "<IIHHH", buffer, position + 20
-        )
+        (method,) = struct.unpack_from("<H", buffer, position + 10)
+        compressed, uncompressed, name_len, extra_len, comment_len = struct.unpack_from("<IIHHH", buffer, position + 20)
         (local_offset,) = struct.unpack_from("<I", buffer, position + 42)
         name_at = position + CENTRAL_HEADER_SIZE
         name = bytes(buffer[name_at : name_at + name_len]).decode("utf-8")

@@ -292,9 +292,7 @@ def _lay_out(template: _Template, tensor: torch.Tensor) -> Framing | None:
                 crcs_after.append(crc)
         offset = cursor()
         padding = (-(offset + LOCAL_HEADER_SIZE + len(full_name) + 4)) % ALIGNMENT
-        out += struct.pack(
-            "<4sHHHHHIIIHH", LOCAL_HEADER, 0, 0x0808, 0, 0, 0, 0, 0, 0, len(full_name), 4 + padding
-        )
+        out += struct.pack("<4sHHHHHIIIHH", LOCAL_HEADER, 0, 0x0808, 0, 0, 0, 0, 0, 0, len(full_name), 4 + padding)
         out += full_name + b"FB" + struct.pack("<H", padding) + b"Z" * padding
         if name == STORAGE_RECORD:
             data_at = len(out)
@@ -309,7 +307,23 @@ def _lay_out(template: _Template, tensor: torch.Tensor) -> Framing | None:
         out += struct.pack("<4sIII", DATA_DESCRIPTOR, crc, size, size)
         entry = struct.pack(
             "<4sHHHHHHIIIHHHHHII",
-            CENTRAL_HEADER, 0, 0, 0x0808, 0, 0, 0, crc, size, size, len(full_name), 0, 0, 0, 0, 0, offset,
+            CENTRAL_HEADER,
+            0,
+            0,
+            0x0808,
+            0,
+            0,
+            0,
+            crc,
+            size,
+            size,
+            len(full_name),
+            0,
+            0,
+            0,
+            0,
+            0,
+            offset,
         )
         central.append((name, entry + full_name))
     if data_at is None:

@@ -89,14 +89,14 @@ def in_place_candidate(span: ByteRange | None, chunk: Chunk) -> bool:
     dtype, size = chunk
     framing = framing_for(dtype, size)
     nbytes = dtype.itemsize * math.prod(size)
-    return framing is not None and nbytes >= IN_PLACE_MIN_BYTES and (
-        span is None or len(framing.head) + nbytes + len(framing.tail) == span.length
+    return (
+        framing is not None
+        and nbytes >= IN_PLACE_MIN_BYTES
+        and (span is None or len(framing.head) + nbytes + len(framing.tail) == span.length)
     )
 
 
-def framing_into(
-    item: ReadItem, chunk: Chunk | None, target: torch.Tensor
-) -> Framing | None:
+def framing_into(item: ReadItem, chunk: Chunk | None, target: torch.Tensor) -> Framing | None:
     """The framing around ``item``'s tensor bytes if they can go straight into ``target``, else ``None``."""
     if item.type != LoadItemType.TENSOR or chunk is None:
         return None
@@ -115,9 +115,7 @@ def framing_into(
     return framing_for(dtype, size)
 
 
-def plan_in_place(
-    item: ReadItem, span: ByteRange, chunk: Chunk | None, target: torch.Tensor
-) -> InPlaceRead | None:
+def plan_in_place(item: ReadItem, span: ByteRange, chunk: Chunk | None, target: torch.Tensor) -> InPlaceRead | None:
     """An in-place read of ``item`` into ``target``, or ``None`` if it must go the ordinary way."""
     framing = framing_into(item, chunk, target)
     if framing is None or len(framing.head) + target.nbytes + len(framing.tail) != span.length:
@@ -173,4 +171,3 @@ def destination_bytes(target: torch.Tensor) -> memoryview:
     """The bytes of a contiguous CPU tensor, writable in place."""
     array: Any = target.reshape(-1).view(torch.uint8).numpy()
     return memoryview(array).cast("B")
-

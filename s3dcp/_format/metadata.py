@@ -75,7 +75,10 @@ def _allowed() -> dict[tuple[str, str], Any]:
         ("collections", "OrderedDict"): OrderedDict,
         GET_LAYOUT: _layout_by_name,
         # FileSystemWriter records its checkpoint_id as a path object; building one touches nothing
-        **{("pathlib", cls.__name__): cls for cls in (pathlib.PosixPath, pathlib.PurePosixPath, pathlib.PureWindowsPath)},
+        **{
+            ("pathlib", cls.__name__): cls
+            for cls in (pathlib.PosixPath, pathlib.PurePosixPath, pathlib.PureWindowsPath)
+        },
         # Older torch wrote tensor properties with the ShardedTensor classes. torch still loads
         # them; their pickled state is the same as the current classes', so they load as those.
         (OLD_PROPERTIES_MODULE, "TensorProperties"): dcp_metadata.TensorProperties,
@@ -114,8 +117,7 @@ class SafeUnpickler(pickle.Unpickler):
         if module == "torch" and isinstance(getattr(torch, name, None), _TORCH_CONSTANT_TYPES):
             return getattr(torch, name)
         raise UnsafeCheckpointError(
-            f"refers to {module}.{name}, which DCP metadata never contains; it was not loaded "
-            "and nothing in it was run"
+            f"refers to {module}.{name}, which DCP metadata never contains; it was not loaded and nothing in it was run"
         )
 
     def persistent_load(self, pid: Any) -> Any:
@@ -154,8 +156,7 @@ def load_metadata(data: bytes | bytearray, where: str) -> Metadata:
         raise UnsafeCheckpointError(f"{where} {err}; refusing to load this checkpoint") from None
     except Exception as err:
         raise CheckpointDamagedError(
-            f"{where} ({len(data)} bytes) does not unpickle ({type(err).__name__}: {err}): "
-            f"{_DAMAGED_RECORD}"
+            f"{where} ({len(data)} bytes) does not unpickle ({type(err).__name__}: {err}): {_DAMAGED_RECORD}"
         ) from err
     if not isinstance(metadata, Metadata):
         raise CheckpointDamagedError(
@@ -178,8 +179,7 @@ def check_relative_key(relative: object, where: str) -> str:
     parts = relative.split("/")
     if relative.startswith("/") or "\\" in relative or any(p in ("", ".", "..") for p in parts):
         raise UnsafeCheckpointError(
-            f"{where} records the object path {relative!r}, which leaves the checkpoint; "
-            "refusing to read it"
+            f"{where} records the object path {relative!r}, which leaves the checkpoint; refusing to read it"
         )
     if "://" in relative or any(ord(ch) < 0x20 for ch in relative):
         raise UnsafeCheckpointError(f"{where} records a malformed object path {relative!r}")

@@ -49,9 +49,7 @@ def split_items(items: Sequence[WriteItem], bins: int) -> list[list[WriteItem]]:
         return [byte_items + [wi for wi in items if wi.type != WriteItemType.BYTE_IO]]
     buckets: list[list[WriteItem]] = [[] for _ in range(bins)]
     sizes = [0] * bins
-    tensor_items = sorted(
-        (wi for wi in items if wi.type != WriteItemType.BYTE_IO), key=item_nbytes, reverse=True
-    )
+    tensor_items = sorted((wi for wi in items if wi.type != WriteItemType.BYTE_IO), key=item_nbytes, reverse=True)
     for i, item in enumerate(byte_items):
         buckets[i % bins].append(item)
     for item in tensor_items:
@@ -183,4 +181,3 @@ def _write_transformed(
     info = storage_info(relative_path, offset, length, transform_descriptors=descriptors)
     set_checksum(info, writer.end())
     return WriteResult(index=item.index, size_in_bytes=length, storage_data=info)
-

@@ -136,7 +136,9 @@ def decode(stored: Any, extensions: Sequence[Any], size_hint: int = 0) -> memory
     return memoryview(out)  # writable: tensors are built straight on it
 
 
-def decode_into(stored: Any, extensions: Sequence[Any], head: bytes, target: memoryview, tail_length: int) -> bytes | None:
+def decode_into(
+    stored: Any, extensions: Sequence[Any], head: bytes, target: memoryview, tail_length: int
+) -> bytes | None:
     """Decode an item whose decoded bytes should be ``head``, then ``target``'s bytes, then a tail.
 
     The tensor's bytes go straight into ``target``; returns the tail (for

@@ -124,9 +124,7 @@ def read_range_into(client: S3Client, bucket: str, key: str, span: ByteRange, ta
     def attempt() -> None:
         nonlocal filled, piece, piece_filled
         first = span.start + filled
-        response = client.raw.get_object(
-            Bucket=bucket, Key=key, Range=f"bytes={first}-{span.end - 1}"
-        )
+        response = client.raw.get_object(Bucket=bucket, Key=key, Range=f"bytes={first}-{span.end - 1}")
         body: Any = response["Body"]
         _check_served_range(response, bucket, key, first, span.end)
         try:
@@ -135,9 +133,7 @@ def read_range_into(client: S3Client, bucket: str, key: str, span: ByteRange, ta
                 target, size = pieces[piece]
                 count = reader.read_into(target[piece_filled : piece_filled + min(_READ_CHUNK, size - piece_filled)])
                 if not count:
-                    raise TruncatedBodyError(
-                        f"body of s3://{bucket}/{key} ended {span.length - filled} bytes early"
-                    )
+                    raise TruncatedBodyError(f"body of s3://{bucket}/{key} ended {span.length - filled} bytes early")
                 filled += count
                 piece_filled += count
                 if piece_filled == size:

@@ -95,9 +95,7 @@ def _install_request_defaults(client: Any, config: S3ClientConfig) -> None:
         wanted = {**owner, **create} if operation in CREATE_OPERATIONS else owner
         defaults = {name: value for name, value in wanted.items() if value is not None}
         if defaults:
-            client.meta.events.register(
-                f"before-parameter-build.s3.{operation}", _defaults_handler(defaults)
-            )
+            client.meta.events.register(f"before-parameter-build.s3.{operation}", _defaults_handler(defaults))
     if config.upload_checksum == "md5":
         for operation in BODY_OPERATIONS:
             client.meta.events.register(f"before-parameter-build.s3.{operation}", _add_content_md5)

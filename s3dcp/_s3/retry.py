@@ -198,9 +198,7 @@ class RetryPolicy:
         return tenacity.Retrying(
             sleep=sleep,
             stop=should_stop,
-            wait=tenacity.wait_random_exponential(
-                multiplier=self.initial_backoff, max=self.max_backoff
-            ),
+            wait=tenacity.wait_random_exponential(multiplier=self.initial_backoff, max=self.max_backoff),
             retry=tenacity.retry_if_exception(lambda e: classify(e) is not FailureKind.PERMANENT),
             before_sleep=on_retry,
             reraise=True,

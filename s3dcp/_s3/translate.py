@@ -248,9 +248,7 @@ def translate_error(
             **context,
         )
     if isinstance(error, NotS3AnswerError):
-        return _endpoint_is_not_s3(
-            operation, where, endpoint, error.status, error.content_type, error.problem, context
-        )
+        return _endpoint_is_not_s3(operation, where, endpoint, error.status, error.content_type, error.problem, context)
     if not isinstance(error, botocore.exceptions.ClientError):
         return S3RequestError(f"{operation} on {where} failed at {endpoint}: {type(error).__name__}", **context)
     return _translate_refusal(error, kind, operation, where, endpoint, settings, context)

@@ -546,7 +546,9 @@ class ObjectUpload:
             _, stalled = wait_for(running, timeout=ABORT_GRACE)
             if stalled:
                 log.debug(
-                    "aborting the upload of s3://%s/%s with %d parts still in flight", self.bucket, self.key,
+                    "aborting the upload of s3://%s/%s with %d parts still in flight",
+                    self.bucket,
+                    self.key,
                     len(stalled),
                 )
         abort_multipart(self._client, self.bucket, self.key, upload_id)
@@ -656,8 +658,10 @@ def upload_file(
 ) -> None:
     """Stream the local file ``path`` to ``s3://bucket/key`` (multipart above one part)."""
     size = path.stat().st_size
-    with path.open("rb") as source, ObjectUpload(client, pool, bucket, key, choose_part_size(size, part_size),
-                                                 size_hint=size) as upload:
+    with (
+        path.open("rb") as source,
+        ObjectUpload(client, pool, bucket, key, choose_part_size(size, part_size), size_hint=size) as upload,
+    ):
         while chunk := source.read(_FILE_CHUNK):
             upload.write(chunk)
             if on_bytes is not None:

@@ -41,9 +41,10 @@ def latest_tiered_checkpoint(
             raise
         log.warning("s3dcp: cannot list %s (%s); using the newest local checkpoint %s", root, error, local[-1])
         return local[-1]
-    remote = remote_uri[len(str(root)):].strip("/") if remote_uri else None
-    candidates = ([(parse_step(local[-1]), 1, local[-1])] if local else []) + \
-        ([(parse_step(remote), 0, remote)] if remote else [])
+    remote = remote_uri[len(str(root)) :].strip("/") if remote_uri else None
+    candidates = ([(parse_step(local[-1]), 1, local[-1])] if local else []) + (
+        [(parse_step(remote), 0, remote)] if remote else []
+    )
     if not candidates:
         return None
     stepped = [c for c in candidates if c[0] is not None]

@@ -50,8 +50,15 @@ _FOREIGN_MARK_LIFETIME = 24 * 3600.0
 def checkpoint_name(checkpoint_id: str | os.PathLike[str]) -> str:
     """A checkpoint's name under both roots: one directory name such as ``step_100``."""
     name = os.fspath(checkpoint_id)
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") \
-            or name.startswith(".") or any(ord(c) < 32 for c in name):
+    if (
+        not isinstance(name, str)
+        or not name
+        or "/" in name
+        or "\\" in name
+        or name in (".", "..")
+        or name.startswith(".")
+        or any(ord(c) < 32 for c in name)
+    ):
         raise ValueError(
             "a tiered checkpoint id is the name of one checkpoint under local_dir and s3_path, such as "
             f"'step_100' (no '/', not starting with '.'), not {name!r}"
@@ -140,9 +147,7 @@ def _newest_last(root: Path) -> list[str]:
     return [name for *_, name in sorted(found)]
 
 
-def prune_local(
-    root: Path, keep: int, *, current: str, own_stem: str, coordinator: bool
-) -> list[str]:
+def prune_local(root: Path, keep: int, *, current: str, own_stem: str, coordinator: bool) -> list[str]:
     """Remove local checkpoints beyond the newest ``keep``; return their names.
 
     Newest is by ``step_N``, then by directory time; unfinished directories

@@ -108,11 +108,18 @@ class TieredStorageReader(StorageReader):
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
         if self.name is None:
-            raise ValueError("TieredStorageReader needs a checkpoint name: dcp.load(state_dict, "
-                             "checkpoint_id='step_100', storage_reader=reader)")
+            raise ValueError(
+                "TieredStorageReader needs a checkpoint name: dcp.load(state_dict, "
+                "checkpoint_id='step_100', storage_reader=reader)"
+            )
         self.last_stats = []
-        self._s3 = S3StorageReader(self.region, str(self.s3_root.child(self.name)), self.s3client_config,
-                                   verify=self.verify, on_phase=self._collect)
+        self._s3 = S3StorageReader(
+            self.region,
+            str(self.s3_root.child(self.name)),
+            self.s3client_config,
+            verify=self.verify,
+            on_phase=self._collect,
+        )
         local = read_local_metadata(self._local_dir)
         if local is not None:
             self.source = "local"
@@ -156,7 +163,9 @@ class TieredStorageReader(StorageReader):
         return CheckpointNotFoundError(
             f"no complete checkpoint {self.name!r}: neither {local_metadata} nor "
             f"{self.s3_root.child(self.name or '')}/{METADATA_NAME} exists (wrong name, or its save "
-            "never finished)", bucket=error.bucket, key=error.key,
+            "never finished)",
+            bucket=error.bucket,
+            key=error.key,
         )
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
@@ -200,8 +209,12 @@ class TieredStorageReader(StorageReader):
                 got = _read_at(stream, info.offset, data)
             problem = _local_problem(info, data, got, self.verify)
             if problem:
-                log.warning("s3dcp: local copy damaged: %s item %r %s; reading it from S3", path,
-                            item.storage_index.fqn, problem)
+                log.warning(
+                    "s3dcp: local copy damaged: %s item %r %s; reading it from S3",
+                    path,
+                    item.storage_index.fqn,
+                    problem,
+                )
                 return None
             return data
 
@@ -225,11 +238,19 @@ class TieredStorageReader(StorageReader):
             finally:
                 for future in in_flight:
                     future.cancel()
-        self.last_stats.append(report_phase(
-            "load.local", rank=self.rank, checkpoint=str(self._local_dir), items=len(plan.items) - len(missing),
-            objects=len(by_file), requests=0, size=local_bytes, seconds=time.monotonic() - started,
-            callback=self.on_phase,
-        ))
+        self.last_stats.append(
+            report_phase(
+                "load.local",
+                rank=self.rank,
+                checkpoint=str(self._local_dir),
+                items=len(plan.items) - len(missing),
+                objects=len(by_file),
+                requests=0,
+                size=local_bytes,
+                seconds=time.monotonic() - started,
+                callback=self.on_phase,
+            )
+        )
         if missing:
             self._read_from_s3(missing, planner)
         future_done: Future[None] = Future()
@@ -243,8 +264,11 @@ class TieredStorageReader(StorageReader):
                 self._check_same_save(items)
             self._s3_reader().read_data(LoadPlan(items), planner).wait()
         except S3DCPError:
-            log.error("s3dcp: %d item(s) of the local copy %s are missing or damaged, and the S3 copy "
-                      "could not supply them", len(items), self._local_dir)
+            log.error(
+                "s3dcp: %d item(s) of the local copy %s are missing or damaged, and the S3 copy could not supply them",
+                len(items),
+                self._local_dir,
+            )
             raise
 
     def _check_same_save(self, items: list[ReadItem]) -> None:
@@ -259,8 +283,7 @@ class TieredStorageReader(StorageReader):
         theirs = s3_metadata.storage_meta.save_id if s3_metadata.storage_meta else None
         if self._save_id and theirs != self._save_id:
             raise self._local_damaged(
-                items, f"the S3 copy {s3.uri} is from another save (different save ids), so it cannot "
-                "stand in for them"
+                items, f"the S3 copy {s3.uri} is from another save (different save ids), so it cannot stand in for them"
             )
 
     def _local_damaged(self, items: list[ReadItem], why: str) -> CheckpointDamagedError:

@@ -77,8 +77,16 @@ DEFAULT_UPLOAD_TIMEOUT = 600.0
 _POLL_FIRST = 0.05
 _POLL_MAX = 1.0
 # errors that another attempt cannot fix
-_FINAL = (AccessDeniedError, BucketNotFoundError, CheckpointExistsError, CredentialsError, WrongRegionError,
-          UnsafeCheckpointError, FileNotFoundError, UploadFailedError)
+_FINAL = (
+    AccessDeniedError,
+    BucketNotFoundError,
+    CheckpointExistsError,
+    CredentialsError,
+    WrongRegionError,
+    UnsafeCheckpointError,
+    FileNotFoundError,
+    UploadFailedError,
+)
 
 
 @dataclass(frozen=True)
@@ -199,16 +207,21 @@ def _wait_for_ranks(job: UploadJob) -> None:
     deadline = job.clock() + job.timeout
     pause = _POLL_FIRST
     while True:
-        names = {entry["Key"][len(prefix):] for page in list_pages(client, uri.bucket, prefix)
-                 for entry in page.get("Contents", [])}
+        names = {
+            entry["Key"][len(prefix) :]
+            for page in list_pages(client, uri.bucket, prefix)
+            for entry in page.get("Contents", [])
+        }
         failed = [rank for rank in range(job.world_size) if f"rank_{rank}.failed" in names]
         if failed:
-            reasons = "; ".join(f"rank {rank}: {_failure_reason(job, job.marker(rank, failed=True))}"
-                                for rank in failed)
+            reasons = "; ".join(
+                f"rank {rank}: {_failure_reason(job, job.marker(rank, failed=True))}" for rank in failed
+            )
             raise UploadFailedError(
                 f"{_ranks_text(failed)} could not upload {'its' if len(failed) == 1 else 'their'} files of "
                 f"{job.name} to {uri} ({reasons}); the S3 copy stays uncommitted",
-                bucket=uri.bucket, key=job.marker(failed[0], failed=True),
+                bucket=uri.bucket,
+                key=job.marker(failed[0], failed=True),
             )
         missing = [rank for rank in range(job.world_size) if f"rank_{rank}" not in names]
         if not missing:
@@ -230,8 +243,7 @@ def _commit(job: UploadJob) -> None:
     if job.metadata is None:
         raise ValueError(f"the commit of {job.uri} needs the .metadata bytes: only the coordinator's job carries them")
     _wait_for_ranks(job)
-    commit_metadata(job.client, job.uri.bucket, job.uri.key(METADATA_NAME), job.metadata,
-                    exclusive=not job.overwrite)
+    commit_metadata(job.client, job.uri.bucket, job.uri.key(METADATA_NAME), job.metadata, exclusive=not job.overwrite)
 
 
 def _remove_markers(job: UploadJob) -> None:
@@ -239,8 +251,14 @@ def _remove_markers(job: UploadJob) -> None:
     try:
         delete_keys(job.client, job.uri.bucket, [job.marker(rank) for rank in range(job.world_size)])
     except S3DCPError as error:
-        log.warning("s3dcp committed %s but could not remove its upload markers under %s/%s/%s: %s",
-                    job.uri, job.uri, MARKERS, job.save_id, error)
+        log.warning(
+            "s3dcp committed %s but could not remove its upload markers under %s/%s/%s: %s",
+            job.uri,
+            job.uri,
+            MARKERS,
+            job.save_id,
+            error,
+        )
 
 
 def _retrying(job: UploadJob) -> tenacity.Retrying:
@@ -249,8 +267,16 @@ def _retrying(job: UploadJob) -> tenacity.Retrying:
     def retrying(state: tenacity.RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
         pause = state.next_action.sleep if state.next_action is not None else 0.0
-        log.warning("s3dcp upload of %s (rank %d) to %s failed (attempt %d of %d, retrying in %.1f s): %s",
-                    job.name, job.rank, job.uri, state.attempt_number, job.attempts, pause, error)
+        log.warning(
+            "s3dcp upload of %s (rank %d) to %s failed (attempt %d of %d, retrying in %.1f s): %s",
+            job.name,
+            job.rank,
+            job.uri,
+            state.attempt_number,
+            job.attempts,
+            pause,
+            error,
+        )
 
     return job.client.policy.retrying(job.sleep, on_retry=retrying).copy(
         stop=tenacity.stop_after_attempt(job.attempts),
@@ -275,18 +301,27 @@ def run_job(job: UploadJob) -> UploadStatus:
                 if job.metadata is not None:
                     _commit(job)
     except Exception as error:  # reported here, never dropped
-        status = replace(status, state="failed", error=f"{type(error).__name__}: {error}",
-                         seconds=job.clock() - job.queued_at)
+        status = replace(
+            status, state="failed", error=f"{type(error).__name__}: {error}", seconds=job.clock() - job.queued_at
+        )
         if not uploaded:
             _leave_failure_marker(job, status.error or "")
-        log.error("s3dcp upload failed: checkpoint=%s rank=%d uri=%s attempts=%d error=%s; the local copy %s "
-                  "is intact", job.name, job.rank, job.uri, status.attempts, status.error, job.checkpoint_dir)
+        log.error(
+            "s3dcp upload failed: checkpoint=%s rank=%d uri=%s attempts=%d error=%s; the local copy %s is intact",
+            job.name,
+            job.rank,
+            job.uri,
+            status.attempts,
+            status.error,
+            job.checkpoint_dir,
+        )
         _publish(job, status)
         return status
     if job.metadata is not None:
         _remove_markers(job)
-    status = replace(status, state="committed" if job.metadata is not None else "uploaded",
-                     seconds=job.clock() - job.queued_at)
+    status = replace(
+        status, state="committed" if job.metadata is not None else "uploaded", seconds=job.clock() - job.queued_at
+    )
     _publish(job, status)
     return status
 
@@ -308,9 +343,16 @@ def _leave_failure_marker(job: UploadJob, reason: str) -> None:
 
 def _publish(job: UploadJob, status: UploadStatus) -> None:
     if status.state in ("committed", "uploaded"):
-        log.info("s3dcp upload checkpoint=%s rank=%d state=%s files=%d bytes=%d seconds=%.3f uri=%s",
-                 status.checkpoint, status.rank, status.state, status.files, status.size, status.seconds,
-                 status.uri)
+        log.info(
+            "s3dcp upload checkpoint=%s rank=%d state=%s files=%d bytes=%d seconds=%.3f uri=%s",
+            status.checkpoint,
+            status.rank,
+            status.state,
+            status.files,
+            status.size,
+            status.seconds,
+            status.uri,
+        )
     if job.on_status is not None:
         try:
             job.on_status(status)
@@ -396,9 +438,13 @@ class TierUploader:
             self.wait(limit)
         except TimeoutError:
             left = self.pending()
-            log.error("s3dcp: exiting with %d upload(s) unfinished after %.0f s: %s; their local copies are "
-                      "intact (copy them with `s3dcp cp`, or call wait_for_uploads() before exiting)",
-                      len(left), limit, ", ".join(f"{job.name} (rank {job.rank})" for job in left))
+            log.error(
+                "s3dcp: exiting with %d upload(s) unfinished after %.0f s: %s; their local copies are "
+                "intact (copy them with `s3dcp cp`, or call wait_for_uploads() before exiting)",
+                len(left),
+                limit,
+                ", ".join(f"{job.name} (rank {job.rank})" for job in left),
+            )
 
     def _run(self) -> None:
         while True:
@@ -421,8 +467,9 @@ def _execute(job: UploadJob) -> UploadStatus:
         return run_job(job)
     except Exception as error:
         log.exception("s3dcp upload of %s (rank %d) failed unexpectedly", job.name, job.rank)
-        return UploadStatus(job.name, str(job.uri), job.rank, "failed", len(job.files), 0,
-                            error=f"{type(error).__name__}: {error}")
+        return UploadStatus(
+            job.name, str(job.uri), job.rank, "failed", len(job.files), 0, error=f"{type(error).__name__}: {error}"
+        )
     finally:
         if job.on_done is not None:
             try:

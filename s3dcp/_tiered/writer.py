@@ -136,12 +136,16 @@ class TieredStorageWriter(StorageWriter):
         on_phase: PhaseCallback | None = None,
     ) -> None:
         super().__init__()
-        for name, value, low in (("s3_every", s3_every, 0), ("thread_count", thread_count, 1),
-                                 ("upload_attempts", upload_attempts, 1)):
+        for name, value, low in (
+            ("s3_every", s3_every, 0),
+            ("thread_count", thread_count, 1),
+            ("upload_attempts", upload_attempts, 1),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
-        if keep_local is not None and (not isinstance(keep_local, int) or isinstance(keep_local, bool)
-                                       or keep_local < 1):
+        if keep_local is not None and (
+            not isinstance(keep_local, int) or isinstance(keep_local, bool) or keep_local < 1
+        ):
             raise ValueError(f"keep_local must be None or an int >= 1, got {keep_local!r}")
         if not upload_timeout > 0:
             raise ValueError(f"upload_timeout must be > 0 seconds, got {upload_timeout!r}")
@@ -178,8 +182,10 @@ class TieredStorageWriter(StorageWriter):
         self._prune_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return (f"TieredStorageWriter(local_dir={str(self.local_root)!r}, s3_path={str(self.s3_root)!r}, "
-                f"s3_every={self.s3_every}, background={self.background}, keep_local={self.keep_local})")
+        return (
+            f"TieredStorageWriter(local_dir={str(self.local_root)!r}, s3_path={str(self.s3_root)!r}, "
+            f"s3_every={self.s3_every}, background={self.background}, keep_local={self.keep_local})"
+        )
 
     # -- DCP's StorageWriter ---------------------------------------------------------
     @property
@@ -214,8 +220,7 @@ class TieredStorageWriter(StorageWriter):
     def prepare_local_plan(self, plan: SavePlan) -> SavePlan:
         if self.is_coordinator and (self._local_dir / METADATA_NAME).exists() and not self.overwrite:
             raise CheckpointExistsError(
-                f"{self._local_dir} already holds a complete checkpoint; save under a new name "
-                "or pass overwrite=True"
+                f"{self._local_dir} already holds a complete checkpoint; save under a new name or pass overwrite=True"
             )
         return plan
 
@@ -229,8 +234,10 @@ class TieredStorageWriter(StorageWriter):
         # un-commit the old local copy before any of its files is replaced
         (self._local_dir / METADATA_NAME).unlink(missing_ok=True)
         save_id = str(uuid.uuid4())
-        return [dataclasses.replace(plan, storage_data=_TierPlan(stem, to_s3, len(plans), save_id))
-                for plan, stem in zip(plans, stems)]
+        return [
+            dataclasses.replace(plan, storage_data=_TierPlan(stem, to_s3, len(plans), save_id))
+            for plan, stem in zip(plans, stems)
+        ]
 
     def write_data(self, plan: SavePlan, planner: SavePlanner) -> Future[list[WriteResult]]:
         tier: _TierPlan = plan.storage_data
@@ -241,15 +248,19 @@ class TieredStorageWriter(StorageWriter):
         self._local_dir.mkdir(parents=True, exist_ok=True)
 
         def write_file(index: int) -> list[WriteResult]:
-            return write_shard_file(self._local_dir, relatives[index], buckets[index], planner,
-                                    sync=self.sync_files)
+            return write_shard_file(self._local_dir, relatives[index], buckets[index], planner, sync=self.sync_files)
 
         results: list[WriteResult] = []
         with ThreadPoolExecutor(max(1, len(buckets)), thread_name_prefix="s3dcp-local") as files:
             for written in files.map(write_file, range(len(buckets))):
                 results.extend(written)
-        self._report("save.local", items=len(results), objects=len(buckets),
-                     size=sum(r.size_in_bytes for r in results), started=started)
+        self._report(
+            "save.local",
+            items=len(results),
+            objects=len(buckets),
+            size=sum(r.size_in_bytes for r in results),
+            started=started,
+        )
         if tier.to_s3:
             self._upload(self._job(relatives, tier))
         if not self.is_coordinator:
@@ -285,8 +296,10 @@ class TieredStorageWriter(StorageWriter):
         failed = [s for s in statuses if s.state == "failed"]
         if failed:
             listed = "; ".join(f"{s.checkpoint} (rank {s.rank}): {s.error}" for s in failed)
-            raise UploadFailedError(f"{len(failed)} upload(s) to {self.s3_root} failed: {listed}. "
-                                    "The local copies are intact; copy them with `s3dcp cp` once S3 works")
+            raise UploadFailedError(
+                f"{len(failed)} upload(s) to {self.s3_root} failed: {listed}. "
+                "The local copies are intact; copy them with `s3dcp cp` once S3 works"
+            )
         return statuses
 
     def upload_statuses(self) -> list[UploadStatus]:
@@ -296,9 +309,16 @@ class TieredStorageWriter(StorageWriter):
 
     def _job(self, relatives: list[str], tier: _TierPlan) -> UploadJob:
         return UploadJob(
-            client=self._client, checkpoint_dir=self._local_dir, uri=self.s3_root.child(self._name()),
-            rank=self.rank, world_size=tier.world_size, save_id=tier.save_id, files=relatives,
-            overwrite=self.overwrite, attempts=self.upload_attempts, timeout=self.upload_timeout,
+            client=self._client,
+            checkpoint_dir=self._local_dir,
+            uri=self.s3_root.child(self._name()),
+            rank=self.rank,
+            world_size=tier.world_size,
+            save_id=tier.save_id,
+            files=relatives,
+            overwrite=self.overwrite,
+            attempts=self.upload_attempts,
+            timeout=self.upload_timeout,
             on_status=self.on_upload,
         )
 
@@ -317,16 +337,24 @@ class TieredStorageWriter(StorageWriter):
             return
         status = uploader().run_now(job)
         if status.state == "failed":
-            raise UploadFailedError(f"copying {self.name} to {job.uri} failed: {status.error}; the local copy "
-                                    f"{self._local_dir} is complete", bucket=job.uri.bucket)
+            raise UploadFailedError(
+                f"copying {self.name} to {job.uri} failed: {status.error}; the local copy "
+                f"{self._local_dir} is complete",
+                bucket=job.uri.bucket,
+            )
 
     def _prune(self) -> None:
         """Local retention; runs after each save and after each upload ends (on its thread)."""
         if self.keep_local is None or self._plan is None or self.name is None:
             return
         with self._prune_lock:
-            removed = prune_local(self.local_root, self.keep_local, current=self.name, own_stem=self._plan.stem,
-                                  coordinator=self.is_coordinator)
+            removed = prune_local(
+                self.local_root,
+                self.keep_local,
+                current=self.name,
+                own_stem=self._plan.stem,
+                coordinator=self.is_coordinator,
+            )
         if removed:
             log.info("s3dcp local retention removed %s from %s", ", ".join(removed), self.local_root)
 
@@ -340,7 +368,16 @@ class TieredStorageWriter(StorageWriter):
         return self.name
 
     def _report(self, phase: str, *, items: int, objects: int, size: int, started: float) -> None:
-        self.last_stats.append(report_phase(
-            phase, rank=self.rank, checkpoint=str(self._local_dir), items=items, objects=objects, requests=0,
-            size=size, seconds=time.monotonic() - started, callback=self.on_phase,
-        ))
+        self.last_stats.append(
+            report_phase(
+                phase,
+                rank=self.rank,
+                checkpoint=str(self._local_dir),
+                items=items,
+                objects=objects,
+                requests=0,
+                size=size,
+                seconds=time.monotonic() - started,
+                callback=self.on_phase,
+            )
+        )

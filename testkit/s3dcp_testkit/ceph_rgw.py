@@ -131,8 +131,18 @@ class _Cluster:
         self._write_conf()
 
         monmap = str(self.dir / "monmap")
-        self._run(["monmaptool", "--create", "--fsid", self.fsid, "--addv", MON.removeprefix("mon."),
-                   f"[v2:127.0.0.1:{self.mon_port}]", monmap])
+        self._run(
+            [
+                "monmaptool",
+                "--create",
+                "--fsid",
+                self.fsid,
+                "--addv",
+                MON.removeprefix("mon."),
+                f"[v2:127.0.0.1:{self.mon_port}]",
+                monmap,
+            ]
+        )
         self._run(["ceph-mon", "-c", str(self.conf), "-n", MON, "--mkfs", "--monmap", monmap], log=self._log(MON))
         self._spawn("ceph-mon", MON)
         self._wait("mon", self._mon_answers)
@@ -147,8 +157,23 @@ class _Cluster:
 
         self._spawn("radosgw", RGW)
         self._wait("radosgw", self._rgw_answers)
-        self._run(["radosgw-admin", "-c", str(self.conf), "user", "create", "--uid", USER_ID,
-                   "--display-name", "s3dcp tests", "--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+        self._run(
+            [
+                "radosgw-admin",
+                "-c",
+                str(self.conf),
+                "user",
+                "create",
+                "--uid",
+                USER_ID,
+                "--display-name",
+                "s3dcp tests",
+                "--access-key",
+                ACCESS_KEY,
+                "--secret-key",
+                SECRET_KEY,
+            ]
+        )
         for endpoint in (self.http, self.https):
             self._wait(f"ListBuckets on {endpoint}", functools.partial(self._list_buckets, endpoint))
 
@@ -264,7 +289,10 @@ rgw enable lc threads = false
         with open(self.dir / "log" / f"{name}.out", "wb") as output:
             daemon = subprocess.Popen(
                 [binary, "-f", "-c", str(self.conf), "-n", name],
-                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         self.daemons[name] = daemon
         with open(self.dir / "pids", "a") as pids:
@@ -281,8 +309,9 @@ rgw enable lc threads = false
         while True:
             for name, daemon in self.daemons.items():
                 if daemon.poll() is not None:
-                    raise StartError(f"{name} exited (status {daemon.returncode}) while waiting for {what}",
-                                     self._log(name))
+                    raise StartError(
+                        f"{name} exited (status {daemon.returncode}) while waiting for {what}", self._log(name)
+                    )
             if ready():
                 _note(f"{what} ready after {time.monotonic() - self.started:.1f} s")
                 return

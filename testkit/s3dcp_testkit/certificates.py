@@ -48,12 +48,42 @@ def make_certificate(directory: Path, days: int = 30, timeout: float = 60.0) -> 
     )
     new_key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     for args in (
-        ["req", "-x509", *new_key, "-keyout", ca_key, "-out", ca, "-days", days,
-         "-subj", "/CN=s3dcp throw-away test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        [
+            "req",
+            "-x509",
+            *new_key,
+            "-keyout",
+            ca_key,
+            "-out",
+            ca,
+            "-days",
+            days,
+            "-subj",
+            "/CN=s3dcp throw-away test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
         ["req", "-new", *new_key, "-keyout", key, "-out", request, "-subj", "/CN=localhost"],
-        ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-set_serial", uuid.uuid4().int >> 1,
-         "-days", days, "-extfile", extensions, "-out", cert],
+        [
+            "x509",
+            "-req",
+            "-in",
+            request,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-set_serial",
+            uuid.uuid4().int >> 1,
+            "-days",
+            days,
+            "-extfile",
+            extensions,
+            "-out",
+            cert,
+        ],
     ):
         subprocess.run([openssl, *map(str, args)], check=True, capture_output=True, timeout=timeout)
     return Certificate(ca, cert, key)

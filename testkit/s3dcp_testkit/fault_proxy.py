@@ -209,8 +209,7 @@ class FaultProxy:
         """
         share = rate / len(actions)
         return [
-            self.add_rule(action, probability=share / (1 - i * share), **options)
-            for i, action in enumerate(actions)
+            self.add_rule(action, probability=share / (1 - i * share), **options) for i, action in enumerate(actions)
         ]
 
     def clear(self) -> None:
@@ -240,8 +239,7 @@ class FaultProxy:
         return [
             r
             for r in records
-            if (method is None or r.method == method)
-            and (path_pattern is None or re.search(path_pattern, r.path))
+            if (method is None or r.method == method) and (path_pattern is None or re.search(path_pattern, r.path))
         ]
 
     def _pick_rule(self, method: str, path: str, query: str, headers: Any) -> Rule | None:
@@ -391,7 +389,14 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
             rule = proxy._pick_rule(self.command, path, split.query, self.headers)
             action = rule.action if rule else None
             record = Record(
-                self.command, path, split.query, self.headers.get("Range"), 0, len(body), 0, action,
+                self.command,
+                path,
+                split.query,
+                self.headers.get("Range"),
+                0,
+                len(body),
+                0,
+                action,
                 headers={k.lower(): v for k, v in self.headers.items()},
                 body_crc32=base64.b64encode(zlib.crc32(body).to_bytes(4, "big")).decode(),
                 body_md5=base64.b64encode(hashlib.md5(body).digest()).decode(),

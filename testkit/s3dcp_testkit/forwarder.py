@@ -43,15 +43,22 @@ def _unsigned_aws_chunked(headers: list[tuple[str, str]]) -> bool:
 
 def _plain_body_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Headers for the same request with its aws-chunked body decoded (the trailing checksum is dropped)."""
-    dropped = {"content-length", "transfer-encoding", "x-amz-content-sha256", "x-amz-trailer",
-               "x-amz-decoded-content-length"}
+    dropped = {
+        "content-length",
+        "transfer-encoding",
+        "x-amz-content-sha256",
+        "x-amz-trailer",
+        "x-amz-decoded-content-length",
+    }
     plain = [(k, v) for k, v in headers if k.lower() not in dropped and k.lower() != "content-encoding"]
     encodings = [e.strip() for e in (header(headers, "content-encoding") or "").split(",")]
     encodings = [e for e in encodings if e and e != "aws-chunked"]
     if encodings:
         plain.append(("Content-Encoding", ", ".join(encodings)))
-    plain += [("Content-Length", header(headers, "x-amz-decoded-content-length") or "0"),
-              ("x-amz-content-sha256", "UNSIGNED-PAYLOAD")]
+    plain += [
+        ("Content-Length", header(headers, "x-amz-decoded-content-length") or "0"),
+        ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+    ]
     return plain
 
 

@@ -104,8 +104,13 @@ def _copy_source(headers: list[tuple[str, str]]) -> str:
 
 
 def _answer(
-    operation: str, bucket: str, key: str, query: dict[str, list[str]], headers: list[tuple[str, str]],
-    size: int, sizes: _Sizes,
+    operation: str,
+    bucket: str,
+    key: str,
+    query: dict[str, list[str]],
+    headers: list[tuple[str, str]],
+    size: int,
+    sizes: _Sizes,
 ) -> tuple[int, dict[str, str], bytes | int]:
     """Status, extra headers and body (bytes, or a number of zero bytes) for one S3 operation."""
     path = f"{bucket}/{key}"
@@ -137,7 +142,7 @@ def _answer(
         sizes.finish(upload_id, path)
         body = (
             f"{_XML}<CompleteMultipartUploadResult {_NS}><Location>/{bucket}/{_escape(key)}</Location>"
-            f"<Bucket>{bucket}</Bucket><Key>{_escape(key)}</Key><ETag>\"{uuid.uuid4().hex}-1\"</ETag>"
+            f'<Bucket>{bucket}</Bucket><Key>{_escape(key)}</Key><ETag>"{uuid.uuid4().hex}-1"</ETag>'
             "</CompleteMultipartUploadResult>"
         )
         return 200, {}, body.encode()

@@ -8,9 +8,9 @@ first, so the growth is what the save or load itself added.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 import sys
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.distributed.checkpoint as dcp

@@ -16,7 +16,6 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from s3dcp import S3StorageReader, S3StorageWriter
-from s3dcp._cli import main
 from tests.conftest import REGION, list_keys
 from tests.helpers import run_cli as run
 from tests.integration.test_roundtrip import mixed_state_dict

@@ -31,10 +31,20 @@ def test_listing_and_cleanup_commands_never_import_torch(s3_env: Any, s3: Any, b
     s3.put_object(Bucket=bucket, Key="run/step_1/__0_0.distcp", Body=b"an unfinished save")
     s3.put_object(Bucket=bucket, Key="run/step_2/.metadata", Body=b"not a pickle")  # damaged: read without torch
     uri = f"s3://{bucket}/run"
-    commands = [["ls", uri], ["ls", "--json", uri], ["rm", "--dry-run", f"{uri}/step_1"],
-                ["prune", "--dry-run", uri, "--keep", "1"], ["gc", "--dry-run", uri]]
-    result = subprocess.run([sys.executable, "-c", _TORCH_FREE, json.dumps(commands)], capture_output=True,
-                            text=True, env=dict(os.environ), timeout=120)
+    commands = [
+        ["ls", uri],
+        ["ls", "--json", uri],
+        ["rm", "--dry-run", f"{uri}/step_1"],
+        ["prune", "--dry-run", uri, "--keep", "1"],
+        ["gc", "--dry-run", uri],
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", _TORCH_FREE, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
     report = json.loads(result.stderr.strip().splitlines()[-1])
     assert report == {"codes": [0, 0, 0, 0, 0, 0], "torch": False}, result.stderr
     assert "DAMAGED" in result.stdout
@@ -46,8 +56,14 @@ def test_a_closed_output_pipe_ends_quietly(s3_env: Any, s3: Any, bucket: str) ->
     read_end, write_end = os.pipe()
     os.close(read_end)  # like `| head -1` once head has gone: nobody will ever read
     try:
-        result = subprocess.run([sys.executable, "-m", "s3dcp", "ls", f"s3://{bucket}/run"], stdout=write_end,
-                                stderr=subprocess.PIPE, text=True, env=dict(os.environ), timeout=120)
+        result = subprocess.run(
+            [sys.executable, "-m", "s3dcp", "ls", f"s3://{bucket}/run"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+            timeout=120,
+        )
     finally:
         os.close(write_end)
     assert (result.returncode, result.stderr) == (141, "")
@@ -60,8 +76,11 @@ def test_global_options_go_before_or_after_the_command(
     s3_env.delenv("AWS_ENDPOINT_URL")
     s3.put_object(Bucket=bucket, Key="run/step_7/__0_0.distcp", Body=b"x")
     uri = f"s3://{bucket}/run"
-    for argv in (["--endpoint-url", endpoint, "ls", uri], ["ls", uri, "--endpoint-url", endpoint],
-                 ["--endpoint-url", "http://127.0.0.1:9", "ls", "--endpoint-url", endpoint, uri]):
+    for argv in (
+        ["--endpoint-url", endpoint, "ls", uri],
+        ["ls", uri, "--endpoint-url", endpoint],
+        ["--endpoint-url", "http://127.0.0.1:9", "ls", "--endpoint-url", endpoint, uri],
+    ):
         assert main(argv) == 0, argv
         assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["7", "NO"]
     args = build_parser().parse_args(["--region", "eu-west-1", "--profile", "p", "gc", uri])

@@ -25,8 +25,10 @@ STRAY = 8 * 1024
 
 
 def save(bucket: str, path: str) -> None:
-    dcp.save({"w": torch.arange(32, dtype=torch.float32), "step": path},
-             storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/{path}"))
+    dcp.save(
+        {"w": torch.arange(32, dtype=torch.float32), "step": path},
+        storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/{path}"),
+    )
 
 
 def with_strays(s3: Any, bucket: str, path: str) -> None:
@@ -67,7 +69,11 @@ def test_ls_and_info_count_what_the_metadata_references_and_report_strays(
     code, out, _ = run(capsys, "ls", "--json", f"s3://{bucket}/run")
     listed = json.loads(out)
     assert [(c["step"], c["complete"], c["size_bytes"], c["stray_objects"], c["stray_bytes"]) for c in listed][0] == (
-        2, True, committed, 2, 2 * STRAY
+        2,
+        True,
+        committed,
+        2,
+        2 * STRAY,
     )
     assert set(listed[0]) >= {"uri", "num_objects", "last_modified", "damaged"}
 

@@ -14,7 +14,8 @@ import torch.distributed.checkpoint as dcp
 from s3dcp import CheckpointExistsError, RoundRobinPrefixStrategy, S3StorageReader, S3StorageWriter
 from s3dcp._copy import copy_checkpoint
 from tests.conftest import REGION, list_keys
-from tests.helpers import assert_same, blank_like, run_cli as run
+from tests.helpers import assert_same, blank_like
+from tests.helpers import run_cli as run
 from tests.integration.test_roundtrip import mixed_state_dict
 
 pytestmark = pytest.mark.s3
@@ -124,13 +125,17 @@ def test_cp_to_a_directory_creates_files_with_the_mode_of_a_plain_create(
     s3_env: Any, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], umask_027: int
 ) -> None:
     state = {"w": torch.arange(16, dtype=torch.float32)}
-    dcp.save(state, storage_writer=S3StorageWriter(
-        REGION, f"s3://{bucket}/src", prefix_strategy=RoundRobinPrefixStrategy(["group"])
-    ))
+    dcp.save(
+        state,
+        storage_writer=S3StorageWriter(
+            REGION, f"s3://{bucket}/src", prefix_strategy=RoundRobinPrefixStrategy(["group"])
+        ),
+    )
     assert run(capsys, "cp", f"s3://{bucket}/src", str(tmp_path / "out"))[0] == 0
     files = [path for path in (tmp_path / "out").rglob("*") if path.is_file()]
     assert sorted(path.relative_to(tmp_path / "out").as_posix() for path in files) == [
-        ".metadata", "group/__0_0.distcp",
+        ".metadata",
+        "group/__0_0.distcp",
     ]
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask_027, path

@@ -13,9 +13,10 @@ import torch.distributed.checkpoint as dcp
 from s3dcp import CheckpointDamagedError, CheckpointNotFoundError, S3StorageReader, S3StorageWriter
 from s3dcp._cli import human_bytes
 from s3dcp._copy import copy_checkpoint
-from tests.conftest import REGION, list_keys
-from tests.helpers import assert_same, blank_like, run_cli as run
 from s3dcp_testkit.fault_proxy import FaultProxy
+from tests.conftest import REGION, list_keys
+from tests.helpers import assert_same, blank_like
+from tests.helpers import run_cli as run
 
 pytestmark = pytest.mark.s3
 
@@ -53,8 +54,14 @@ def scramble(s3: Any, bucket: str, key: str) -> None:
     ],
 )
 def test_a_damaged_source_is_refused_before_the_destination_changes(
-    s3_env: Any, s3: Any, bucket: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    damage: Any, key: str, said: str,
+    s3_env: Any,
+    s3: Any,
+    bucket: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damage: Any,
+    key: str,
+    said: str,
 ) -> None:
     save(f"s3://{bucket}/src", NEW)
     save(f"s3://{bucket}/dst", OLD)
@@ -93,8 +100,9 @@ def test_strays_of_the_source_are_left_behind_and_counted(
     s3.put_object(Bucket=bucket, Key="src/0000/__0_0.distcp", Body=b"s" * 1024)
     s3.put_object(Bucket=bucket, Key="src/notes.txt", Body=b"not the checkpoint's")
     save(f"s3://{bucket}/src/nested", OLD)  # another checkpoint, not src's
-    copied = {key: size for key, size in list_keys(s3, bucket, "src/").items()
-              if key in ("src/.metadata", "src/__0_0.distcp")}
+    copied = {
+        key: size for key, size in list_keys(s3, bucket, "src/").items() if key in ("src/.metadata", "src/__0_0.distcp")
+    }
 
     code, out, _ = run(capsys, "cp", f"s3://{bucket}/src", f"s3://{bucket}/dst")
     assert code == 0

@@ -19,7 +19,8 @@ from s3dcp import RoundRobinPrefixStrategy, S3StorageReader, S3StorageWriter
 from s3dcp._cli import cmd_cp, human_bytes
 from s3dcp_testkit.fault_proxy import FaultProxy
 from tests.conftest import REGION, list_keys
-from tests.helpers import assert_same, blank_like, run_cli as run
+from tests.helpers import assert_same, blank_like
+from tests.helpers import run_cli as run
 
 pytestmark = pytest.mark.s3
 
@@ -65,7 +66,11 @@ def test_s3_overwrite_without_replaced_objects_keeps_the_old_commit_until_the_ne
     loads_as(NEW, S3StorageReader(REGION, f"s3://{bucket}/dst"))
     loads_as(OLD, S3StorageReader(REGION, f"s3://{bucket}/dst/nested"))
     assert sorted(list_keys(s3, bucket, "dst/")) == [
-        "dst/.metadata", "dst/__0_0.distcp", "dst/nested/.metadata", "dst/nested/__0_0.distcp", "dst/notes.txt",
+        "dst/.metadata",
+        "dst/__0_0.distcp",
+        "dst/nested/.metadata",
+        "dst/nested/__0_0.distcp",
+        "dst/notes.txt",
     ]
     assert "removed 1 stray object(s)" in out
 
@@ -165,8 +170,15 @@ def test_a_dry_run_says_what_would_be_copied_replaced_and_removed_and_changes_no
     s3.put_object(Bucket=bucket, Key="src/__1_0.distcp", Body=b"s" * 2048)
     save(f"s3://{bucket}/dst", OLD, group="old")
     before = {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read() for key in list_keys(s3, bucket)}
-    args = argparse.Namespace(source=f"s3://{bucket}/src", destination=f"s3://{bucket}/dst", overwrite=True,
-                              dry_run=True, region=None, endpoint_url=None, profile=None)
+    args = argparse.Namespace(
+        source=f"s3://{bucket}/src",
+        destination=f"s3://{bucket}/dst",
+        overwrite=True,
+        dry_run=True,
+        region=None,
+        endpoint_url=None,
+        profile=None,
+    )
     assert cmd_cp(args) == 0
     lines = capsys.readouterr().out.splitlines()
     stray = human_bytes(list_keys(s3, bucket)["dst/old/__0_0.distcp"])

@@ -39,8 +39,9 @@ def saved(bucket: str) -> tuple[str, dict[str, Any]]:
 def load_error(uri: str, config: S3ClientConfig | None = None) -> Any:
     """The s3dcp error a DCP load of ``uri`` ends in."""
     with pytest.raises(CheckpointException) as raised:
-        dcp.load({"first": torch.zeros(64), "second": torch.zeros(64)},
-                 storage_reader=S3StorageReader(REGION, uri, config))
+        dcp.load(
+            {"first": torch.zeros(64), "second": torch.zeros(64)}, storage_reader=S3StorageReader(REGION, uri, config)
+        )
     return s3dcp_error(raised.value)
 
 

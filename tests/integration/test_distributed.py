@@ -81,7 +81,7 @@ def test_dtensor_checkpoint_reshards_to_another_world_size(
     uri = f"s3://{bucket}/dtensor"
     run_ranks(save_world, save_dtensors, uri, env=aws_env())
     keys = list_keys(s3, bucket, "dtensor/")
-    assert f"dtensor/.metadata" in keys
+    assert "dtensor/.metadata" in keys
     # the replicated tensor (16 KiB) is stored once, not once per rank
     replicated_bytes = 64 * 64 * 4
     shard_bytes = sum(size for key, size in keys.items() if key.endswith(".distcp"))
@@ -152,9 +152,7 @@ def load_fsdp_and_check(rank: int, world_size: int, uri: str, reference: str) ->
 
 
 @needs_fsdp2_on_cpu
-def test_fsdp2_model_and_optimizer_reshard_from_4_to_2_ranks(
-    s3_env: Any, bucket: str, tmp_path: Path
-) -> None:
+def test_fsdp2_model_and_optimizer_reshard_from_4_to_2_ranks(s3_env: Any, bucket: str, tmp_path: Path) -> None:
     uri, reference = f"s3://{bucket}/fsdp", str(tmp_path / "reference.pt")
     run_ranks(4, save_fsdp, uri, reference, env=aws_env())
     run_ranks(2, load_fsdp_and_check, uri, reference, env=aws_env())
@@ -249,8 +247,11 @@ def test_ranks_upload_their_shards_without_waiting_for_rank_0(proxied_env: Any, 
         deadline = time.monotonic() + 120
         done: set[str] = set()
         while done != others and time.monotonic() < deadline and ranks.is_alive():
-            done = {r.path.rsplit("/", 1)[1] for r in proxy.requests("PUT", r"/parallel/__[12]_0\.distcp$")
-                    if r.status == 200}
+            done = {
+                r.path.rsplit("/", 1)[1]
+                for r in proxy.requests("PUT", r"/parallel/__[12]_0\.distcp$")
+                if r.status == 200
+            }
             hold.released.wait(0.05)  # poll the proxy's records; nothing is released here
         assert done == others, f"with rank 0 held, only {sorted(done)} of the other ranks' shards were stored"
     finally:

@@ -57,9 +57,7 @@ def test_non_string_path_raises_type_error(cls: Any) -> None:
         cls(REGION, 123)
 
 
-@pytest.mark.parametrize(
-    "uri", ["s3://bucket/run/step_1", "s3://my.bucket-1/x", "s3://name--usw2-az1--x-s3/ckpt"]
-)
+@pytest.mark.parametrize("uri", ["s3://bucket/run/step_1", "s3://my.bucket-1/x", "s3://name--usw2-az1--x-s3/ckpt"])
 def test_valid_uris_are_accepted(uri: str, clean_aws_env: Any) -> None:
     assert S3StorageWriter.validate_checkpoint_id(uri)
     assert S3StorageReader(REGION, uri).checkpoint_id == uri
@@ -126,9 +124,7 @@ def test_unfinished_save_is_not_a_checkpoint(s3_env: Any, s3: Any, bucket: str) 
     assert isinstance(s3dcp_error(raised.value), CheckpointNotFoundError)
 
 
-def test_saving_over_a_complete_checkpoint_is_refused_and_changes_nothing(
-    s3_env: Any, s3: Any, bucket: str
-) -> None:
+def test_saving_over_a_complete_checkpoint_is_refused_and_changes_nothing(s3_env: Any, s3: Any, bucket: str) -> None:
     uri = f"s3://{bucket}/run/step_1"
     dcp.save({"w": torch.zeros(4)}, storage_writer=S3StorageWriter(REGION, uri))
     before = {k: s3.head_object(Bucket=bucket, Key=k)["ETag"] for k in list_keys(s3, bucket)}
@@ -205,9 +201,7 @@ def _untrusted_https_server(directory: Any) -> Any:
     return server
 
 
-def test_an_untrusted_tls_certificate_fails_at_once_and_says_what_to_set(
-    s3_env: Any, tmp_path: Any
-) -> None:
+def test_an_untrusted_tls_certificate_fails_at_once_and_says_what_to_set(s3_env: Any, tmp_path: Any) -> None:
     server = _untrusted_https_server(tmp_path)
     try:
         s3_env.setenv("AWS_ENDPOINT_URL", f"https://127.0.0.1:{server.server_address[1]}")

@@ -51,9 +51,7 @@ def mixed_state(seed: int = 3) -> dict[str, Any]:
     }
 
 
-def test_save_and_load_survive_30_percent_faults(
-    proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str
-) -> None:
+def test_save_and_load_survive_30_percent_faults(proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str) -> None:
     """About 30% of some 400 requests fail, each fault kind some 25 times."""
     state = mixed_state()
     path = f"s3://{bucket}/flaky"
@@ -127,9 +125,7 @@ def test_access_denied_fails_after_one_request(proxied_env: Any, proxy: FaultPro
     assert len(proxy.requests()) == 1
 
 
-def test_a_lost_commit_answer_is_not_taken_for_a_rival_save(
-    proxied_env: Any, proxy: FaultProxy, bucket: str
-) -> None:
+def test_a_lost_commit_answer_is_not_taken_for_a_rival_save(proxied_env: Any, proxy: FaultProxy, bucket: str) -> None:
     """The .metadata PUT lands but its answer is lost; the retry meets our own object."""
     proxy.add_rule("lose_answer", method="PUT", key_pattern=r"\.metadata$", count=1)
     state = {"w": torch.arange(10.0)}
@@ -159,9 +155,7 @@ def test_a_lost_complete_answer_is_checked_against_the_stored_etag(
     assert_same(state, loaded)
 
 
-def test_two_saves_racing_for_one_path_commit_once(
-    proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str
-) -> None:
+def test_two_saves_racing_for_one_path_commit_once(proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str) -> None:
     """Another job commits while ours is mid-save: ours must not replace its .metadata."""
     path = f"s3://{bucket}/race"
     hold = proxy.add_rule("hold", method="PUT", key_pattern=r"race/__0_0\.distcp$", count=1)

@@ -28,7 +28,6 @@ from tests.helpers import MIB, assert_same, blank_like, s3dcp_error
 pytestmark = pytest.mark.s3
 
 
-
 def stored_metadata(s3: Any, bucket: str, prefix: str) -> Any:
     """The test reads its own checkpoint's metadata with plain pickle (it wrote it)."""
     return pickle.loads(s3.get_object(Bucket=bucket, Key=f"{prefix}/.metadata")["Body"].read())
@@ -99,9 +98,7 @@ def test_metadata_that_would_run_code_is_refused_before_it_runs(
     assert not marker.exists()
 
 
-def test_a_non_tensor_item_that_would_run_code_is_refused(
-    s3_env: Any, bucket: str, tmp_path: Path
-) -> None:
+def test_a_non_tensor_item_that_would_run_code_is_refused(s3_env: Any, bucket: str, tmp_path: Path) -> None:
     marker = tmp_path / "item-ran"
     path = f"s3://{bucket}/evil-item"
     dcp.save({"w": torch.ones(3), "extra": _RunsCode(marker)}, storage_writer=S3StorageWriter(REGION, path))
@@ -117,9 +114,7 @@ def test_a_non_tensor_item_that_would_run_code_is_refused(
 @pytest.mark.parametrize(
     "bad_path", ["../other/__0_0.distcp", "/abs/__0_0.distcp", "s3://other-bucket/x.distcp", "a/../../x"]
 )
-def test_object_paths_that_leave_the_checkpoint_are_refused(
-    s3_env: Any, s3: Any, bucket: str, bad_path: str
-) -> None:
+def test_object_paths_that_leave_the_checkpoint_are_refused(s3_env: Any, s3: Any, bucket: str, bad_path: str) -> None:
     dcp.save({"w": torch.ones(3)}, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/escape/ckpt"))
     s3.put_object(Bucket=bucket, Key="escape/other/__0_0.distcp", Body=b"not yours")
     metadata = stored_metadata(s3, bucket, "escape/ckpt")
@@ -141,9 +136,7 @@ def test_plain_values_and_registered_types_still_load(s3_env: Any, bucket: str) 
     assert_same(state, loaded)
 
 
-def test_the_secret_key_never_shows(
-    s3_env: Any, s3_server: Any, bucket: str, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_the_secret_key_never_shows(s3_env: Any, s3_server: Any, bucket: str, caplog: pytest.LogCaptureFixture) -> None:
     """Not in repr, not in a failed save's error text or traceback, not in debug logs."""
     import traceback
 

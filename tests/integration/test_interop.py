@@ -48,9 +48,7 @@ def test_s3dcp_checkpoint_loads_with_filesystem_reader(
     assert_same(state, loaded)
 
 
-def test_prefixed_layout_loads_with_filesystem_reader(
-    s3_env: Any, s3: Any, bucket: str, tmp_path: Path
-) -> None:
+def test_prefixed_layout_loads_with_filesystem_reader(s3_env: Any, s3: Any, bucket: str, tmp_path: Path) -> None:
     state = {"w": torch.randn(8, 8), "step": 4}
     writer = S3StorageWriter(
         REGION, f"s3://{bucket}/ckpt", prefix_strategy=RoundRobinPrefixStrategy(["a", "b"], epoch_num=2)
@@ -88,7 +86,10 @@ def test_shard_bytes_equal_filesystem_writer_bytes(
     ``mixed`` holds plain values too, which both writers store before the tensors.
     """
     if kind == "tensors":
-        state: dict[str, Any] = {"a": torch.arange(1000, dtype=torch.float32), "b": torch.ones(3, 3, dtype=torch.bfloat16)}
+        state: dict[str, Any] = {
+            "a": torch.arange(1000, dtype=torch.float32),
+            "b": torch.ones(3, 3, dtype=torch.bfloat16),
+        }
     else:
         state = mixed_state_dict()
     extensions: list[Any] = []

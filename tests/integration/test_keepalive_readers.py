@@ -36,7 +36,9 @@ def small_state() -> dict[str, Any]:
 
 
 @pytest.fixture(params=["http", "https"])
-def keepalive(request: pytest.FixtureRequest, s3_env: pytest.MonkeyPatch, s3_server: target.TestServer) -> Iterator[FaultProxy]:
+def keepalive(
+    request: pytest.FixtureRequest, s3_env: pytest.MonkeyPatch, s3_server: target.TestServer
+) -> Iterator[FaultProxy]:
     """The proxy in front of the test server, plain or TLS, with the environment pointing at it."""
     with FaultProxy(s3_server.http_endpoint_url, tls=request.param == "https") as proxy:
         s3_env.setenv("AWS_ENDPOINT_URL", proxy.endpoint_url)
@@ -55,8 +57,9 @@ class ReaderSpy:
         self.received = 0
         original = s3dcp._s3.body._socket_reader
 
-        def spy(stream: Any, response: Any, buffered: Any, length: int, receive: Callable[[memoryview], int],
-                where: str) -> Any:
+        def spy(
+            stream: Any, response: Any, buffered: Any, length: int, receive: Callable[[memoryview], int], where: str
+        ) -> Any:
             self.kinds.append(getattr(receive, "__name__", ""))
 
             def counting(view: memoryview) -> int:

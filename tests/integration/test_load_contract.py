@@ -82,11 +82,10 @@ def test_load_under_inference_mode_into_inference_tensors(s3_env: Any, bucket: s
 
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
 @pytest.mark.parametrize(
-    "mode", ["no_grad", "enable_grad", "inference", "autocast"],
+    "mode",
+    ["no_grad", "enable_grad", "inference", "autocast"],
 )
-def test_planner_hooks_run_with_the_callers_modes(
-    s3_env: Any, bucket: str, config: S3ClientConfig, mode: str
-) -> None:
+def test_planner_hooks_run_with_the_callers_modes(s3_env: Any, bucket: str, config: S3ClientConfig, mode: str) -> None:
     state = many_tensors()
     path = save(bucket, f"modes-{mode}", state, config)
     contexts = {
@@ -133,9 +132,7 @@ def test_tiered_load_runs_the_planner_on_the_callers_thread_and_modes(
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_destinations_are_filled_on_the_callers_device_and_stream(
-    s3_env: Any, bucket: str
-) -> None:
+def test_cuda_destinations_are_filled_on_the_callers_device_and_stream(s3_env: Any, bucket: str) -> None:
     config = CONFIGS[0]
     state = many_tensors()
     path = save(bucket, "cuda", state, config)

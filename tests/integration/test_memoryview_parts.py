@@ -24,7 +24,6 @@ from tests.helpers import MIB, assert_same, blank_like
 pytestmark = pytest.mark.s3
 
 
-
 @pytest.mark.parametrize("shared", [True, False], ids=["context-shared", "context-not-shared"])
 def test_parts_sent_from_tensor_memory_round_trip_bit_exact(
     proxied_env: Any, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch, bucket: str, shared: bool

@@ -23,7 +23,11 @@ def open_uploads(s3: Any, bucket: str) -> list[str]:
 
 def copy_in_one_part(client: S3Client, bucket: str, upload_id: str, source: str, target: str) -> list[dict[str, Any]]:
     answer = client.call(
-        "upload_part_copy", bucket, target, UploadId=upload_id, PartNumber=1,
+        "upload_part_copy",
+        bucket,
+        target,
+        UploadId=upload_id,
+        PartNumber=1,
         CopySource={"Bucket": bucket, "Key": source},
     )
     return [{"PartNumber": 1, "ETag": answer["CopyPartResult"]["ETag"]}]

@@ -12,8 +12,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from s3dcp import EndpointError, S3StorageReader, latest_checkpoint, list_checkpoints
-from s3dcp._s3.client import S3Client
 from s3dcp._config import resolve_settings
+from s3dcp._s3.client import S3Client
 from tests.conftest import REGION
 from tests.helpers import s3dcp_error, serve_on_loopback
 

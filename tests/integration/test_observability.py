@@ -66,7 +66,8 @@ def test_nothing_is_printed_by_default(s3_env: Any, bucket: str) -> None:
         f"dcp.save(state, storage_writer=S3StorageWriter('{REGION}', uri))\n"
         f"dcp.load(state, storage_reader=S3StorageReader('{REGION}', uri))\n"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ),
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ), timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and result.stderr == ""

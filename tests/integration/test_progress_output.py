@@ -11,11 +11,13 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-from s3dcp import S3StorageWriter, _copy as copy_module, _verify as verify_module
-from s3dcp._s3 import upload as upload_module
+from s3dcp import S3StorageWriter
+from s3dcp import _copy as copy_module
+from s3dcp import _verify as verify_module
 from s3dcp._cli import main
 from s3dcp._copy import copy_checkpoint
 from s3dcp._progress import human_bytes
+from s3dcp._s3 import upload as upload_module
 from s3dcp._verify import verify_checkpoint
 from tests.conftest import REGION, list_keys
 
@@ -77,13 +79,15 @@ def test_cp_reports_bytes_as_they_flow_in_every_direction(
     assert across.total() == report.bytes_copied == sum(list_keys(s3, bucket, "across/").values())
 
 
-def test_verify_reports_bytes_as_they_flow_and_its_totals_first(
-    s3_env: Any, bucket: str, small_chunks: None
-) -> None:
+def test_verify_reports_bytes_as_they_flow_and_its_totals_first(s3_env: Any, bucket: str, small_chunks: None) -> None:
     dcp.save(STATE, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/ckpt"))
     events, totals = Events(), []
-    report = verify_checkpoint(f"s3://{bucket}/ckpt", on_bytes=events.on_bytes, on_object=events.on_object,
-                               on_totals=lambda objects, nbytes: totals.append((objects, nbytes)))
+    report = verify_checkpoint(
+        f"s3://{bucket}/ckpt",
+        on_bytes=events.on_bytes,
+        on_object=events.on_object,
+        on_totals=lambda objects, nbytes: totals.append((objects, nbytes)),
+    )
     key = "ckpt/__0_0.distcp"
     assert report.ok and events.chunks_before(key) >= 4 and events.total() == report.bytes_read
     assert len(totals) == 1 and totals[0][0] == 1 and 0 < totals[0][1] <= report.bytes_read

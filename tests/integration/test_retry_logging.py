@@ -22,7 +22,6 @@ from tests.helpers import FAST_RETRIES, assert_same, blank_like
 pytestmark = pytest.mark.s3
 
 
-
 def messages(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "s3dcp" and r.levelno == level]
 

@@ -81,9 +81,7 @@ def test_thread_count_splits_a_rank_into_balanced_objects(s3_env: Any, s3: Any, 
     assert sizes[-1] < 2 * sizes[0]
 
 
-def test_large_tensor_goes_up_in_parts_and_leaves_no_open_upload(
-    s3_env: Any, s3: Any, bucket: str
-) -> None:
+def test_large_tensor_goes_up_in_parts_and_leaves_no_open_upload(s3_env: Any, s3: Any, bucket: str) -> None:
     config = S3ClientConfig(part_size=5 * 1024 * 1024, max_concurrency=3)
     state = {"big": torch.randn(3 * 1024 * 1024), "small": torch.ones(3)}  # 12 MiB: 3 parts
     path = f"s3://{bucket}/mp"

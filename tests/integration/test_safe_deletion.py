@@ -26,8 +26,10 @@ UNRELATED = ("datasets/train.csv", "run-a/logs/train.log")
 
 
 def save(bucket: str, path: str) -> None:
-    dcp.save({"w": torch.arange(16, dtype=torch.float32), "path": path},
-             storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/{path}"))
+    dcp.save(
+        {"w": torch.arange(16, dtype=torch.float32), "path": path},
+        storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/{path}"),
+    )
 
 
 def runs_and_data(s3: Any, bucket: str) -> dict[str, int]:
@@ -62,8 +64,9 @@ def test_prune_and_ls_above_the_runs_touch_nothing(
     assert list_checkpoints(f"s3://{bucket}") == []
     code, out, err = run(capsys, "ls", f"s3://{bucket}")
     assert (code, out) == (0, "")
-    assert err.strip() == (f"no checkpoints directly under s3://{bucket}; run-a/ and run-b/ hold checkpoints: "
-                           f"s3dcp ls s3://{bucket}/run-a")
+    assert err.strip() == (
+        f"no checkpoints directly under s3://{bucket}; run-a/ and run-b/ hold checkpoints: s3dcp ls s3://{bucket}/run-a"
+    )
 
     code, out, _ = run(capsys, "ls", f"s3://{bucket}/run-a")
     assert code == 0 and [line.split()[:2] for line in out.splitlines()[1:]] == [["1", "yes"], ["2", "yes"]]
@@ -97,9 +100,7 @@ def test_rm_recursive_deletes_checkpoints_and_leaves_everything_else(
 
     code, out, _ = run(capsys, "rm", "--recursive", f"s3://{bucket}/run-a")
     assert code == 0 and "deleted 4 objects" in out
-    assert sorted(list_keys(s3, bucket)) == sorted(
-        [*UNRELATED, "run-b/step_5/.metadata", "run-b/step_5/__0_0.distcp"]
-    )
+    assert sorted(list_keys(s3, bucket)) == sorted([*UNRELATED, "run-b/step_5/.metadata", "run-b/step_5/__0_0.distcp"])
 
 
 def test_rm_of_a_checkpoint_that_holds_more_refuses_without_recursive(
@@ -184,8 +185,9 @@ def test_prune_leaves_unnumbered_checkpoints_unless_asked(
     listed = {obj["Key"]: obj["LastModified"] for obj in s3.list_objects_v2(Bucket=bucket, Prefix="run/")["Contents"]}
     committed = {name: listed[f"run/{name}/.metadata"] for name in ("step_2", "best", "final")}
     newest = max(committed, key=lambda name: (committed[name], 2 if name == "step_2" else -1, f"run/{name}"))
-    code, out, _ = run(capsys, "prune", f"s3://{bucket}/run", "--keep", "1", "--grace-hours", "0",
-                       "--include-unnumbered")
+    code, out, _ = run(
+        capsys, "prune", f"s3://{bucket}/run", "--keep", "1", "--grace-hours", "0", "--include-unnumbered"
+    )
     assert code == 0 and "of 3 checkpoint(s)" in out
     assert {key.split("/")[1] for key in list_keys(s3, bucket)} == {newest}
 
@@ -199,7 +201,9 @@ def test_prune_deletes_only_the_checkpoints_own_objects(s3_env: Any, s3: Any, bu
     gone = prune(f"s3://{bucket}/run", 1, grace=timedelta(0))
     assert [info.uri.rsplit("/", 1)[1] for info in gone] == ["step_1"]
     assert sorted(list_keys(s3, bucket)) == [
-        "run/step_1/eval/results.json", "run/step_2/.metadata", "run/step_2/__0_0.distcp"
+        "run/step_1/eval/results.json",
+        "run/step_2/.metadata",
+        "run/step_2/__0_0.distcp",
     ]
 
 
@@ -236,8 +240,9 @@ def test_prune_reads_the_uploads_open_under_an_unfinished_save(s3_env: Any, s3: 
     save(bucket, "run/step_1")
     s3.put_object(Bucket=bucket, Key="run/step_2/__0_0.distcp", Body=b"written before the kill")
     upload = s3.create_multipart_upload(Bucket=bucket, Key="run/step_2/__0_1.distcp")
-    s3.upload_part(Bucket=bucket, Key="run/step_2/__0_1.distcp", UploadId=upload["UploadId"], PartNumber=1,
-                   Body=b"p" * 1024)
+    s3.upload_part(
+        Bucket=bucket, Key="run/step_2/__0_1.distcp", UploadId=upload["UploadId"], PartNumber=1, Body=b"p" * 1024
+    )
 
     assert prune(f"s3://{bucket}/run", 1, grace=timedelta(hours=1)) == []  # everything was written just now
     gone = prune(f"s3://{bucket}/run", 1, grace=timedelta(0))  # nothing can be newer than now
@@ -251,8 +256,12 @@ def test_a_prefix_strategys_shard_directories_are_never_taken_for_checkpoints(
     from s3dcp import HexPrefixStrategy
 
     for step in (1, 2):
-        dcp.save({"w": torch.ones(16)}, storage_writer=S3StorageWriter(
-            REGION, f"s3://{bucket}/run/step_{step}", prefix_strategy=HexPrefixStrategy(min_prefix_length=2)))
+        dcp.save(
+            {"w": torch.ones(16)},
+            storage_writer=S3StorageWriter(
+                REGION, f"s3://{bucket}/run/step_{step}", prefix_strategy=HexPrefixStrategy(min_prefix_length=2)
+            ),
+        )
     before = list_keys(s3, bucket)
     assert any(key.startswith("run/step_2/00/") for key in before)
 
@@ -269,11 +278,17 @@ def test_a_prefix_strategys_shard_directories_are_never_taken_for_checkpoints(
     assert list_keys(s3, bucket) == {k: v for k, v in before.items() if k.startswith("run/step_2/")}
 
 
-def test_rm_refuses_a_part_of_a_checkpoint(s3_env: Any, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rm_refuses_a_part_of_a_checkpoint(
+    s3_env: Any, s3: Any, bucket: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from s3dcp import HexPrefixStrategy
 
-    dcp.save({"w": torch.ones(16)}, storage_writer=S3StorageWriter(
-        REGION, f"s3://{bucket}/run/step_1", prefix_strategy=HexPrefixStrategy(min_prefix_length=2)))
+    dcp.save(
+        {"w": torch.ones(16)},
+        storage_writer=S3StorageWriter(
+            REGION, f"s3://{bucket}/run/step_1", prefix_strategy=HexPrefixStrategy(min_prefix_length=2)
+        ),
+    )
     save(bucket, "run/step_1/inner")  # a checkpoint nested in it may still be deleted on its own
     before = list_keys(s3, bucket)
 

@@ -86,9 +86,7 @@ def test_ctrl_c_stops_a_save_and_aborts_its_uploads(
     assert_nothing_left_open(s3, bucket)
 
 
-def test_sigterm_stops_a_save_and_aborts_its_uploads(
-    proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str
-) -> None:
+def test_sigterm_stops_a_save_and_aborts_its_uploads(proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str) -> None:
     status, out, err, parts = interrupt_save(proxy, f"s3://{bucket}/ckpt", signal.SIGTERM)
     assert out.split() == ["SystemExit"], err
     assert status == 128 + signal.SIGTERM, err

@@ -93,9 +93,7 @@ def test_objects_that_are_not_the_checkpoints_survive(s3_env: Any, s3: Any, buck
     assert_loads(f"{path}/sub", nested)
 
 
-def test_a_checkpoint_at_the_bucket_root_leaves_other_runs_unfinished_saves(
-    s3_env: Any, s3: Any, bucket: str
-) -> None:
+def test_a_checkpoint_at_the_bucket_root_leaves_other_runs_unfinished_saves(s3_env: Any, s3: Any, bucket: str) -> None:
     # another run's save that died before markers existed: shards, no marker, no .metadata
     s3.put_object(Bucket=bucket, Key="other-run/step_3/__0_0.distcp", Body=b"their shard")
     state = {"w": torch.arange(10.0)}

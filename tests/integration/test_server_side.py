@@ -71,9 +71,7 @@ def test_encryption_and_storage_class_reach_every_object(
 
 
 @pytest.mark.moto_only("Ceph RGW 16 refuses SSE-S3 and SSE-KMS requests unless a KMS backend is configured")
-def test_kms_key_id_is_sent_when_objects_are_created(
-    proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str
-) -> None:
+def test_kms_key_id_is_sent_when_objects_are_created(proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str) -> None:
     key_id = "alias/s3dcp-test-key"  # moto takes a key id that KMS does not know
     config = S3ClientConfig(server_side_encryption="aws:kms", sse_kms_key_id=key_id, part_size=PART_SIZE)
     state = state_with_multipart()
@@ -113,9 +111,7 @@ def test_expected_bucket_owner_is_on_every_request(proxied_env: Any, proxy: Faul
     methods = {r.method for r in records}
     assert {"PUT", "POST", "GET"} <= methods
     missing = [
-        (r.method, r.path, r.query)
-        for r in records
-        if r.headers.get("x-amz-expected-bucket-owner") != MOTO_ACCOUNT_ID
+        (r.method, r.path, r.query) for r in records if r.headers.get("x-amz-expected-bucket-owner") != MOTO_ACCOUNT_ID
     ]
     assert not missing
 

@@ -35,17 +35,18 @@ def with_old_tensor_properties(metadata: Metadata) -> Metadata:
         if isinstance(entry, TensorStorageMetadata):
             new = entry.properties
             old = sharded_metadata.TensorProperties(
-                dtype=new.dtype, layout=new.layout, requires_grad=new.requires_grad,
-                memory_format=new.memory_format, pin_memory=new.pin_memory,
+                dtype=new.dtype,
+                layout=new.layout,
+                requires_grad=new.requires_grad,
+                memory_format=new.memory_format,
+                pin_memory=new.pin_memory,
             )
             entry = dataclasses.replace(entry, properties=old)  # type: ignore[arg-type]
         entries[fqn] = entry
     return dataclasses.replace(metadata, state_dict_metadata=entries)
 
 
-def test_metadata_with_sharded_tensor_properties_loads(
-    s3_env: Any, s3: Any, bucket: str, tmp_path: Path
-) -> None:
+def test_metadata_with_sharded_tensor_properties_loads(s3_env: Any, s3: Any, bucket: str, tmp_path: Path) -> None:
     state = {"w": torch.randn(4, 3), "h": torch.arange(5, dtype=torch.float16), "step": 7}
     dcp.save(state, storage_writer=dcp.FileSystemWriter(tmp_path, sync_files=False))
     metadata_file = tmp_path / ".metadata"
@@ -59,9 +60,7 @@ def test_metadata_with_sharded_tensor_properties_loads(
     assert_same(state, loaded)
 
 
-def test_hostile_metadata_naming_the_sharded_tensor_module_stays_refused(
-    s3_env: Any, s3: Any, bucket: str
-) -> None:
+def test_hostile_metadata_naming_the_sharded_tensor_module_stays_refused(s3_env: Any, s3: Any, bucket: str) -> None:
     # ShardMetadata is a real class in the same module, but never part of DCP metadata
     hostile = b"\x80\x04\x8c" + bytes([len(sharded_metadata.__name__)]) + sharded_metadata.__name__.encode()
     hostile += b"\x8c\x0dShardMetadata\x93)R."
@@ -111,7 +110,9 @@ def written_names(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
 
 
 def file_names(directory: Path) -> dict[str, int]:
-    return {path.relative_to(directory).as_posix(): path.stat().st_size for path in directory.rglob("*") if path.is_file()}
+    return {
+        path.relative_to(directory).as_posix(): path.stat().st_size for path in directory.rglob("*") if path.is_file()
+    }
 
 
 STATES: dict[str, dict[str, Any]] = {"two-items": {"a": torch.ones(5), "b": torch.zeros(2, 2)}, "nothing": {}}

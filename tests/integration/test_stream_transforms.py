@@ -13,9 +13,9 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
 from s3dcp._errors import CheckpointDamagedError, ChecksumMismatchError, UnsafeCheckpointError
+from s3dcp._format.integrity import get_checksum
 from tests.conftest import REGION
 from tests.helpers import HAS_STREAM_TRANSFORMS, assert_same, blank_like, needs_stream_transforms, s3dcp_error
-from s3dcp._format.integrity import get_checksum
 from tests.integration.test_interop import download_tree, upload_tree
 from tests.integration.test_roundtrip import mixed_state_dict
 
@@ -52,9 +52,7 @@ def test_zstd_checkpoint_from_filesystem_writer_loads_bit_exact(
     assert_same(state, loaded)
 
 
-def test_partial_load_fetches_only_the_items_it_needs(
-    s3_env: Any, s3: Any, bucket: str, tmp_path: Path
-) -> None:
+def test_partial_load_fetches_only_the_items_it_needs(s3_env: Any, s3: Any, bucket: str, tmp_path: Path) -> None:
     state = compressible_state()
     save_compressed(state, tmp_path)
     stored = dcp.FileSystemReader(tmp_path).read_metadata().storage_data
@@ -90,9 +88,7 @@ def test_unknown_or_malformed_transforms_are_refused_naming_them(
     assert all(words in str(error) for words in said), str(error)
 
 
-def test_damaged_compressed_bytes_are_reported_as_damage(
-    s3_env: Any, s3: Any, bucket: str, tmp_path: Path
-) -> None:
+def test_damaged_compressed_bytes_are_reported_as_damage(s3_env: Any, s3: Any, bucket: str, tmp_path: Path) -> None:
     state = {"w": torch.arange(256, dtype=torch.float32)}
     save_compressed(state, tmp_path)
     (info,) = dcp.FileSystemReader(tmp_path).read_metadata().storage_data.values()
@@ -125,9 +121,7 @@ def test_s3dcp_writes_zstd_that_filesystem_reader_and_s3dcp_load(
     assert_same(state, from_s3)
 
 
-def test_zstd_shards_are_smaller_and_plain_saves_record_no_transforms(
-    s3_env: Any, s3: Any, bucket: str
-) -> None:
+def test_zstd_shards_are_smaller_and_plain_saves_record_no_transforms(s3_env: Any, s3: Any, bucket: str) -> None:
     state = compressible_state()
     dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/zstd", extensions=[ZStandard()]))
     dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/plain"))
@@ -138,9 +132,7 @@ def test_zstd_shards_are_smaller_and_plain_saves_record_no_transforms(
     assert all(info.transform_descriptors is None for info in metadata.storage_data.values())
 
 
-def test_damaged_s3dcp_zstd_item_fails_its_checksum_before_decoding(
-    s3_env: Any, s3: Any, bucket: str
-) -> None:
+def test_damaged_s3dcp_zstd_item_fails_its_checksum_before_decoding(s3_env: Any, s3: Any, bucket: str) -> None:
     state = {"w": torch.arange(256, dtype=torch.float32)}
     dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/c", extensions=[ZStandard()]))
     key = "c/__0_0.distcp"
@@ -164,9 +156,7 @@ def _spy_decoders(mocker: Any) -> tuple[Any, Any]:
     return mocker.spy(transforms, "decode_into"), mocker.spy(transforms, "decode")
 
 
-def test_whole_tensors_decode_straight_into_their_destinations(
-    s3_env: Any, s3: Any, bucket: str, mocker: Any
-) -> None:
+def test_whole_tensors_decode_straight_into_their_destinations(s3_env: Any, s3: Any, bucket: str, mocker: Any) -> None:
     """A big tensor goes from the decoder into the caller's tensor, with no buffer of its own."""
     state = {"big": torch.arange(40_000, dtype=torch.float32), "small": torch.ones(8), "step": 3}
     dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/z", extensions=[ZStandard()]))

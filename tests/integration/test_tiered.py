@@ -35,7 +35,6 @@ from tests.helpers import FAST_RETRIES, assert_same, async_save_options
 pytestmark = pytest.mark.s3
 
 
-
 def state(seed: int = 0) -> dict[str, Any]:
     g = torch.Generator().manual_seed(seed)
     return {
@@ -46,8 +45,11 @@ def state(seed: int = 0) -> dict[str, Any]:
 
 
 def blank() -> dict[str, Any]:
-    return {"model": {"w": torch.zeros(64, 32), "b": torch.zeros(32)},
-            "optim": {"m": torch.zeros(2048, dtype=torch.float64)}, "step": -1}
+    return {
+        "model": {"w": torch.zeros(64, 32), "b": torch.zeros(32)},
+        "optim": {"m": torch.zeros(2048, dtype=torch.float64)},
+        "step": -1,
+    }
 
 
 @pytest.fixture
@@ -87,8 +89,10 @@ def test_background_upload_commits_a_copy_that_s3_storage_reader_loads(
     keys = list_keys(s3, bucket, "run/")
     assert sorted(keys) == ["run/step_7/.metadata", "run/step_7/__0_0.distcp"]  # no markers left behind
     assert keys["run/step_7/__0_0.distcp"] == (local / "step_7" / "__0_0.distcp").stat().st_size
-    assert s3.get_object(Bucket=bucket, Key="run/step_7/.metadata")["Body"].read() == \
-        (local / "step_7" / ".metadata").read_bytes()
+    assert (
+        s3.get_object(Bucket=bucket, Key="run/step_7/.metadata")["Body"].read()
+        == (local / "step_7" / ".metadata").read_bytes()
+    )
 
     from_s3 = blank()
     dcp.load(from_s3, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/run/step_7"))
@@ -240,8 +244,7 @@ def test_latest_across_tiers(s3_env: Any, bucket: str, local: Path, caplog: pyte
     assert latest_tiered_checkpoint(local / "node", root, region=REGION) == "step_40"
 
     caplog.set_level(logging.WARNING, logger="s3dcp")
-    dead = S3ClientConfig(endpoint_url="http://127.0.0.1:9", max_attempts=1, connect_attempts=1,
-                          connect_timeout=0.5)
+    dead = S3ClientConfig(endpoint_url="http://127.0.0.1:9", max_attempts=1, connect_attempts=1, connect_timeout=0.5)
     assert latest_tiered_checkpoint(local / "node", root, s3client_config=dead) == "step_40"
     assert any("cannot list" in r.getMessage() for r in caplog.records)
 
@@ -250,8 +253,9 @@ def test_failed_background_upload_is_reported_and_local_copy_kept(
     s3_env: Any, bucket: str, local: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: list[str] = []
-    w = TieredStorageWriter(local, f"s3://{bucket}-missing/run", region=REGION,
-                            on_upload=lambda s: seen.append(s.state))
+    w = TieredStorageWriter(
+        local, f"s3://{bucket}-missing/run", region=REGION, on_upload=lambda s: seen.append(s.state)
+    )
     want = state(2)
     with caplog.at_level(logging.ERROR, logger="s3dcp"):
         dcp.save(want, checkpoint_id="step_2", storage_writer=w)  # the save itself succeeds
@@ -296,8 +300,7 @@ def test_refuses_to_replace_a_complete_checkpoint(s3_env: Any, s3: Any, bucket: 
     dcp.load(got, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/run/step_1"))
     assert_same(state(1), got)
     # overwrite=True replaces both copies
-    dcp.save(state(4), checkpoint_id="step_1", storage_writer=writer(local, bucket, background=False,
-                                                                     overwrite=True))
+    dcp.save(state(4), checkpoint_id="step_1", storage_writer=writer(local, bucket, background=False, overwrite=True))
     got = blank()
     dcp.load(got, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/run/step_1"))
     assert_same(state(4), got)
@@ -306,8 +309,7 @@ def test_refuses_to_replace_a_complete_checkpoint(s3_env: Any, s3: Any, bucket: 
 def test_works_with_async_save(s3_env: Any, bucket: str, local: Path) -> None:
     w = writer(local, bucket)
     want = state(11)
-    future = dcp.async_save(want, checkpoint_id="step_11", storage_writer=w,
-                            **async_save_options("thread"))
+    future = dcp.async_save(want, checkpoint_id="step_11", storage_writer=w, **async_save_options("thread"))
     future.result(timeout=120)
     w.wait_for_uploads(timeout=120)
     got = blank()
@@ -324,8 +326,9 @@ def test_bad_names_and_arguments(local: Path, bad: str) -> None:
             w.reset(bad)
 
 
-@pytest.mark.parametrize("options", [{"s3_every": -1}, {"keep_local": 0}, {"thread_count": 0},
-                                     {"upload_attempts": 0}, {"upload_timeout": 0}])
+@pytest.mark.parametrize(
+    "options", [{"s3_every": -1}, {"keep_local": 0}, {"thread_count": 0}, {"upload_attempts": 0}, {"upload_timeout": 0}]
+)
 def test_bad_options(local: Path, options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         TieredStorageWriter(local, "s3://bucket/run", region=REGION, **options)
@@ -351,8 +354,12 @@ _CRASH_SCRIPT = textwrap.dedent("""
 def test_crash_during_background_upload(proxied_env: Any, proxy: Any, s3: Any, bucket: str, local: Path) -> None:
     """Killed while its upload is held mid-way: S3 stays uncommitted, the local copy loads."""
     hold = proxy.add_rule("hold", method="PUT", key_pattern=r"/run/step_1/__0_0\.distcp$", count=1)
-    process = subprocess.Popen([sys.executable, "-c", _CRASH_SCRIPT, str(local), f"s3://{bucket}/run"],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=dict(os.environ))
+    process = subprocess.Popen(
+        [sys.executable, "-c", _CRASH_SCRIPT, str(local), f"s3://{bucket}/run"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=dict(os.environ),
+    )
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == b"local copy done"
@@ -378,8 +385,9 @@ def test_prefix_strategy_shapes_both_tiers(s3_env: Any, s3: Any, bucket: str, lo
     want = state(12)
     dcp.save(want, checkpoint_id="step_12", storage_writer=w)
     w.wait_for_uploads(timeout=120)
-    local_files = sorted(p.relative_to(local / "step_12").as_posix() for p in (local / "step_12").rglob("*")
-                         if p.is_file())
+    local_files = sorted(
+        p.relative_to(local / "step_12").as_posix() for p in (local / "step_12").rglob("*") if p.is_file()
+    )
     assert local_files == [".metadata", "00/__0_0.distcp", "00/__0_1.distcp"]
     assert sorted(list_keys(s3, bucket, "run/")) == [f"run/step_12/{name}" for name in local_files]
     for r in (reader(local, bucket), reader(local / "elsewhere", bucket)):

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from s3dcp import S3ClientConfig
-from s3dcp._s3.client import S3Client
 from s3dcp._config import resolve_settings
+from s3dcp._s3.client import S3Client
 from s3dcp._tiered.upload import MARKERS, TierUploader, UploadJob, UploadStatus
 from s3dcp._uri import parse_s3_uri
 from tests.conftest import REGION, list_keys
@@ -73,14 +73,30 @@ def checkpoint(tmp_path: Path) -> Path:
     return directory
 
 
-def job(bucket: str, checkpoint: Path, rank: int, *, files: bool = True, metadata: bytes | None = None,
-        time: FakeTime | None = None, **options: Any) -> UploadJob:
+def job(
+    bucket: str,
+    checkpoint: Path,
+    rank: int,
+    *,
+    files: bool = True,
+    metadata: bytes | None = None,
+    time: FakeTime | None = None,
+    **options: Any,
+) -> UploadJob:
     time = time or FakeTime()
     return UploadJob(
-        client=S3Client(resolve_settings(REGION, RETRIES)), checkpoint_dir=checkpoint,
-        uri=parse_s3_uri(f"s3://{bucket}/run/step_1"), rank=rank, world_size=2, save_id=SAVE_ID,
-        files=[shard(rank)] if files else [], overwrite=False, metadata=metadata,
-        clock=time.clock, sleep=time.sleep, **options,
+        client=S3Client(resolve_settings(REGION, RETRIES)),
+        checkpoint_dir=checkpoint,
+        uri=parse_s3_uri(f"s3://{bucket}/run/step_1"),
+        rank=rank,
+        world_size=2,
+        save_id=SAVE_ID,
+        files=[shard(rank)] if files else [],
+        overwrite=False,
+        metadata=metadata,
+        clock=time.clock,
+        sleep=time.sleep,
+        **options,
     )
 
 
@@ -94,6 +110,7 @@ def done_event(on: threading.Event) -> Callable[[UploadStatus], None]:
     def seen(status: UploadStatus) -> None:
         if status.state in ("uploaded", "failed"):
             on.set()
+
     return seen
 
 
@@ -118,8 +135,13 @@ def test_commit_waits_for_a_rank_held_at_the_proxy(
         assert hold.hit.wait(WAIT), "rank 1's upload never reached the proxy"
         waiting_or_ended = threading.Event()
         time.sleeping = waiting_or_ended
-        coordinator(rank_0, bucket, checkpoint, time,
-                    on_status=lambda s: waiting_or_ended.set() if s.state in ("committed", "failed") else None)
+        coordinator(
+            rank_0,
+            bucket,
+            checkpoint,
+            time,
+            on_status=lambda s: waiting_or_ended.set() if s.state in ("committed", "failed") else None,
+        )
         assert waiting_or_ended.wait(WAIT)
         # the coordinator has its own files in S3, listed the markers, found rank 1's missing and paused
         assert keys(s3, bucket) == {shard(0), f"{MARKERS}/{SAVE_ID}/rank_0"}
@@ -259,8 +281,13 @@ def test_markers_that_cannot_be_removed_leave_the_commit_standing(
         statuses = rank_0.wait(WAIT)
     assert [(s.state, s.attempts) for s in statuses] == [("uploaded", 1), ("committed", 1)]
     assert refuse.hits == 1 and len(proxy.requests("PUT", r"/\.metadata$")) == 1
-    assert keys(s3, bucket) == {".metadata", shard(0), shard(1), f"{MARKERS}/{SAVE_ID}/rank_0",
-                                f"{MARKERS}/{SAVE_ID}/rank_1"}
+    assert keys(s3, bucket) == {
+        ".metadata",
+        shard(0),
+        shard(1),
+        f"{MARKERS}/{SAVE_ID}/rank_0",
+        f"{MARKERS}/{SAVE_ID}/rank_1",
+    }
     assert any("could not remove its upload markers" in r.getMessage() for r in caplog.records)
 
 
@@ -276,14 +303,16 @@ _SCRIPT_THAT_ENDS = textwrap.dedent("""
 
 
 def run_script_that_ends(local: Path, root: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", _SCRIPT_THAT_ENDS, str(local), root, str(timeout)],
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True,
-                          timeout=WAIT)
+    return subprocess.run(
+        [sys.executable, "-c", _SCRIPT_THAT_ENDS, str(local), root, str(timeout)],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
 
 
-def test_a_script_that_ends_finishes_its_queued_upload(
-    proxied_env: Any, s3: Any, bucket: str, tmp_path: Path
-) -> None:
+def test_a_script_that_ends_finishes_its_queued_upload(proxied_env: Any, s3: Any, bucket: str, tmp_path: Path) -> None:
     done = run_script_that_ends(tmp_path / "tier", f"s3://{bucket}/run", 600)
     assert done.returncode == 0 and done.stdout.split() == ["saved"], done.stderr
     assert {"run/step_1/.metadata", "run/step_1/__0_0.distcp"} == set(list_keys(s3, bucket, "run/"))
@@ -301,6 +330,7 @@ def test_a_stuck_upload_holds_the_exit_at_most_upload_timeout(
     finally:
         hold.release()
     assert done.returncode == 0 and done.stdout.split() == ["saved"], done.stderr
-    assert "ERROR s3dcp: exiting with 2 upload(s) unfinished after 1 s: step_1 (rank 0), step_1 (rank 0)" \
-        in done.stderr, done.stderr
+    assert (
+        "ERROR s3dcp: exiting with 2 upload(s) unfinished after 1 s: step_1 (rank 0), step_1 (rank 0)" in done.stderr
+    ), done.stderr
     assert "run/step_1/.metadata" not in list_keys(s3, bucket, "run/")

@@ -52,9 +52,7 @@ def test_a_local_shard_missing_with_no_s3_copy_is_damage(s3_env: Any, bucket: st
     assert "step_3" in str(error) and "'w'" in str(error) and "S3 holds no copy" in str(error)
 
 
-def test_local_metadata_that_does_not_load_with_no_s3_copy_is_damage(
-    s3_env: Any, bucket: str, tmp_path: Path
-) -> None:
+def test_local_metadata_that_does_not_load_with_no_s3_copy_is_damage(s3_env: Any, bucket: str, tmp_path: Path) -> None:
     save_local_only(tmp_path, bucket, "step_4")
     (tmp_path / "step_4" / ".metadata").write_bytes(b"cut sho")
     error = load_error(tmp_path, bucket, "step_4")

@@ -30,15 +30,17 @@ def rank_state(rank: int, step: int) -> dict[str, Any]:
 def save_three_ways(rank: int, world_size: int, local: str, root: str, step_3: str) -> None:
     background = TieredStorageWriter(local, root, region=REGION, keep_local=2)
     dcp.save(rank_state(rank, 1), checkpoint_id="step_1", storage_writer=background)
-    future = dcp.async_save(rank_state(rank, 2), checkpoint_id="step_2", storage_writer=background,
-                            **async_save_options("thread"))
+    future = dcp.async_save(
+        rank_state(rank, 2), checkpoint_id="step_2", storage_writer=background, **async_save_options("thread")
+    )
     future.result(timeout=180)
     # background=False: the upload happens inside the save, before it reports done
     in_process = TieredStorageWriter(local, root, region=REGION, background=False, keep_local=2)
     if step_3 == "process_async_save":
         # the process executor already runs off the training loop: upload there
-        future = dcp.async_save(rank_state(rank, 3), checkpoint_id="step_3", storage_writer=in_process,
-                                **async_save_options("process"))
+        future = dcp.async_save(
+            rank_state(rank, 3), checkpoint_id="step_3", storage_writer=in_process, **async_save_options("process")
+        )
         future.result(timeout=180)
     else:
         dcp.save(rank_state(rank, 3), checkpoint_id="step_3", storage_writer=in_process)
@@ -74,10 +76,17 @@ def test_ranks_share_a_local_directory_and_commit_once_in_s3(
     run_ranks(3, save_three_ways, str(tmp_path), root, step_3, env=aws_env())
 
     keys = sorted(list_keys(s3, bucket, "run/"))
-    assert keys == [f"run/step_{step}/{name}" for step in (1, 2, 3)
-                    for name in (".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp")]
+    assert keys == [
+        f"run/step_{step}/{name}"
+        for step in (1, 2, 3)
+        for name in (".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp")
+    ]
     # keep_local=2: step_1 went once its upload had ended; every rank's files of it are gone
     assert checkpoint_dirs(tmp_path) == ["step_2", "step_3"]
-    assert sorted(p.name for p in (tmp_path / "step_3").iterdir()) == \
-        [".metadata", "__0_0.distcp", "__1_0.distcp", "__2_0.distcp"]
+    assert sorted(p.name for p in (tmp_path / "step_3").iterdir()) == [
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+        "__2_0.distcp",
+    ]
     run_ranks(2, load_and_check, str(tmp_path), root, 3, env=aws_env())

@@ -21,9 +21,9 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorProperties
 
 from s3dcp import S3StorageReader, S3StorageWriter
-from s3dcp._format import framing
 from s3dcp._compat import torch as compat
 from s3dcp._errors import UnsafeCheckpointError
+from s3dcp._format import framing
 from tests.conftest import REGION
 from tests.helpers import assert_same, blank_like, s3dcp_error
 from tests.integration.test_interop import upload_tree

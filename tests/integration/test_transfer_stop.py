@@ -12,8 +12,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from s3dcp import AccessDeniedError, S3ClientConfig, S3StorageWriter
-from s3dcp._s3.client import S3Client
 from s3dcp._config import resolve_settings
+from s3dcp._s3.client import S3Client
 from s3dcp._s3.retry import TransferStopped
 from s3dcp_testkit.fault_proxy import FaultProxy
 from tests.conftest import REGION, list_keys
@@ -22,12 +22,9 @@ from tests.helpers import s3dcp_error
 pytestmark = pytest.mark.s3
 
 
-def test_setting_stop_ends_the_retries_of_a_throttled_request(
-    proxied_env: Any, proxy: FaultProxy, bucket: str
-) -> None:
+def test_setting_stop_ends_the_retries_of_a_throttled_request(proxied_env: Any, proxy: FaultProxy, bucket: str) -> None:
     # waits of up to minutes between attempts: without the stop this request would run for an hour
-    config = S3ClientConfig(max_attempts=50, retry_initial_backoff=30.0, retry_max_backoff=120.0,
-                            retry_deadline=3600.0)
+    config = S3ClientConfig(max_attempts=50, retry_initial_backoff=30.0, retry_max_backoff=120.0, retry_deadline=3600.0)
     client = S3Client(resolve_settings(REGION, config))
     rule = proxy.add_rule("slowdown", method="PUT")
     stop = threading.Event()

@@ -105,9 +105,7 @@ def test_multipart_parts_respect_part_size_and_concurrency(
     assert_same(state, loaded)
 
 
-def test_parts_in_flight_are_bounded_by_max_concurrency(
-    proxied_env: Any, proxy: FaultProxy, bucket: str
-) -> None:
+def test_parts_in_flight_are_bounded_by_max_concurrency(proxied_env: Any, proxy: FaultProxy, bucket: str) -> None:
     """Slow part uploads pile up unless the uploader waits for a free slot."""
     config = S3ClientConfig(part_size=5 * MIB, max_concurrency=2)
     state = {"a": torch.randn(25 * MIB // 4)}  # 5 full parts and a small last one
@@ -178,9 +176,7 @@ def test_peak_memory_of_save_and_load_stays_bounded(s3_env: Any, bucket: str) ->
     assert report["nonzero_after_load"]
 
 
-def test_a_failed_multipart_upload_is_aborted(
-    proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str
-) -> None:
+def test_a_failed_multipart_upload_is_aborted(proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str) -> None:
     """Part 2 keeps failing: the save fails, no .metadata, and no parts stay behind."""
     from torch.distributed.checkpoint.api import CheckpointException
 

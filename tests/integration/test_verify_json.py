@@ -34,8 +34,13 @@ def test_verify_json_reports_a_good_and_a_damaged_checkpoint(
     code, document, err = verify_json(capsys, f"s3://{bucket}/ckpt")
     assert code == 0 and err == ""
     assert document == {
-        "uri": f"s3://{bucket}/ckpt", "items": 3, "checked": 3, "unchecked": 0, "bytes_read": shard,
-        "problems": [], "ok": True,
+        "uri": f"s3://{bucket}/ckpt",
+        "items": 3,
+        "checked": 3,
+        "unchecked": 0,
+        "bytes_read": shard,
+        "problems": [],
+        "ok": True,
     }
 
     s3.delete_object(Bucket=bucket, Key="ckpt/__0_0.distcp")

@@ -9,8 +9,7 @@ import pickle
 import pytest
 import torch
 
-from s3dcp._format.archive import tensor_view
-from s3dcp._format.archive import load_tensor
+from s3dcp._format.archive import load_tensor, tensor_view
 
 
 def saved(value: object) -> memoryview:
@@ -66,9 +65,7 @@ def test_unaligned_buffers_work() -> None:
     assert view is not None and torch.equal(view, torch.arange(100, dtype=torch.float64))
 
 
-@pytest.mark.parametrize(
-    "value", [{"a": torch.ones(2)}, [torch.ones(1), torch.ones(1)], 5, torch.ones(3).to_sparse()]
-)
+@pytest.mark.parametrize("value", [{"a": torch.ones(2)}, [torch.ones(1), torch.ones(1)], 5, torch.ones(3).to_sparse()])
 def test_other_archives_are_declined(value: object) -> None:
     assert tensor_view(saved(value)) is None
 

@@ -14,8 +14,18 @@ from s3dcp._format.archive_writer import write_tensor
 from s3dcp._format.framing import framing_for
 
 DTYPES = [
-    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
-    torch.int16, torch.int8, torch.uint8, torch.bool, torch.complex64, torch.complex128,
+    torch.float32,
+    torch.float64,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int16,
+    torch.int8,
+    torch.uint8,
+    torch.bool,
+    torch.complex64,
+    torch.complex128,
 ]
 SHAPES = [(), (1,), (7,), (3, 5), (2, 3, 4), (1000,), (64, 65), (200_003,)]
 

@@ -6,15 +6,15 @@ import io
 
 import pytest
 import torch
+from torch.distributed.checkpoint.planner import WriteItemType
 from torch.distributed.checkpoint.planner_helpers import (
     _create_write_item_for_bytesio,
     _create_write_item_for_tensor,
 )
-from torch.distributed.checkpoint.planner import WriteItemType
 
 from s3dcp._config import GIB, MIB
-from s3dcp._ranges import ByteRange, coalesce
 from s3dcp._format.shard import item_nbytes, split_items
+from s3dcp._ranges import ByteRange, coalesce
 from s3dcp._s3.upload import choose_part_size, multipart_etag
 
 

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from s3dcp._catalog import is_checkpoint_object, checkpoint_roots, is_settled
+from s3dcp._catalog import checkpoint_roots, is_checkpoint_object, is_settled
 
 
 @pytest.mark.parametrize(
@@ -20,8 +20,10 @@ from s3dcp._catalog import is_checkpoint_object, checkpoint_roots, is_settled
         # prefix strategies put shards in sub-prefixes: still one checkpoint
         ([".metadata", "0000/__0_0.distcp", "1000/__1_0.distcp"], [""]),
         # a bucket of runs: the runs are not checkpoints, their step_N are
-        (["run-a/step_1/.metadata", "run-a/step_1/__0_0.distcp", "run-b/step_5/__0_0.distcp", "run-a/logs/x.log"],
-         ["run-a/step_1", "run-b/step_5"]),
+        (
+            ["run-a/step_1/.metadata", "run-a/step_1/__0_0.distcp", "run-b/step_5/__0_0.distcp", "run-a/logs/x.log"],
+            ["run-a/step_1", "run-b/step_5"],
+        ),
         # shards beside a deeper checkpoint: the prefix holds a run, it is not one
         (["__0_0.distcp", "step_1/.metadata"], ["step_1"]),
         (["__0_0.distcp", "step_1/.s3dcp-saving"], ["step_1"]),

@@ -50,7 +50,9 @@ def test_digesting_writer_is_a_crc_writer_over_any_stream() -> None:
         seen: list[bytes] = []
         writer.begin()
         writer.write(b"head ")
-        crc = writer.write_with_crc(memoryview(b"tensor bytes"), also=lambda piece: seen.append(bytes(piece)))
+        crc = writer.write_with_crc(
+            memoryview(b"tensor bytes"), also=lambda piece, seen=seen: seen.append(bytes(piece))
+        )
         assert crc == zlib.crc32(b"tensor bytes")
         assert seen == [b"tensor bytes"]
         assert writer.end() == digest(b"head tensor bytes")

@@ -25,7 +25,11 @@ def test_strays_are_unreferenced_shards_outside_nested_checkpoints() -> None:
         "step_3/deep/__0_0.distcp": 5,  # ... owns this
         "step_2x/__0_0.distcp": 9,  # only shares text with step_2: a stray
     }
-    assert find_strays(objects, {"__0_0.distcp"}) == {"__1_0.distcp": 50, "0000/__3_2.distcp": 7, "step_2x/__0_0.distcp": 9}
+    assert find_strays(objects, {"__0_0.distcp"}) == {
+        "__1_0.distcp": 50,
+        "0000/__3_2.distcp": 7,
+        "step_2x/__0_0.distcp": 9,
+    }
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,8 @@ def _imported_top_level() -> set[str]:
 
 def test_every_third_party_import_is_declared() -> None:
     third_party = {
-        name for name in _imported_top_level()
+        name
+        for name in _imported_top_level()
         if name not in sys.stdlib_module_names and name not in ("s3dcp", "__future__")
     }
     declared = set(_declared())

@@ -11,8 +11,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 import s3dcp
 from s3dcp import _errors as errors
-from s3dcp._s3.translate import translate_error
 from s3dcp._config import S3ClientConfig, resolve_settings
+from s3dcp._s3.translate import translate_error
 
 
 def test_all_matches_what_the_package_exports() -> None:
@@ -81,7 +81,11 @@ def client_error(code: str | None, status: int, **extra: Any) -> botocore.except
         (client_error("AuthorizationHeaderMalformed", 400, Region="ap-south-1"), s3dcp.WrongRegionError, "ap-south-1"),
         (client_error("InternalError", 500), s3dcp.S3RequestError, "InternalError"),
         (botocore.exceptions.NoCredentialsError(), s3dcp.CredentialsError, "AWS_PROFILE"),
-        (botocore.exceptions.EndpointConnectionError(endpoint_url="http://store:9000"), s3dcp.EndpointError, "http://store:9000"),
+        (
+            botocore.exceptions.EndpointConnectionError(endpoint_url="http://store:9000"),
+            s3dcp.EndpointError,
+            "http://store:9000",
+        ),
     ],
 )
 def test_translation_table(error: BaseException, cls: type, words: str) -> None:

@@ -46,8 +46,8 @@ def test_no_metadata_no_shortcut() -> None:
 
 
 def test_only_whole_chunks_of_64_kib_or_more_laid_out_as_expected_are_resolved_ahead() -> None:
-    from s3dcp._ranges import ByteRange
     from s3dcp._format.in_place import in_place_candidate
+    from s3dcp._ranges import ByteRange
 
     big, small = torch.zeros(16 * 1024), torch.zeros(16 * 1024 - 1)  # 64 KiB, and 4 bytes short
     for tensor, expected in ((big, True), (small, False)):

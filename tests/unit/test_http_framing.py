@@ -32,7 +32,9 @@ def test_a_length_framed_body_reads_exactly_its_length() -> None:
 
 def test_aws_chunked_framing_inside_an_http_chunked_body() -> None:
     inner = b"4;chunk-signature=x\r\nabcd\r\n2\r\nef\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n"
-    outer = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (inner[:7], inner[7:20], inner[20:])) + b"0\r\n\r\n"
+    outer = (
+        b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (inner[:7], inner[7:20], inner[20:])) + b"0\r\n\r\n"
+    )
     payload = Body(Body(io.BytesIO(outer), None), None)
     assert payload.read() == b"abcdef"
 

@@ -16,14 +16,33 @@ PACKAGE = Path(s3dcp.__file__).parent
 
 # the lowest layer first; a module's layer is that of its longest listed prefix
 LAYERS: dict[str, int] = {
-    "s3dcp._compat": 0, "s3dcp._errors": 0, "s3dcp._config": 0, "s3dcp._uri": 0, "s3dcp._prefix": 0,
-    "s3dcp._crc32": 0, "s3dcp._ranges": 0, "s3dcp._files": 0, "s3dcp._progress": 0,
-    "s3dcp._s3": 1, "s3dcp._format": 1,
-    "s3dcp._stats": 2, "s3dcp._commit": 2, "s3dcp._catalog": 2, "s3dcp._save": 2, "s3dcp._load": 2,
-    "s3dcp._copy": 2, "s3dcp._verify": 2, "s3dcp._tiered.local": 2, "s3dcp._tiered.upload": 2,
+    "s3dcp._compat": 0,
+    "s3dcp._errors": 0,
+    "s3dcp._config": 0,
+    "s3dcp._uri": 0,
+    "s3dcp._prefix": 0,
+    "s3dcp._crc32": 0,
+    "s3dcp._ranges": 0,
+    "s3dcp._files": 0,
+    "s3dcp._progress": 0,
+    "s3dcp._s3": 1,
+    "s3dcp._format": 1,
+    "s3dcp._stats": 2,
+    "s3dcp._commit": 2,
+    "s3dcp._catalog": 2,
+    "s3dcp._save": 2,
+    "s3dcp._load": 2,
+    "s3dcp._copy": 2,
+    "s3dcp._verify": 2,
+    "s3dcp._tiered.local": 2,
+    "s3dcp._tiered.upload": 2,
     "s3dcp._tiered.discovery": 2,
-    "s3dcp._writer": 3, "s3dcp._reader": 3, "s3dcp._tiered": 3,
-    "s3dcp": 4, "s3dcp._cli": 4, "s3dcp.__main__": 4,
+    "s3dcp._writer": 3,
+    "s3dcp._reader": 3,
+    "s3dcp._tiered": 3,
+    "s3dcp": 4,
+    "s3dcp._cli": 4,
+    "s3dcp.__main__": 4,
 }
 APART = ("s3dcp._s3", "s3dcp._format")
 
@@ -49,8 +68,12 @@ def imports_of(path: Path) -> set[str]:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("s3dcp"):
             for alias in node.names:
                 candidate = f"{node.module}.{alias.name}"
-                found.add(candidate if (PACKAGE.parent / candidate.replace(".", "/")).exists()
-                          or (PACKAGE.parent / (candidate.replace(".", "/") + ".py")).exists() else node.module)
+                found.add(
+                    candidate
+                    if (PACKAGE.parent / candidate.replace(".", "/")).exists()
+                    or (PACKAGE.parent / (candidate.replace(".", "/") + ".py")).exists()
+                    else node.module
+                )
         elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.startswith("s3dcp"))
     return found
@@ -90,8 +113,10 @@ def test_the_checker_sees_a_wrong_import(tmp_path: Path) -> None:
 
 def test_the_architecture_page_lists_every_module() -> None:
     page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
-    sections = {"_s3": page.split("(layer 1, `_s3/`)")[1].split("\nChe")[0],
-                "_format": page.split("(layer 1, `_format/`)")[1].split("\nLeaves")[0]}
+    sections = {
+        "_s3": page.split("(layer 1, `_s3/`)")[1].split("\nChe")[0],
+        "_format": page.split("(layer 1, `_format/`)")[1].split("\nLeaves")[0],
+    }
     missing = []
     for path in sorted(PACKAGE.rglob("*.py")):
         relative = path.relative_to(PACKAGE).as_posix()

@@ -64,8 +64,9 @@ def test_current_and_uploading_checkpoints_are_spared(tmp_path: Path) -> None:
 
 
 def test_marks_of_dead_processes_do_not_count(tmp_path: Path) -> None:
-    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                           check=True)
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(child.stdout)
     live = mark_uploading(tmp_path, "step_1", rank=0)
     dead = live.with_name(live.name.replace(f"@{os.getpid()}@", f"@{dead_pid}@").replace("step_1", "step_2"))

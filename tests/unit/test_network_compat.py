@@ -24,8 +24,8 @@ from s3dcp._compat import botocore as compat_botocore
 from s3dcp._compat import http_client as compat_http_client
 from s3dcp._compat import ssl as compat_ssl
 from s3dcp._compat import urllib3 as compat_urllib3
-from s3dcp._s3.client import S3Client, _create_client
 from s3dcp._config import resolve_settings
+from s3dcp._s3.client import S3Client, _create_client
 from tests.botocore_doubles import unshared_context
 
 ENVIRON = {"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}

@@ -83,8 +83,6 @@ def test_a_hostile_pickle_that_names_bytes_io_in_its_state_is_refused() -> None:
 
 def test_a_global_the_pickle_computes_is_refused() -> None:
     # STACK_GLOBAL whose module and name come from the memo cannot be read without running it
-    computed = (
-        b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94h\x00h\x01\x93\x8c\x06exit 0\x85R."
-    )
+    computed = b"\x80\x04\x8c\x02os\x94\x8c\x06system\x94h\x00h\x01\x93\x8c\x06exit 0\x85R."
     with pytest.raises(UnsafeCheckpointError, match="computes"):
         check_plain_data(memoryview(saved(io.BytesIO(computed))), "item")

@@ -2,8 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from s3dcp import BinaryPrefixStrategy, HexPrefixStrategy, RoundRobinPrefixStrategy, S3PrefixStrategyBase
-from s3dcp import S3StorageWriter
+from s3dcp import (
+    BinaryPrefixStrategy,
+    HexPrefixStrategy,
+    RoundRobinPrefixStrategy,
+    S3PrefixStrategyBase,
+    S3StorageWriter,
+)
 from s3dcp._prefix import DefaultPrefixStrategy, is_prefix_strategy, stems_for
 from s3dcp._save import checked_stems
 

@@ -27,7 +27,12 @@ def frames(stream: io.StringIO) -> list[str]:
 
 def test_human_bytes() -> None:
     assert [human_bytes(n) for n in (0, 1023, 1024, 1536, 5 * 1024**3, 3 * 1024**5)] == [
-        "0 B", "1023 B", "1.0 KiB", "1.5 KiB", "5.0 GiB", "3072.0 TiB",
+        "0 B",
+        "1023 B",
+        "1.0 KiB",
+        "1.5 KiB",
+        "5.0 GiB",
+        "3072.0 TiB",
     ]
 
 

@@ -43,4 +43,3 @@ def test_runs_nothing_the_pickle_names(tmp_path: Path) -> None:
 def test_unreadable_bytes_are_damage(body: bytes) -> None:
     with pytest.raises(CheckpointDamagedError, match="x/.metadata"):
         referenced_objects(body, "x/.metadata")
-

@@ -34,8 +34,10 @@ def _transforms(compress: bool) -> list[Any]:
 @pytest.mark.parametrize("compress", [False, pytest.param(True, marks=needs_stream_transforms)], ids=["plain", "zstd"])
 @pytest.mark.parametrize(
     ("item", "said"),
-    [(_create_write_item_for_bytesio("blob", io.BytesIO(b"x")), "BYTE_IO item 'blob' resolved to Tensor"),
-     (_create_write_item_for_tensor("w", torch.ones(2)), "tensor item 'w' resolved to BytesIO")],
+    [
+        (_create_write_item_for_bytesio("blob", io.BytesIO(b"x")), "BYTE_IO item 'blob' resolved to Tensor"),
+        (_create_write_item_for_tensor("w", torch.ones(2)), "tensor item 'w' resolved to BytesIO"),
+    ],
     ids=["bytes", "tensor"],
 )
 def test_wrong_kind_is_refused(item: Any, said: str, compress: bool) -> None:

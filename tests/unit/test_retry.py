@@ -10,9 +10,9 @@ import botocore.exceptions
 import pytest
 import urllib3.exceptions
 
-from s3dcp._s3.client import S3Client
 from s3dcp._config import S3ClientConfig, resolve_settings
 from s3dcp._errors import S3DCPError
+from s3dcp._s3.client import S3Client
 from s3dcp._s3.retry import FailureKind, RetryPolicy, TruncatedBodyError, classify
 
 
@@ -141,9 +141,7 @@ def test_policy_from_config() -> None:
 # -- what the logs say about retries -------------------------------------------------------
 
 
-def _client_with_fake_clock(
-    monkeypatch: pytest.MonkeyPatch, **config: Any
-) -> tuple[S3Client, list[float]]:
+def _client_with_fake_clock(monkeypatch: pytest.MonkeyPatch, **config: Any) -> tuple[S3Client, list[float]]:
     """An S3Client whose waits only move a fake clock (the one tenacity and the report read)."""
     clock = [0.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])

@@ -8,9 +8,9 @@ import botocore.exceptions
 import pytest
 
 import s3dcp
+from s3dcp._config import S3ClientConfig, resolve_settings
 from s3dcp._s3.hooks import NotS3AnswerError, non_s3_answer, refuse_non_s3_answer
 from s3dcp._s3.translate import translate_error
-from s3dcp._config import S3ClientConfig, resolve_settings
 
 SETTINGS = resolve_settings("us-east-1", S3ClientConfig(endpoint_url="http://store:9000"), {})
 ERROR_DOCUMENT = b'<?xml version="1.0"?><Error><Code>NoSuchKey</Code><Message>gone</Message></Error>'
@@ -78,31 +78,52 @@ def test_the_hook_closes_a_refused_object_body() -> None:
 
 
 def test_translation_says_what_was_answered_and_what_to_check() -> None:
-    error = translate_error(NotS3AnswerError(404, "text/html", "no S3 request id header"), "get_object",
-                            "bkt", "run/.metadata", SETTINGS)
+    error = translate_error(
+        NotS3AnswerError(404, "text/html", "no S3 request id header"), "get_object", "bkt", "run/.metadata", SETTINGS
+    )
     assert type(error) is s3dcp.EndpointError and error.code == "404"
     text = str(error)
-    for words in ("does not look like S3", "HTTP 404", "text/html", "http://store:9000", "s3://bkt/run/.metadata",
-                  "endpoint URL", "proxy", "port"):
+    for words in (
+        "does not look like S3",
+        "HTTP 404",
+        "text/html",
+        "http://store:9000",
+        "s3://bkt/run/.metadata",
+        "endpoint URL",
+        "proxy",
+        "port",
+    ):
         assert words in text, text
 
 
 def test_a_server_error_stays_a_server_error_and_says_the_answer_was_not_s3() -> None:
     """A 5xx page may come from a load balancer or from the store itself crashing: not called "not S3"."""
     html_503 = botocore.exceptions.ClientError(
-        {"Error": {"Code": "503", "Message": "Service Unavailable"},
-         "ResponseMetadata": {"HTTPStatusCode": 503, "HTTPHeaders": {"content-type": "text/html"}}}, "GetObject")
+        {
+            "Error": {"Code": "503", "Message": "Service Unavailable"},
+            "ResponseMetadata": {"HTTPStatusCode": 503, "HTTPHeaders": {"content-type": "text/html"}},
+        },
+        "GetObject",
+    )
     error = translate_error(html_503, "get_object", "bkt", "k", SETTINGS, attempts=3)
     assert type(error) is s3dcp.S3RequestError and "did not look like S3" in str(error)
     slow_down = botocore.exceptions.ClientError(
-        {"Error": {"Code": "SlowDown", "Message": "Reduce"},
-         "ResponseMetadata": {"HTTPStatusCode": 503, "HTTPHeaders": {"x-amz-request-id": "R"}}}, "GetObject")
+        {
+            "Error": {"Code": "SlowDown", "Message": "Reduce"},
+            "ResponseMetadata": {"HTTPStatusCode": 503, "HTTPHeaders": {"x-amz-request-id": "R"}},
+        },
+        "GetObject",
+    )
     error = translate_error(slow_down, "get_object", "bkt", "k", SETTINGS, attempts=3)
     assert type(error) is s3dcp.S3RequestError and "did not look like S3" not in str(error)
 
 
 def test_a_client_error_that_escaped_the_hook_is_judged_the_same() -> None:
     html_404 = botocore.exceptions.ClientError(
-        {"Error": {"Code": "404", "Message": "Not Found"},
-         "ResponseMetadata": {"HTTPStatusCode": 404, "HTTPHeaders": {"content-type": "text/html"}}}, "GetObject")
+        {
+            "Error": {"Code": "404", "Message": "Not Found"},
+            "ResponseMetadata": {"HTTPStatusCode": 404, "HTTPHeaders": {"content-type": "text/html"}},
+        },
+        "GetObject",
+    )
     assert type(translate_error(html_404, "get_object", "bkt", "k", SETTINGS)) is s3dcp.EndpointError

@@ -32,8 +32,19 @@ def assert_reads_like_pickle(data: bytes) -> None:
 
 
 def test_dense_tensors_of_every_dtype_and_plain_values(tmp_path: Path) -> None:
-    dtypes = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.uint8,
-              torch.int16, torch.int32, torch.int64, torch.bool, torch.complex64]
+    dtypes = [
+        torch.float32,
+        torch.float64,
+        torch.float16,
+        torch.bfloat16,
+        torch.int8,
+        torch.uint8,
+        torch.int16,
+        torch.int32,
+        torch.int64,
+        torch.bool,
+        torch.complex64,
+    ]
     state: dict[str, Any] = {str(d): torch.zeros(3, 2, dtype=d) for d in dtypes}
     state["channels_last"] = torch.zeros(2, 3, 4, 5).to(memory_format=torch.channels_last)
     state["meta"] = {"step": 3, "betas": (0.9, 0.95), "name": "x", "none": None}

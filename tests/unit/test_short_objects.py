@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from s3dcp._s3.download import SHORT_OBJECT_CODE, _check_served_range
 from s3dcp._errors import S3RequestError
+from s3dcp._s3.download import SHORT_OBJECT_CODE, _check_served_range
 
 
 class Body:

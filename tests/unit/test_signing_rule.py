@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from s3dcp._s3.client import _signs_payload
 from s3dcp._config import S3ClientConfig, resolve_settings
+from s3dcp._s3.client import _signs_payload
 
 
 @pytest.mark.parametrize(
@@ -19,6 +19,8 @@ from s3dcp._config import S3ClientConfig, resolve_settings
         ("https://s3.example.com", "crc32", True, True),  # asked to
     ],
 )
-def test_signing_rule(endpoint: str | None, upload_checksum: str | None, sign_payload: bool | None, signed: bool) -> None:
+def test_signing_rule(
+    endpoint: str | None, upload_checksum: str | None, sign_payload: bool | None, signed: bool
+) -> None:
     config = S3ClientConfig(endpoint_url=endpoint, upload_checksum=upload_checksum, sign_payload=sign_payload)
     assert _signs_payload(resolve_settings("us-east-1", config, environ={})) is signed

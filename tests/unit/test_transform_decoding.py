@@ -44,8 +44,11 @@ def test_decode_into_fills_the_target_and_returns_the_tail() -> None:
 
 @pytest.mark.parametrize(
     ("decoded", "why"),
-    [(b"HEAx" + bytes(5000) + b"TAIL--", "other head"), (b"HEAD" + bytes(100), "ends early"),
-     (b"HEAD" + bytes(5000) + b"TAIL--more", "ends late")],
+    [
+        (b"HEAx" + bytes(5000) + b"TAIL--", "other head"),
+        (b"HEAD" + bytes(100), "ends early"),
+        (b"HEAD" + bytes(5000) + b"TAIL--more", "ends late"),
+    ],
 )
 def test_decode_into_refuses_other_layouts(decoded: bytes, why: str) -> None:
     target = memoryview(bytearray(5000))

@@ -26,16 +26,20 @@ def self_signed_server_context(directory: Path) -> ssl.SSLContext:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "untrusted test server")])
     now = datetime.datetime.now(datetime.timezone.utc)
     certificate = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1)).not_valid_after(now + datetime.timedelta(hours=1))
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
         .sign(key, hashes.SHA256())
     )
     cert_file, key_file = directory / "cert.pem", directory / "key.pem"
     cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_file, key_file)
     return context
@@ -47,7 +51,7 @@ def handshake_failure(directory: Path) -> ssl.SSLError:
     client = ssl.create_default_context().wrap_bio(client_in, client_out, server_hostname="127.0.0.1")
     server = self_signed_server_context(directory).wrap_bio(server_in, server_out, server_side=True)
     for _ in range(10):
-        for side, incoming, outgoing, peer_in in (
+        for side, _incoming, outgoing, peer_in in (
             (client, client_in, client_out, server_in),
             (server, server_in, server_out, client_in),
         ):

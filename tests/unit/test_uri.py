@@ -24,8 +24,18 @@ def test_parse(uri: str, bucket: str, prefix: str) -> None:
 
 @pytest.mark.parametrize(
     "uri",
-    ["/tmp/x", "s3:/b/k", "s3://", "http://bucket/k", "s3:///k", "s3://bucket/a//b", "s3://bucket/./b",
-     "s3://bucket/a/../b", "s3://bucket/a\x00b", "s3://bucket/" + "k" * 1000],
+    [
+        "/tmp/x",
+        "s3:/b/k",
+        "s3://",
+        "http://bucket/k",
+        "s3:///k",
+        "s3://bucket/a//b",
+        "s3://bucket/./b",
+        "s3://bucket/a/../b",
+        "s3://bucket/a\x00b",
+        "s3://bucket/" + "k" * 1000,
+    ],
 )
 def test_malformed_uris(uri: str) -> None:
     with pytest.raises(ValueError):
@@ -35,8 +45,21 @@ def test_malformed_uris(uri: str) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["ab", "a" * 64, "Bucket", "bucket_name", "-bucket", "bucket-", "bu..cket", "192.168.5.4",
-     "xn--bucket", "sthree-bucket", "bucket-s3alias", "bucket--ol-s3", "plain--x-s3"],
+    [
+        "ab",
+        "a" * 64,
+        "Bucket",
+        "bucket_name",
+        "-bucket",
+        "bucket-",
+        "bu..cket",
+        "192.168.5.4",
+        "xn--bucket",
+        "sthree-bucket",
+        "bucket-s3alias",
+        "bucket--ol-s3",
+        "plain--x-s3",
+    ],
 )
 def test_invalid_bucket_names(name: str) -> None:
     with pytest.raises(ValueError, match="invalid S3 bucket name"):
