@@ -39,7 +39,6 @@ from _s3_target import s3_target
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter, latest_checkpoint
-from s3dcp._uri import parse_s3_uri
 
 warnings.filterwarnings("ignore", message="torch.distributed is disabled")
 
@@ -128,18 +127,22 @@ def run_trainer(base: str, steps: int, every: int, truth: Path, crash_at: int) -
             print(f"SAVED step_{step} {state_bytes(state)} {seconds:.3f}", flush=True)
 
 
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/some/prefix`` -> ``("bucket", "some/prefix")``, for the boto3 calls that watch the save."""
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    return bucket, prefix.rstrip("/")
+
+
 def crash_during_save(state: dict[str, Any], uri: str) -> None:
     """Start the save, wait until S3 holds some of its parts, then SIGKILL ourselves."""
     threading.Thread(target=save, args=(state, uri), daemon=True).start()
-    target = parse_s3_uri(uri)
+    bucket, prefix = split_s3_uri(uri)
     s3 = boto3.client("s3")
     while True:  # watch the real upload; it takes several requests, so this sees it
-        uploads = s3.list_multipart_uploads(Bucket=target.bucket, Prefix=target.prefix + "/").get("Uploads", [])
-        parts = [
-            s3.list_parts(Bucket=target.bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts", []) for u in uploads
-        ]
+        uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", [])
+        parts = [s3.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts", []) for u in uploads]
         if any(parts):
-            print(f"CRASH {target.prefix.rsplit('/', 1)[-1]} {sum(map(len, parts))}", flush=True)
+            print(f"CRASH {prefix.rsplit('/', 1)[-1]} {sum(map(len, parts))}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -190,8 +193,8 @@ def drive(base: str, steps: int, every: int, crash_at: int) -> None:
 
         print("[3] checkpoints in S3 now (the killed save has no .metadata, so it is not complete):")
         s3dcp_command("ls", base)
-        target = parse_s3_uri(base)
-        uploads = boto3.client("s3").list_multipart_uploads(Bucket=target.bucket, Prefix=target.prefix + "/")
+        bucket, prefix = split_s3_uri(base)
+        uploads = boto3.client("s3").list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/")
         print(f"    {len(uploads.get('Uploads', []))} multipart upload(s) left open by the killed save")
         latest_uri = latest_checkpoint(base)
         assert latest_uri is not None and latest_uri != f"{base}/step_{crash_at}"
