@@ -44,6 +44,7 @@ import torch.distributed as dist
 from ._missing import report_missing
 
 __all__ = [
+    "DCP_METADATA_CLASSES",
     "FALLBACK_ALLOWED_GLOBALS",
     "FALLBACK_DCP_VERSION",
     "GET_LAYOUT",
@@ -64,6 +65,16 @@ __all__ = [
 
 
 _FILESYSTEM = "torch.distributed.checkpoint.filesystem"
+# the dataclasses a DCP .metadata pickle is made of (torch.distributed.checkpoint.metadata)
+DCP_METADATA_CLASSES = (
+    "Metadata",
+    "MetadataIndex",
+    "StorageMeta",
+    "TensorStorageMetadata",
+    "BytesStorageMetadata",
+    "ChunkStorageMetadata",
+    "TensorProperties",
+)
 _METADATA = "torch.distributed.checkpoint.metadata"
 _EXTENSION = "torch.distributed.checkpoint._extension"
 _WEIGHTS_ONLY = "torch._weights_only_unpickler"
@@ -170,18 +181,7 @@ FALLBACK_ALLOWED_GLOBALS = frozenset(
                 "ComplexDouble",
             )
         ),
-        *(
-            f"{_METADATA}.{name}"
-            for name in (
-                "Metadata",
-                "MetadataIndex",
-                "StorageMeta",
-                "TensorStorageMetadata",
-                "BytesStorageMetadata",
-                "ChunkStorageMetadata",
-                "TensorProperties",
-            )
-        ),
+        *(f"{_METADATA}.{name}" for name in DCP_METADATA_CLASSES),
     }
 )
 """What s3dcp admits by default when torch's list is out of reach: tensors, their storages and

@@ -28,6 +28,7 @@ from torch.distributed.checkpoint import metadata as dcp_metadata
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
 from s3dcp._compat.torch import (
+    DCP_METADATA_CLASSES,
     GET_LAYOUT,
     OLD_PROPERTIES_MODULE,
     FallbackStorageInfo,
@@ -38,16 +39,6 @@ from s3dcp._compat.torch import (
 from s3dcp._errors import CheckpointDamagedError, UnsafeCheckpointError
 
 __all__ = ["commit_record", "dump_metadata", "load_metadata", "check_relative_key", "SafeUnpickler"]
-
-_METADATA_CLASSES = (
-    "Metadata",
-    "MetadataIndex",
-    "StorageMeta",
-    "TensorStorageMetadata",
-    "BytesStorageMetadata",
-    "ChunkStorageMetadata",
-    "TensorProperties",
-)
 
 
 def _layout_by_name(name: object) -> torch.layout:
@@ -69,7 +60,7 @@ def _allowed() -> dict[tuple[str, str], Any]:
     """
     storage_infos = {storage_info_class(), FallbackStorageInfo}
     allowed: dict[tuple[str, str], Any] = {
-        **{(dcp_metadata.__name__, name): getattr(dcp_metadata, name) for name in _METADATA_CLASSES},
+        **{(dcp_metadata.__name__, name): getattr(dcp_metadata, name) for name in DCP_METADATA_CLASSES},
         **{(cls.__module__, cls.__qualname__): cls for cls in storage_infos},
         ("torch", "Size"): torch.Size,
         ("collections", "OrderedDict"): OrderedDict,
