@@ -43,6 +43,15 @@ _XML = '<?xml version="1.0" encoding="UTF-8"?>\n'
 _NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
 
 
+def s3_operation(method: str, target: str, headers: list[tuple[str, str]]) -> str:
+    """The S3 operation a request is (``PutObject``, ``UploadPart``, ``GetObject``, ...), from its method, target and headers."""
+    url = urlsplit(target)
+    bucket, _, key = unquote(url.path).lstrip("/").partition("/")
+    if not bucket and method == "GET":
+        return "ListBuckets"
+    return _operation(method, key, parse_qs(url.query, keep_blank_values=True), headers)
+
+
 def _operation(method: str, key: str, query: dict[str, list[str]], headers: list[tuple[str, str]]) -> str:
     if not key:
         return {"PUT": "CreateBucket", "HEAD": "HeadBucket", "POST": "DeleteObjects"}.get(
@@ -220,10 +229,7 @@ class _Handler(socketserver.BaseRequestHandler):
         url = urlsplit(target)
         bucket, _, key = unquote(url.path).lstrip("/").partition("/")
         query = parse_qs(url.query, keep_blank_values=True)
-        if not bucket and method == "GET":
-            operation = "ListBuckets"
-        else:
-            operation = _operation(method, key, query, headers)
+        operation = s3_operation(method, target, headers)
         if (header(headers, "expect") or "").lower() == "100-continue":
             conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         received = Body.of(rfile, is_chunked(headers), header(headers, "content-length")).drain(buffer)
