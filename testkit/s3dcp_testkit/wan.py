@@ -343,7 +343,7 @@ def settings_from(args: argparse.Namespace) -> WanSettings:
     )
 
 
-def add_options(parser: argparse.ArgumentParser) -> None:
+def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The emulator's knobs as command-line options (``benchmarks/compare.py --server wan`` has them too)."""
     parser.add_argument("--latency-ms", type=float, default=20.0, help="time to first byte of every answer (20)")
     parser.add_argument(
