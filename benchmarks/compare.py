@@ -13,7 +13,8 @@ Servers, all on 127.0.0.1 and started here:
   local DCP's FileSystemWriter/Reader on a temporary directory (method local-fs):
         no network at all, measured once whatever --server/--scheme say.
   wan   (only when asked: --server wan) s3dcp_testkit.wan's emulator of a distant S3 in
-        front of moto (or, --wan-store sink, the null sink: saves only): first-byte
+        front of s3dcp_testkit.memory_store (--wan-store moto: moto; sink: the null
+        sink, saves only): first-byte
         latency (--latency-ms, --complete-latency-ms) and MB/s per connection
         (--conn-mbps) and in all (--total-mbps); its tables add the requests in flight.
 
@@ -409,7 +410,7 @@ class Bench:
         if unknown:
             raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {ALL_METHODS}")
         servers = {"both": ["moto", "sink"], "all": ["moto", "rgw", "sink"]}.get(args.server, [args.server])
-        wan_stores_bytes = args.wan_store == "moto"
+        wan_stores_bytes = args.wan_store in ("moto", "memory")
         schemes = ["http", "https"] if args.scheme == "both" else [args.scheme]
         remote = [m for m in methods if m != "local-fs"]
         ops = args.ops.split(",")
@@ -491,25 +492,22 @@ class Bench:
                         )
                     )
             if remote and "wan" in servers:
+                import boto3
+
+                from s3dcp_testkit.memory_store import MemoryStore
+                from s3dcp_testkit.moto_server import MotoServer
+                from s3dcp_testkit.null_sink import NullSink
                 from s3dcp_testkit.wan import WanEmulator, settings_from
 
+                store_server = {"moto": MotoServer, "memory": MemoryStore, "sink": NullSink}[args.wan_store]()
+                store_url: str = stack.enter_context(store_server).endpoint_url
+                wan_admin = {"endpoint_url": store_url} if wan_stores_bytes else None
                 if wan_stores_bytes:
-                    import boto3
-
-                    from s3dcp_testkit.moto_server import MotoServer
-
                     os.environ.update(credentials)
-                    wan_store = stack.enter_context(MotoServer())
-                    boto3.client("s3", endpoint_url=wan_store.endpoint_url).create_bucket(Bucket=BUCKET)
-                    wan_admin: dict[str, str] | None = {"endpoint_url": wan_store.endpoint_url}
-                else:
-                    from s3dcp_testkit.null_sink import NullSink
-
-                    wan_store = stack.enter_context(NullSink())
-                    wan_admin = None
+                    boto3.client("s3", endpoint_url=store_url).create_bucket(Bucket=BUCKET)
                 for scheme in schemes:
                     wan = stack.enter_context(
-                        WanEmulator(wan_store.endpoint_url, settings_from(args), tls if scheme == "https" else None)
+                        WanEmulator(store_url, settings_from(args), tls if scheme == "https" else None)
                     )
                     targets.append(
                         Target("wan", scheme, wan.endpoint_url, wan.counts, admin=wan_admin, in_flight=wan.in_flight)
@@ -643,7 +641,8 @@ class Bench:
                 "sink": "s3dcp_testkit.null_sink in the driver process: takes uploads, stores nothing",
                 "local": "FileSystemWriter/Reader on a temporary directory (page cache, no fsync)",
                 "wan": "s3dcp_testkit.wan in the driver process (first-byte latency per operation, MB/s per "
-                "connection and in all) in front of moto (or the null sink); HTTPS terminates at the emulator",
+                "connection and in all) in front of the in-memory store, moto or the null sink (settings.wan.store); "
+                "HTTPS terminates at the emulator",
             },
             "rows": self.rows,
             "partial_load": self.partial,
@@ -887,9 +886,10 @@ def main() -> None:
     add_options(wan_options)
     wan_options.add_argument(
         "--wan-store",
-        choices=["moto", "sink"],
-        default="moto",
-        help="what the emulator fronts: moto keeps the bytes (saves and loads); the null sink is faster (saves only)",
+        choices=["memory", "moto", "sink"],
+        default="memory",
+        help="what the emulator fronts: moto or s3dcp_testkit.memory_store (faster) keep the bytes (saves and "
+        "loads); the null sink keeps nothing (saves only)",
     )
     parser.add_argument("--worker", choices=["prepare", "save", "load", "partial"], help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)

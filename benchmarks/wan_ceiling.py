@@ -1,14 +1,15 @@
 """How fast the WAN emulator (s3dcp_testkit.wan) can go on this machine: is it, or its store, the bottleneck?
 
-    python benchmarks/wan_ceiling.py                                  # 32 threads, 256 MiB, HTTP, sink and moto
+    python benchmarks/wan_ceiling.py                                  # 32 threads, 256 MiB, HTTP, every store
     python benchmarks/wan_ceiling.py --size-mib 16 --threads 8 --store sink --scheme https
 
 A plain boto3 client (one client, ``--threads`` threads, as many connections)
 uploads ``--size-mib`` as the parts of one multipart upload (``--part-mib``
 each), completes it, and reads it back in ranged GETs of the part size.
 For each store (``sink``: the null sink, which keeps nothing and answers
-ranged GETs with zeros; ``moto``: moto's server, which keeps the bytes) it
-does so three times:
+ranged GETs with zeros; ``memory``: s3dcp_testkit.memory_store, which keeps
+the bytes in this process; ``moto``: moto's server, which keeps them in
+its own) it does so three times:
 
   store      straight to the store (no emulator): the store's own ceiling
   relay      through the emulator with no latency and no rate limit: its relaying cost
@@ -116,7 +117,13 @@ def ideal_mb_per_s(size: int, part: int, threads: int, settings: WanSettings) ->
 @contextmanager
 def store(kind: str) -> Iterator[str]:
     """A plain-HTTP store's endpoint, with the bucket made."""
-    if kind == "moto":
+    if kind == "memory":
+        from s3dcp_testkit.memory_store import MemoryStore
+
+        with MemoryStore() as memory:
+            _client(memory.endpoint_url, 1, None).create_bucket(Bucket=BUCKET)
+            yield memory.endpoint_url
+    elif kind == "moto":
         from s3dcp_testkit.moto_server import MotoServer
 
         with MotoServer() as moto:
@@ -135,7 +142,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=32, help="client threads, and so connections (32)")
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--part-mib", type=int, default=8, help="part and range size, >= 5 (8)")
-    parser.add_argument("--store", choices=["sink", "moto", "both"], default="both")
+    parser.add_argument("--store", choices=["sink", "memory", "moto", "all"], default="all")
     parser.add_argument("--scheme", choices=["http", "https"], default="http")
     parser.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = parser.parse_args()
@@ -162,7 +169,7 @@ def main() -> None:
 
             made = make_certificate(Path(stack.enter_context(tempfile.TemporaryDirectory())))
             tls, ca = (made.cert, made.key), str(made.ca)
-        for kind in ["sink", "moto"] if args.store == "both" else [args.store]:
+        for kind in ["sink", "memory", "moto"] if args.store == "all" else [args.store]:
             with store(kind) as upstream:
                 paths: list[tuple[str, WanSettings | None]] = [("store", None), ("relay", unlimited)]
                 for path, settings in paths + [("emulated", asked)]:

@@ -5,7 +5,7 @@ gigabytes a second; real S3 waits 10-30 ms before the first byte of an
 answer (CompleteMultipartUpload about 60 ms), and one TCP connection carries
 about 80-100 MB/s, so only many requests in flight make throughput.
 :class:`WanEmulator` is the counting forwarder (``forwarder.RelayHandler``)
-in front of a store that keeps the bytes (moto, for the benchmarks), with
+in front of a store that keeps the bytes (``memory_store``, or moto), with
 three changes:
 
 * **first-byte latency**: an answer's status line goes to the client no
