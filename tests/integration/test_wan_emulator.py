@@ -60,3 +60,34 @@ def test_a_put_and_a_get_through_the_emulator_are_counted_and_leave_nothing_in_f
     assert in_flight["in_flight_now"] == 0
     assert in_flight["in_flight_max"] == 1  # one client thread, one request at a time
     assert 0 < in_flight["in_flight_mean"] <= 1 and in_flight["active_s"] > 0
+
+
+def test_s3dcp_saves_and_loads_through_the_emulator_in_front_of_the_memory_store(clean_aws_env: Any) -> None:
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from s3dcp import S3StorageReader, S3StorageWriter
+    from s3dcp_testkit.memory_store import MemoryStore
+
+    with MemoryStore() as store, WanEmulator(store.endpoint_url, WanSettings(first_byte_ms=5)) as wan:
+        for name, value in (
+            ("AWS_ENDPOINT_URL", wan.endpoint_url),
+            ("AWS_ACCESS_KEY_ID", "key"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_REGION", REGION),
+        ):
+            clean_aws_env.setenv(name, value)
+        boto3.client("s3").create_bucket(Bucket="wan")
+        state = {"big": torch.randn(1536, 1024), "small": torch.arange(100), "step": 7}  # 6 MiB: two parts
+        writer = S3StorageWriter(REGION, "s3://wan/run/step_7", part_size=5 * MIB)
+        dcp.save(state, storage_writer=writer)
+        loaded = {"big": torch.zeros(1536, 1024), "small": torch.zeros(100, dtype=torch.int64), "step": 0}
+        dcp.load(loaded, storage_reader=S3StorageReader(REGION, "s3://wan/run/step_7"))
+        assert wan.in_flight.wait_idle(timeout=30)
+        counts = wan.counts.take()
+
+    assert torch.equal(loaded["big"], state["big"]) and torch.equal(loaded["small"], state["small"])
+    assert loaded["step"] == 7
+    assert counts["op:UploadPart"] >= 2 and counts["op:CompleteMultipartUpload"] >= 1
+    assert counts["op:PutObject"] >= 1 and counts["op:GetObject"] >= 2  # .metadata, and the reads
+    assert wan.in_flight.now == 0
