@@ -79,7 +79,7 @@ def upstream_address(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class _Upstream:
+class Upstream:
     """One plain HTTP connection to the upstream, reopened when the upstream closes it."""
 
     def __init__(self, address: tuple[str, int]) -> None:
@@ -111,7 +111,7 @@ class RelayHandler(socketserver.BaseRequestHandler):
         if opened is None:
             return
         conn, rfile = self._connection(*opened)
-        upstream = _Upstream(self.server.upstream)
+        upstream = Upstream(self.server.upstream)
         buffer = memoryview(bytearray(COPY_CHUNK))
         try:
             while self._relay_one(conn, rfile, upstream, buffer):
@@ -140,7 +140,7 @@ class RelayHandler(socketserver.BaseRequestHandler):
     def _answering(self, operation: str) -> None:
         """Called just before the first byte of the answer (its status line) goes to the client."""
 
-    def _relay_one(self, conn: Any, rfile: Any, upstream: _Upstream, buffer: memoryview) -> bool:
+    def _relay_one(self, conn: Any, rfile: Any, upstream: Upstream, buffer: memoryview) -> bool:
         head = read_head(rfile)
         if head is None:
             return False
@@ -150,7 +150,7 @@ class RelayHandler(socketserver.BaseRequestHandler):
         self,
         conn: Any,
         rfile: Any,
-        upstream: _Upstream,
+        upstream: Upstream,
         buffer: memoryview,
         request_line: str,
         headers: list[tuple[str, str]],

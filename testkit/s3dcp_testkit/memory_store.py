@@ -92,7 +92,13 @@ class Store:
         self.uploads: dict[str, _Upload] = {}
 
     def answer(
-        self, operation: str, bucket: str, key: str, query: dict[str, list[str]], headers: Any, body: bytearray
+        self,
+        operation: str,
+        bucket: str,
+        key: str,
+        query: dict[str, list[str]],
+        headers: list[tuple[str, str]],
+        body: bytearray,
     ) -> Answer:
         """Status, headers and body of one S3 operation."""
         with self._lock:
@@ -116,7 +122,7 @@ class Store:
         bucket: str,
         key: str,
         query: dict[str, list[str]],
-        headers: Any,
+        headers: list[tuple[str, str]],
         body: bytearray,
         objects: dict[str, _Object],
     ) -> Answer:

@@ -27,7 +27,7 @@ Not modelled: packet loss, TCP slow start, the round trip of a TLS handshake
 or of ``Expect: 100-continue`` (answered at once), throttling (503s: see the
 fault proxy). TLS, when asked for, ends here, as at the forwarder.
 
-    python -m s3dcp_testkit.wan --latency-ms 20 --conn-mbps 90      # moto behind it; prints the endpoint
+    python -m s3dcp_testkit.wan --latency-ms 20 --conn-mbps 90      # memory_store behind it; prints the endpoint
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from s3dcp_testkit.forwarder import RelayHandler, RelayServer, _Upstream, upstream_address
+from s3dcp_testkit.forwarder import RelayHandler, RelayServer, Upstream, upstream_address
 from s3dcp_testkit.loopback import BackgroundServer
 from s3dcp_testkit.null_sink import s3_operation
 
@@ -269,7 +269,7 @@ class _WanHandler(RelayHandler):
         self,
         conn: Any,
         rfile: Any,
-        upstream: _Upstream,
+        upstream: Upstream,
         buffer: memoryview,
         request_line: str,
         headers: list[tuple[str, str]],
@@ -354,39 +354,32 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
 
 
 def main() -> None:
+    from contextlib import nullcontext
+
     from s3dcp_testkit.certificates import make_certificate
+    from s3dcp_testkit.memory_store import MemoryStore
     from s3dcp_testkit.moto_server import MotoServer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(parser)
-    parser.add_argument("--upstream", help="an S3 server's http:// URL (default: a moto server started here)")
+    parser.add_argument("--store", choices=["memory", "moto"], default="memory", help="the store started behind it")
+    parser.add_argument("--upstream", help="an S3 server's http:// URL to front instead of starting a store")
     parser.add_argument("--tls-dir", type=Path, help="speak HTTPS with a throw-away CA written here (ca.pem)")
     args = parser.parse_args()
     tls = None
     if args.tls_dir:
         made = make_certificate(args.tls_dir)
         tls = (made.cert, made.key)
-    with MotoServer() if args.upstream is None else _NoServer(args.upstream) as store:
-        with WanEmulator(store.endpoint_url, settings_from(args), tls) as wan:
+    store = nullcontext(args.upstream) if args.upstream else MotoServer() if args.store == "moto" else MemoryStore()
+    with store as started:
+        upstream = started if isinstance(started, str) else started.endpoint_url
+        with WanEmulator(upstream, settings_from(args), tls) as wan:
             print(wan.endpoint_url, flush=True)
             try:
                 threading.Event().wait()
             except KeyboardInterrupt:
                 pass
             print(wan.counts.take(), wan.in_flight.take())
-
-
-class _NoServer:
-    """An upstream someone else runs."""
-
-    def __init__(self, endpoint_url: str) -> None:
-        self.endpoint_url = endpoint_url
-
-    def __enter__(self) -> _NoServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 if __name__ == "__main__":
