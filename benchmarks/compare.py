@@ -12,6 +12,11 @@ Servers, all on 127.0.0.1 and started here:
         ceiling on this machine. Saves only.
   local DCP's FileSystemWriter/Reader on a temporary directory (method local-fs):
         no network at all, measured once whatever --server/--scheme say.
+  wan   (only when asked: --server wan) s3dcp_testkit.wan's emulator of a distant S3 in
+        front of s3dcp_testkit.memory_store (--wan-store moto: moto; sink: the null
+        sink, saves only): first-byte
+        latency (--latency-ms, --complete-latency-ms) and MB/s per connection
+        (--conn-mbps) and in all (--total-mbps); its tables add the requests in flight.
 
 HTTPS uses a throwaway CA made with the openssl command; the workers trust it
 through AWS_CA_BUNDLE (boto3, s3dcp, s3fs) and SSL_CERT_FILE (the AWS CRT
@@ -54,6 +59,8 @@ from pathlib import Path
 from typing import Any
 
 from transfer import check_loaded, measure
+
+from s3dcp_testkit.wan import add_options
 
 HERE = Path(__file__).resolve().parent
 
@@ -126,13 +133,14 @@ def run_worker(op: str, method_name: str, target: str, size_mib: int, warm: bool
 class Target:
     """Where workers send their requests, and who counts them."""
 
-    server: str  # moto | rgw | sink | local
+    server: str  # moto | rgw | sink | wan | local
     scheme: str  # http | https | -
     endpoint: str | None = None
     counts: Any = None
     env: dict[str, str] = field(default_factory=dict)
     credentials: dict[str, str] | None = None  # for this server only (RGW has its own keys)
     admin: dict[str, str] | None = None  # boto3.client kwargs reaching the store directly (uncounted)
+    in_flight: Any = None  # the WAN emulator's s3dcp_testkit.wan.InFlight
 
     @property
     def label(self) -> str:
@@ -159,6 +167,8 @@ def _worker(target: Target, op: str, method: str, uri: str, size_mib: int, warm:
         command.append("--warm")
     if target.counts is not None:
         target.counts.take()
+    if target.in_flight is not None:
+        target.in_flight.take()
     timeout = (120 + size_mib // 2) * (2 if warm else 1)
     # stderr to a file: a pipe nobody reads during the warm-up could fill and stall the worker
     errors = tempfile.TemporaryFile(mode="w+")
@@ -172,6 +182,8 @@ def _worker(target: Target, op: str, method: str, uri: str, size_mib: int, warm:
                 time.sleep(0.05)  # as below: answers sent just before READY are recorded
                 if target.counts is not None:
                     target.counts.take()
+                if target.in_flight is not None:
+                    target.in_flight.take()
                 worker.stdin.write("\n")
                 worker.stdin.flush()
         stdout, _ = worker.communicate(timeout=timeout)
@@ -184,7 +196,10 @@ def _worker(target: Target, op: str, method: str, uri: str, size_mib: int, warm:
         stderr = errors.read()
         errors.close()
     time.sleep(0.05)  # let a server thread finish recording an answer sent just before the worker exited
+    if target.in_flight is not None:
+        target.in_flight.wait_idle(5)  # an answer's last byte can reach the worker before it is counted out
     counts = target.counts.take() if target.counts is not None else {}
+    in_flight = target.in_flight.take() if target.in_flight is not None else None
     if worker.returncode != 0:
         return {"error": _explain_failure(target, method, stderr), "stderr": stderr[-4000:]}
     answer: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
@@ -194,6 +209,10 @@ def _worker(target: Target, op: str, method: str, uri: str, size_mib: int, warm:
         answer["response_body_bytes"] = counts.get("response_body_bytes", 0)
         answer["get_response_bytes"] = counts.get("response_bytes:GET", 0) + counts.get("response_bytes:GetObject", 0)
         answer["requests_by_op"] = {k[3:]: v for k, v in counts.items() if k.startswith("op:")}
+    if in_flight is not None:
+        answer["connections"] = counts.get("connections", 0)
+        answer["in_flight_mean"] = in_flight["in_flight_mean"]
+        answer["in_flight_max"] = in_flight["in_flight_max"]
     return answer
 
 
@@ -233,6 +252,10 @@ def summarize(runs: list[dict[str, Any]], target: Target, size_mib: int) -> dict
         row["request_body_mib"] = round(statistics.median(r["request_body_bytes"] for r in runs) / MIB, 1)
         row["response_body_mib"] = round(statistics.median(r["response_body_bytes"] for r in runs) / MIB, 1)
         row["requests_by_op"] = first["requests_by_op"]
+    if "in_flight_mean" in first:  # the WAN emulator's: time-weighted over each run's active span
+        row["in_flight_mean"] = round(statistics.median(r["in_flight_mean"] for r in runs), 1)
+        row["in_flight_max"] = max(r["in_flight_max"] for r in runs)
+        row["connections"] = statistics.median(r["connections"] for r in runs)
     return row
 
 
@@ -387,6 +410,7 @@ class Bench:
         if unknown:
             raise SystemExit(f"unknown methods {sorted(unknown)}; choose from {ALL_METHODS}")
         servers = {"both": ["moto", "sink"], "all": ["moto", "rgw", "sink"]}.get(args.server, [args.server])
+        wan_stores_bytes = args.wan_store in ("moto", "memory")
         schemes = ["http", "https"] if args.scheme == "both" else [args.scheme]
         remote = [m for m in methods if m != "local-fs"]
         ops = args.ops.split(",")
@@ -467,6 +491,27 @@ class Bench:
                             admin=admin,
                         )
                     )
+            if remote and "wan" in servers:
+                import boto3
+
+                from s3dcp_testkit.memory_store import MemoryStore
+                from s3dcp_testkit.moto_server import MotoServer
+                from s3dcp_testkit.null_sink import NullSink
+                from s3dcp_testkit.wan import WanEmulator, settings_from
+
+                store_server = {"moto": MotoServer, "memory": MemoryStore, "sink": NullSink}[args.wan_store]()
+                store_url: str = stack.enter_context(store_server).endpoint_url
+                wan_admin = {"endpoint_url": store_url} if wan_stores_bytes else None
+                if wan_stores_bytes:
+                    os.environ.update(credentials)
+                    boto3.client("s3", endpoint_url=store_url).create_bucket(Bucket=BUCKET)
+                for scheme in schemes:
+                    wan = stack.enter_context(
+                        WanEmulator(store_url, settings_from(args), tls if scheme == "https" else None)
+                    )
+                    targets.append(
+                        Target("wan", scheme, wan.endpoint_url, wan.counts, admin=wan_admin, in_flight=wan.in_flight)
+                    )
             if remote and "sink" in servers:
                 from s3dcp_testkit.null_sink import NullSink
 
@@ -491,7 +536,8 @@ class Bench:
             for target in targets:
                 if target.server == "moto" and "moto" not in servers:
                     continue  # started for --scaling only
-                target_ops = ops if target.server in ("moto", "rgw") else [op for op in ops if op == "save"]
+                keeps_bytes = target.server in ("moto", "rgw") or (target.server == "wan" and wan_stores_bytes)
+                target_ops = ops if keeps_bytes else [op for op in ops if op == "save"]
                 self.log(f"{target.label}: {target.endpoint}")
                 self.rows += self.measure(
                     target,
@@ -499,7 +545,7 @@ class Bench:
                     target_ops,
                     args.size_mib,
                     args.runs,
-                    partial=args.partial and target.server == "moto",
+                    partial=args.partial and (target.server == "moto" or (target.server == "wan" and wan_stores_bytes)),
                 )
             if "local-fs" in methods:
                 self.log(f"local: {local_dir}")
@@ -573,6 +619,19 @@ class Bench:
                 "methods": self.args.methods,
                 "scaling_runs": self.args.scaling_runs,
                 "warm": self.args.warm,
+                **(
+                    {
+                        "wan": {
+                            "store": self.args.wan_store,
+                            "latency_ms": self.args.latency_ms,
+                            "complete_latency_ms": self.args.complete_latency_ms,
+                            "conn_mbps": self.args.conn_mbps or None,
+                            "total_mbps": self.args.total_mbps or None,
+                        }
+                    }
+                    if self.args.server == "wan"
+                    else {}
+                ),
             },
             "servers": {
                 "moto": "moto S3 server (one process) behind s3dcp_testkit.forwarder's counting forwarder; "
@@ -581,6 +640,9 @@ class Bench:
                 "behind the counting forwarder; HTTPS terminates at the forwarder",
                 "sink": "s3dcp_testkit.null_sink in the driver process: takes uploads, stores nothing",
                 "local": "FileSystemWriter/Reader on a temporary directory (page cache, no fsync)",
+                "wan": "s3dcp_testkit.wan in the driver process (first-byte latency per operation, MB/s per "
+                "connection and in all) in front of the in-memory store, moto or the null sink (settings.wan.store); "
+                "HTTPS terminates at the emulator",
             },
             "rows": self.rows,
             "partial_load": self.partial,
@@ -610,20 +672,29 @@ def _ratio(row: dict[str, Any], key: str) -> str:
 
 
 def _main_table(rows: list[dict[str, Any]]) -> list[str]:
+    in_flight = any("in_flight_mean" in r for r in rows)  # the WAN emulator's tables only
     lines = [
-        "| op | method | wall s median (min-max) | MB/s | client CPU s/GiB | peak RSS growth MiB | HTTP requests |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| op | method | wall s median (min-max) | MB/s | client CPU s/GiB | peak RSS growth MiB | HTTP requests |"
+        + (" requests in flight mean (max) | connections |" if in_flight else ""),
+        "| --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if in_flight else ""),
     ]
     order = {m: i for i, m in enumerate(ALL_METHODS)}
     for r in sorted(rows, key=lambda r: (r["op"] != "save", order.get(r["method"], 99))):
         if "error" in r:
-            lines.append(f"| {r['op']} | {r['method']} | {r['error']} | | | | |")
+            lines.append(f"| {r['op']} | {r['method']} | {r['error']} | | | | |" + (" | |" if in_flight else ""))
             continue
         requests = f"{r['requests']:.0f}{_ratio(r, 'requests')}" if "requests" in r else "-"
         lines.append(
             f"| {r['op']} | {r['method']} | {r['wall_s']:.2f} ({r['wall_min_s']:.2f}-{r['wall_max_s']:.2f}){_ratio(r, 'wall_s')} "
             f"| {r['mb_per_s']:.0f}{_ratio(r, 'mb_per_s')} | {r['cpu_s_per_gib']:.2f}{_ratio(r, 'cpu_s_per_gib')} "
             f"| {r['peak_rss_growth_mib']:.0f}{_ratio(r, 'peak_rss_growth_mib')} | {requests} |"
+            + (
+                f" {r['in_flight_mean']:.1f} ({r['in_flight_max']:.0f}) | {r['connections']:.0f} |"
+                if "in_flight_mean" in r
+                else " - | - |"
+                if in_flight
+                else ""
+            )
         )
     return lines
 
@@ -636,7 +707,21 @@ TITLES = {
     ("sink", "http"): "null sink over HTTP (client ceiling; saves only)",
     ("sink", "https"): "null sink over HTTPS (client ceiling; saves only)",
     ("local", "-"): "local disk: FileSystemWriter/Reader, no network (ratios against s3dcp on moto)",
+    ("wan", "http"): "WAN emulator over HTTP",
+    ("wan", "https"): "WAN emulator over HTTPS (TLS ends at the emulator)",
 }
+
+
+def _wan_title(title: str, settings: dict[str, Any]) -> str:
+    wan = settings.get("wan")
+    if not wan:
+        return title
+    rates = f"{wan['conn_mbps'] or 'unlimited'} MB/s per connection, {wan['total_mbps'] or 'unlimited'} in all"
+    return (
+        f"{title}: {wan['latency_ms']:g} ms to first byte ({wan['complete_latency_ms']:g} ms for "
+        f"CompleteMultipartUpload), {rates}, in front of {wan['store']}; requests in flight: time-weighted "
+        "mean over each run's active span (max)"
+    )
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -656,7 +741,10 @@ def markdown(report: dict[str, Any]) -> str:
     for row in report["rows"]:
         groups.setdefault((row["server"], row["scheme"]), []).append(row)
     for key in sorted(groups, key=lambda k: list(TITLES).index(k) if k in TITLES else 99):
-        out += ["", f"**{TITLES.get(key, ' '.join(key))}**", ""] + _main_table(groups[key])
+        title = TITLES.get(key, " ".join(key))
+        if key[0] == "wan":
+            title = _wan_title(title, report["settings"])
+        out += ["", f"**{title}**", ""] + _main_table(groups[key])
     if report["partial_load"]:
         out += [
             "",
@@ -761,9 +849,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--server",
-        choices=["moto", "rgw", "sink", "both", "all"],
+        choices=["moto", "rgw", "sink", "wan", "both", "all"],
         default="both",
-        help="both = moto and sink; all = moto, rgw and sink (rgw needs root: it may apt-install Ceph)",
+        help="both = moto and sink; all = moto, rgw and sink (rgw needs root: it may apt-install Ceph); "
+        "wan = the WAN emulator, on request only",
     )
     parser.add_argument("--scheme", choices=["http", "https", "both"], default="both")
     parser.add_argument(
@@ -793,6 +882,15 @@ def main() -> None:
         help="measure each worker's second operation (steady state), after an unmeasured one",
     )
     parser.add_argument("--verbose", action="store_true", help="print a failing worker's stderr")
+    wan_options = parser.add_argument_group("--server wan", "the WAN emulator's knobs (s3dcp_testkit.wan)")
+    add_options(wan_options)
+    wan_options.add_argument(
+        "--wan-store",
+        choices=["memory", "moto", "sink"],
+        default="memory",
+        help="what the emulator fronts: moto or s3dcp_testkit.memory_store (faster) keep the bytes (saves and "
+        "loads); the null sink keeps nothing (saves only)",
+    )
     parser.add_argument("--worker", choices=["prepare", "save", "load", "partial"], help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)

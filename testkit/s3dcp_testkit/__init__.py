@@ -8,6 +8,8 @@
   (``python -m s3dcp_testkit.ceph_rgw start|stop --dir DIR``);
 * ``target``: which server the integration suite talks to;
 * ``forwarder``: a counting HTTP forwarder that can terminate TLS;
+* ``wan``: the forwarder as a distant S3: first-byte latency, MB/s per connection, requests in flight;
+* ``memory_store``: an S3 store in this process's memory (behind ``wan`` in the benchmarks);
 * ``null_sink``: an S3 server that takes uploads and keeps nothing;
 * ``loopback``: a socketserver run on a background thread, and its counts;
 * ``http_framing``: HTTP/1.1 message heads and bodies (length or chunked);

@@ -73,7 +73,13 @@ def _copy_aws_chunked(body: Body, out: socket.socket, buffer: memoryview) -> Non
     body.drain(buffer)  # nothing, unless the client sent more after the closing blank line
 
 
-class _Upstream:
+def upstream_address(url: str) -> tuple[str, int]:
+    """``(host, port)`` of an ``http://host:port`` URL."""
+    host, _, port = url.split("://", 1)[1].rstrip("/").rpartition(":")
+    return host, int(port)
+
+
+class Upstream:
     """One plain HTTP connection to the upstream, reopened when the upstream closes it."""
 
     def __init__(self, address: tuple[str, int]) -> None:
@@ -95,15 +101,17 @@ class _Upstream:
         self.sock, self.rfile = None, None
 
 
-class _Handler(socketserver.BaseRequestHandler):
-    server: _Server
+class RelayHandler(socketserver.BaseRequestHandler):
+    """One client connection, relayed request by request; the hooks below let a subclass pace or delay it."""
+
+    server: RelayServer
 
     def handle(self) -> None:
         opened = open_connection(self.request, self.server.tls)
         if opened is None:
             return
-        conn, rfile = opened
-        upstream = _Upstream(self.server.upstream)
+        conn, rfile = self._connection(*opened)
+        upstream = Upstream(self.server.upstream)
         buffer = memoryview(bytearray(COPY_CHUNK))
         try:
             while self._relay_one(conn, rfile, upstream, buffer):
@@ -118,12 +126,38 @@ class _Handler(socketserver.BaseRequestHandler):
             except OSError:
                 pass
 
-    def _relay_one(self, conn: socket.socket, rfile: Any, upstream: _Upstream, buffer: memoryview) -> bool:
+    def _connection(self, conn: socket.socket, rfile: Any) -> tuple[Any, Any]:
+        """The connection and its reader as the relay uses them (a subclass may wrap them)."""
+        return conn, rfile
+
+    def _operation(self, request_line: str, headers: list[tuple[str, str]]) -> str:
+        """The name a request is counted under: its HTTP method."""
+        return request_line.split(" ", 1)[0]
+
+    def _request_sent(self) -> None:
+        """Called once a request's body has been passed upstream."""
+
+    def _answering(self, operation: str) -> None:
+        """Called just before the first byte of the answer (its status line) goes to the client."""
+
+    def _relay_one(self, conn: Any, rfile: Any, upstream: Upstream, buffer: memoryview) -> bool:
         head = read_head(rfile)
         if head is None:
             return False
-        request_line, headers = head
+        return self._relay(conn, rfile, upstream, buffer, *head)
+
+    def _relay(
+        self,
+        conn: Any,
+        rfile: Any,
+        upstream: Upstream,
+        buffer: memoryview,
+        request_line: str,
+        headers: list[tuple[str, str]],
+    ) -> bool:
+        """Relay one request whose head has been read, and its answer; False when the connection is done."""
         method = request_line.split(" ", 1)[0]
+        operation = self._operation(request_line, headers)
         if (header(headers, "expect") or "").lower() == "100-continue":
             headers = [(k, v) for k, v in headers if k.lower() != "expect"]
             conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -142,6 +176,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 sent = copy_chunked(Body(rfile, None), upstream.sock, buffer)
             else:
                 sent = copy(rfile, upstream.sock, int(length), buffer) if length else 0
+        self._request_sent()
 
         while True:  # skip interim 1xx answers
             answer = read_head(upstream.rfile)
@@ -158,13 +193,14 @@ class _Handler(socketserver.BaseRequestHandler):
         no_body = method == "HEAD" or status in (204, 304)
         known = 0 if no_body else int(length) if length is not None and not is_chunked(response_headers) else None
         if known is not None:  # counted before the client can see the answer, so a count taken
-            self.server.counts.add(method, sent, known)  # right after the client is done includes it
+            self.server.counts.add(operation, sent, known)  # right after the client is done includes it
+        self._answering(operation)
         conn.sendall(encode_head(status_line, forwarded))
         until_close = False
         if known is not None:
             copy(upstream.rfile, conn, known, buffer)
         elif is_chunked(response_headers):
-            self.server.counts.add(method, sent, copy_chunked(Body(upstream.rfile, None), conn, buffer))
+            self.server.counts.add(operation, sent, copy_chunked(Body(upstream.rfile, None), conn, buffer))
         else:  # body until the upstream closes: pass it on, then close the client too
             received = 0
             while True:
@@ -173,23 +209,28 @@ class _Handler(socketserver.BaseRequestHandler):
                     break
                 conn.sendall(buffer[:got])
                 received += got
-            self.server.counts.add(method, sent, received)
+            self.server.counts.add(operation, sent, received)
             client_close = until_close = True
         if upstream_close or until_close:
             upstream.close()
         return not client_close
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+class RelayServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, upstream: tuple[str, int], tls: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        tls: ssl.SSLContext | None,
+        handler: type[RelayHandler] = RelayHandler,
+    ) -> None:
         self.upstream = upstream
         self.tls = tls
         self.counts = Counts()
-        super().__init__(("127.0.0.1", 0), _Handler, bind_and_activate=False)
+        super().__init__(("127.0.0.1", 0), handler, bind_and_activate=False)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
         self.server_bind()
         self.server_activate()
@@ -207,9 +248,7 @@ class CountingForwarder(BackgroundServer):
 
     def __init__(self, upstream_url: str, tls: tuple[Path, Path] | None = None) -> None:
         super().__init__(tls)
-        host_port = upstream_url.split("://", 1)[1].rstrip("/")
-        host, _, port = host_port.rpartition(":")
-        self._upstream = (host, int(port))
+        self._upstream = upstream_address(upstream_url)
 
-    def _make_server(self) -> _Server:
-        return _Server(self._upstream, self._tls)
+    def _make_server(self) -> RelayServer:
+        return RelayServer(self._upstream, self._tls)

@@ -36,6 +36,11 @@ class Counts:
             self._counts["response_body_bytes"] += response_bytes
             self._counts[f"response_bytes:{operation}"] += response_bytes
 
+    def note(self, name: str, amount: int = 1) -> None:
+        """Count something other than a request (connections opened, say) under ``name``."""
+        with self._lock:
+            self._counts[name] += amount
+
     def take(self) -> dict[str, int]:
         with self._lock:
             counts, self._counts = dict(self._counts), Counter()

@@ -8,7 +8,8 @@ Request bodies are read into one reusable buffer and dropped: no hashing, no
 storing, no signature checks. It remembers only the size of each key written
 (and not deleted since), because some writers "rename" their
 ``.metadata.tmp`` by HEAD + CopyObject + DeleteObject; a GET of such a key
-returns that many zero bytes. A save against it therefore measures the
+returns that many zero bytes (a ranged GET, 206 and the range's length of
+zeros: the WAN emulator's ceiling check reads through it). A save against it therefore measures the
 client's ceiling on this machine (serialization, copying, HTTP/TLS), not a
 store.
 
@@ -41,6 +42,15 @@ READ_CHUNK = 1024 * 1024  # bytes consumed per readinto
 
 _XML = '<?xml version="1.0" encoding="UTF-8"?>\n'
 _NS = 'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"'
+
+
+def s3_operation(method: str, target: str, headers: list[tuple[str, str]]) -> str:
+    """The S3 operation a request is (``PutObject``, ``UploadPart``, ``GetObject``, ...), from its method, target and headers."""
+    url = urlsplit(target)
+    bucket, _, key = unquote(url.path).lstrip("/").partition("/")
+    if not bucket and method == "GET":
+        return "ListBuckets"
+    return _operation(method, key, parse_qs(url.query, keep_blank_values=True), headers)
 
 
 def _operation(method: str, key: str, query: dict[str, list[str]], headers: list[tuple[str, str]]) -> str:
@@ -172,7 +182,21 @@ def _answer(
     if known is None:
         return _no_such_key(key)
     stored = {"ETag": '"00000000000000000000000000000000"', "Last-Modified": "Sat, 01 Jan 2000 00:00:00 GMT"}
+    wanted = _range(header(headers, "range"), known) if operation == "GetObject" else None
+    if wanted is not None:
+        first, last = wanted
+        return 206, dict(stored, **{"Content-Range": f"bytes {first}-{last}/{known}"}), last - first + 1
     return 200, stored, known
+
+
+def _range(value: str | None, size: int) -> tuple[int, int] | None:
+    """First and last byte of a ``bytes=A-B``, ``bytes=A-`` or ``bytes=-N`` range within ``size`` bytes; None for the whole."""
+    if not value or not value.startswith("bytes=") or "," in value or size == 0:
+        return None
+    start, _, end = value[len("bytes=") :].partition("-")
+    if not start:
+        return max(0, size - int(end)), size - 1
+    return int(start), min(size - 1, int(end)) if end else size - 1
 
 
 def _no_such_key(key: str) -> tuple[int, dict[str, str], bytes]:
@@ -187,7 +211,7 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-_REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request", 404: "Not Found"}
+_REASONS = {100: "Continue", 200: "OK", 204: "No Content", 206: "Partial Content", 400: "Bad Request", 404: "Not Found"}
 
 
 class _Handler(socketserver.BaseRequestHandler):
@@ -220,10 +244,7 @@ class _Handler(socketserver.BaseRequestHandler):
         url = urlsplit(target)
         bucket, _, key = unquote(url.path).lstrip("/").partition("/")
         query = parse_qs(url.query, keep_blank_values=True)
-        if not bucket and method == "GET":
-            operation = "ListBuckets"
-        else:
-            operation = _operation(method, key, query, headers)
+        operation = s3_operation(method, target, headers)
         if (header(headers, "expect") or "").lower() == "100-continue":
             conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         received = Body.of(rfile, is_chunked(headers), header(headers, "content-length")).drain(buffer)
