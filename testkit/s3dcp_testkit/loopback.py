@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import itertools
 import socket
+import socketserver
 import ssl
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from s3dcp_testkit.certificates import server_context
+from s3dcp_testkit.http_framing import BodyError, header, read_head
 
 RECV_BUFFER = 4 * 1024 * 1024  # socket receive buffer asked of the kernel
 
@@ -56,6 +60,81 @@ def open_connection(conn: socket.socket, tls: ssl.SSLContext | None) -> tuple[so
         except (ssl.SSLError, OSError):
             return None
     return conn, conn.makefile("rb", buffering=256 * 1024)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One S3 request's head, parsed: method, target, bucket, key, query and headers."""
+
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    bucket: str
+    key: str
+    query: dict[str, list[str]]
+
+    @property
+    def closes(self) -> bool:
+        """Whether the connection ends after this request's answer."""
+        return (header(self.headers, "connection") or "").lower() == "close" or self.version == "HTTP/1.0"
+
+
+def read_request(conn: socket.socket, rfile: Any) -> Request | None:
+    """The next request's head (``None`` at the connection's end); answers ``Expect: 100-continue``."""
+    head = read_head(rfile)
+    if head is None:
+        return None
+    request_line, headers = head
+    method, target, version = request_line.split(" ", 2)
+    url = urlsplit(target)
+    bucket, _, key = unquote(url.path).lstrip("/").partition("/")
+    if (header(headers, "expect") or "").lower() == "100-continue":
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+    return Request(method, target, version, headers, bucket, key, parse_qs(url.query, keep_blank_values=True))
+
+
+class ConnectionHandler(socketserver.BaseRequestHandler):
+    """Serves one connection: its requests one after another, until one closes it or the client goes."""
+
+    server: Any
+
+    def handle(self) -> None:
+        opened = open_connection(self.request, self.server.tls)
+        if opened is None:
+            return
+        conn, rfile = opened
+        try:
+            while self.answer(conn, rfile):
+                pass
+        except (OSError, ValueError, BodyError, ssl.SSLError):
+            pass
+        finally:
+            rfile.close()
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def answer(self, conn: socket.socket, rfile: Any) -> bool:
+        """Read and answer one request; ``False`` when the connection is done."""
+        raise NotImplementedError
+
+
+class LoopbackServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """A threaded server on 127.0.0.1 and a free port, optionally TLS, counting what it answers."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+
+    def __init__(self, handler: type[ConnectionHandler], tls: ssl.SSLContext | None) -> None:
+        self.tls = tls
+        self.counts = Counts()
+        super().__init__(("127.0.0.1", 0), handler, bind_and_activate=False)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)  # inherited by accepted sockets
+        self.server_bind()
+        self.server_activate()
 
 
 class BackgroundServer:

@@ -17,17 +17,16 @@ bodies are decoded (the trailer is dropped).
 from __future__ import annotations
 
 import socket
-import socketserver
 import ssl
 import threading
 import uuid
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote
 
-from s3dcp_testkit.http_framing import Body, BodyError, header, is_chunked, read_head
-from s3dcp_testkit.loopback import RECV_BUFFER, BackgroundServer, Counts, open_connection
+from s3dcp_testkit.http_framing import Body, header, is_chunked
+from s3dcp_testkit.loopback import BackgroundServer, ConnectionHandler, LoopbackServer, read_request
 from s3dcp_testkit.null_sink import s3_operation
 
 _XML = '<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -316,67 +315,36 @@ def _read_body(rfile: Any, headers: list[tuple[str, str]]) -> tuple[bytearray, i
     return bytearray(body.read()), body.total
 
 
-class _Handler(socketserver.BaseRequestHandler):
+class _Handler(ConnectionHandler):
     server: _Server
 
-    def handle(self) -> None:
-        opened = open_connection(self.request, self.server.tls)
-        if opened is None:
-            return
-        conn, rfile = opened
-        try:
-            while self._one_request(conn, rfile):
-                pass
-        except (OSError, ValueError, BodyError, ssl.SSLError):
-            pass
-        finally:
-            rfile.close()
-            try:
-                conn.close()
-            except OSError:
-                pass
-
-    def _one_request(self, conn: socket.socket, rfile: Any) -> bool:
-        head = read_head(rfile)
-        if head is None:
+    def answer(self, conn: socket.socket, rfile: Any) -> bool:
+        request = read_request(conn, rfile)
+        if request is None:
             return False
-        request_line, headers = head
-        method, target, version = request_line.split(" ", 2)
-        url = urlsplit(target)
-        bucket, _, key = unquote(url.path).lstrip("/").partition("/")
-        query = parse_qs(url.query, keep_blank_values=True)
-        operation = s3_operation(method, target, headers)
-        if (header(headers, "expect") or "").lower() == "100-continue":
-            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        method, headers = request.method, request.headers
+        operation = s3_operation(method, request.target, headers)
         body, received = _read_body(rfile, headers)
-        status, extra, payload = self.server.store.answer(operation, bucket, key, query, headers, body)
-        close = (header(headers, "connection") or "").lower() == "close" or version == "HTTP/1.0"
+        status, extra, payload = self.server.store.answer(
+            operation, request.bucket, request.key, request.query, headers, body
+        )
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", "Server: memory-store", "x-amz-request-id: 0"]
         lines += [f"{name}: {value}" for name, value in extra.items()]
         if "Content-Length" not in extra:
             lines.append(f"Content-Length: {len(payload)}")
-        if close:
+        if request.closes:
             lines.append("Connection: close")
         self.server.counts.add(operation, received, 0 if method == "HEAD" else len(payload))
         conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
         if method != "HEAD" and len(payload):
             conn.sendall(payload)
-        return not close
+        return not request.closes
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
+class _Server(LoopbackServer):
     def __init__(self, tls: ssl.SSLContext | None) -> None:
-        self.tls = tls
-        self.counts = Counts()
         self.store = Store()
-        super().__init__(("127.0.0.1", 0), _Handler, bind_and_activate=False)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
-        self.server_bind()
-        self.server_activate()
+        super().__init__(_Handler, tls)
 
 
 class MemoryStore(BackgroundServer):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import socket
-import socketserver
 import ssl
 import threading
 import uuid
@@ -35,8 +34,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from s3dcp_testkit.http_framing import Body, BodyError, header, is_chunked, read_head
-from s3dcp_testkit.loopback import RECV_BUFFER, BackgroundServer, Counts, open_connection
+from s3dcp_testkit.http_framing import Body, header, is_chunked
+from s3dcp_testkit.loopback import BackgroundServer, ConnectionHandler, LoopbackServer, read_request
 
 READ_CHUNK = 1024 * 1024  # bytes consumed per readinto
 
@@ -214,49 +213,29 @@ def _escape(text: str) -> str:
 _REASONS = {100: "Continue", 200: "OK", 204: "No Content", 206: "Partial Content", 400: "Bad Request", 404: "Not Found"}
 
 
-class _Handler(socketserver.BaseRequestHandler):
+class _Handler(ConnectionHandler):
     server: _Server
 
-    def handle(self) -> None:
-        opened = open_connection(self.request, self.server.tls)
-        if opened is None:
-            return
-        conn, rfile = opened
-        buffer = memoryview(bytearray(READ_CHUNK))
-        try:
-            while self._one_request(conn, rfile, buffer):
-                pass
-        except (OSError, ValueError, BodyError, ssl.SSLError):
-            pass
-        finally:
-            rfile.close()
-            try:
-                conn.close()
-            except OSError:
-                pass
+    def setup(self) -> None:
+        self._buffer = memoryview(bytearray(READ_CHUNK))  # request bodies are read into it and dropped
 
-    def _one_request(self, conn: socket.socket, rfile: Any, buffer: memoryview) -> bool:
-        head = read_head(rfile)
-        if head is None:
+    def answer(self, conn: socket.socket, rfile: Any) -> bool:
+        request = read_request(conn, rfile)
+        if request is None:
             return False
-        request_line, headers = head
-        method, target, version = request_line.split(" ", 2)
-        url = urlsplit(target)
-        bucket, _, key = unquote(url.path).lstrip("/").partition("/")
-        query = parse_qs(url.query, keep_blank_values=True)
-        operation = s3_operation(method, target, headers)
-        if (header(headers, "expect") or "").lower() == "100-continue":
-            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        received = Body.of(rfile, is_chunked(headers), header(headers, "content-length")).drain(buffer)
+        method, headers = request.method, request.headers
+        operation = s3_operation(method, request.target, headers)
+        received = Body.of(rfile, is_chunked(headers), header(headers, "content-length")).drain(self._buffer)
         size = _payload_size(headers, received)
-        status, extra, body = _answer(operation, bucket, key, query, headers, size, self.server.sizes)
-        close = (header(headers, "connection") or "").lower() == "close" or version == "HTTP/1.0"
+        status, extra, body = _answer(
+            operation, request.bucket, request.key, request.query, headers, size, self.server.sizes
+        )
         length = body if isinstance(body, int) else len(body)
         lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}", "Server: null-sink", "x-amz-request-id: 0"]
         lines += [f"{name}: {value}" for name, value in extra.items()]
         lines.append(f"Content-Type: {'application/octet-stream' if isinstance(body, int) else 'application/xml'}")
         lines.append(f"Content-Length: {length}")
-        if close:
+        if request.closes:
             lines.append("Connection: close")
         payload = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         # counted before answering, so a count taken right after the client is done includes it
@@ -272,22 +251,13 @@ class _Handler(socketserver.BaseRequestHandler):
             while sent < length:
                 conn.sendall(zeros[: length - sent])
                 sent += min(len(zeros), length - sent)
-        return not close
+        return not request.closes
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 128
-
+class _Server(LoopbackServer):
     def __init__(self, tls: ssl.SSLContext | None) -> None:
-        self.tls = tls
-        self.counts = Counts()
         self.sizes = _Sizes()
-        super().__init__(("127.0.0.1", 0), _Handler, bind_and_activate=False)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)  # inherited by accepted sockets
-        self.server_bind()
-        self.server_activate()
+        super().__init__(_Handler, tls)
 
 
 class NullSink(BackgroundServer):
