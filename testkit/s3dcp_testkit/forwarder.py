@@ -18,6 +18,11 @@ plain bodies without the trailer: moto decodes them by repeated ``bytes``
 concatenation, which takes minutes for a 256 MiB object and would measure
 moto, not the client. The counts keep the bytes the client sent. Other
 chunked bodies are passed on chunked (not necessarily in the same chunks).
+Decoding rewrites the signed ``x-amz-content-sha256`` header, so only an
+upstream that does not check signatures (moto, the memory store) accepts
+such a request; in front of Ceph RGW, clients must not send aws-chunked
+bodies (botocore's ``request_checksum_calculation="when_required"``, which
+that RGW needs over HTTPS anyway).
 """
 
 from __future__ import annotations
