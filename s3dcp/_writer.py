@@ -42,7 +42,7 @@ from s3dcp._format.layout import METADATA_NAME
 from s3dcp._format.metadata import commit_record
 from s3dcp._prefix import PrefixStrategy, checked_strategy
 from s3dcp._s3.client import S3Client
-from s3dcp._s3.upload import PartBuffers
+from s3dcp._s3.upload import KEPT_BETWEEN_SAVES, PartBuffers
 from s3dcp._save import RankStem, ShardOptions, check_extensions, check_save_options, checked_stems, write_shards
 from s3dcp._stats import PhaseCallback, PhaseStats, report_phase
 from s3dcp._uri import S3Uri, is_s3_uri, parse_s3_uri
@@ -103,7 +103,7 @@ class S3StorageWriter(StorageWriter):
         self.uri: S3Uri = parse_s3_uri(path)
         self._client = S3Client(resolve_settings(region, s3client_config))
         self.part_size = part_size or self._client.settings.config.part_size
-        self._part_buffers = PartBuffers(self._client.settings.config.max_concurrency)
+        self._part_buffers = PartBuffers(min(self._client.settings.config.max_concurrency, KEPT_BETWEEN_SAVES))
         self.save_id = str(uuid.uuid4())
         self.is_coordinator = False
         self.rank: int | None = None

@@ -111,6 +111,9 @@ class Rule:
     partition_root: str = "/"
     partition_chars: int = 1
     hits: int = field(default=0, init=False)
+    max_delayed: int = field(default=0, init=False)  # most requests this ``delay`` rule held at once
+    _delayed: int = field(default=0, init=False, repr=False)
+    _delayed_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     hit: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     released: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict, init=False, repr=False)
@@ -153,6 +156,17 @@ class Rule:
     def release(self) -> None:
         """Let every request this ``hold`` rule stopped (and will stop) go on."""
         self.released.set()
+
+    def hold_for_delay(self) -> None:
+        """The ``delay`` fault itself (a slow network, not test synchronization), counted in ``max_delayed``."""
+        with self._delayed_lock:
+            self._delayed += 1
+            self.max_delayed = max(self.max_delayed, self._delayed)
+        try:
+            time.sleep(self.delay)
+        finally:
+            with self._delayed_lock:
+                self._delayed -= 1
 
 
 @dataclass
@@ -420,7 +434,7 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
                     self.wfile.write(payload)
                 return
             if rule is not None and rule.action == "delay":
-                time.sleep(rule.delay)  # the fault itself: a slow network, not test synchronization
+                rule.hold_for_delay()
             if rule is not None and rule.action == "hold":
                 rule.released.wait(HOLD_LIMIT)
             status, headers, data = self._forward(body)
