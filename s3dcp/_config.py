@@ -75,10 +75,13 @@ class S3ClientConfig:
             tensor's memory need none). Default 32.
         coalesce_gap: when a load needs two byte ranges of one object at most
             this many bytes apart, fetch them in one GET. Default 256 KiB.
-        max_read_size: largest span one coalesced GET may cover (a single item
-            larger than this is still fetched whole). Default 16 MiB. Download
-            buffers alive at once are bounded by ``max_concurrency * max_read_size``
-            (or the largest item, if bigger).
+        max_read_size: largest span one GET may cover. Items are coalesced
+            into GETs of at most this size; a single item larger than this is
+            fetched as consecutive ranged GETs of at most this size (but at
+            least 1 MiB) in parallel, straight into the same destination, so
+            one large tensor loads over several connections. Default 16 MiB.
+            Download buffers alive at once are bounded by
+            ``max_concurrency * max_read_size`` (or the largest item, if bigger).
         server_side_encryption: how S3 encrypts the objects s3dcp writes:
             ``"AES256"`` (SSE-S3), ``"aws:kms"`` (SSE-KMS) or ``"aws:kms:dsse"``
             (dual-layer SSE-KMS). Default ``None``: the bucket's default.

@@ -8,6 +8,15 @@ bytes held in flight, reads large tensors straight into their destinations
 (:mod:`s3dcp._format.in_place`), decodes transformed items, verifies digests
 on worker threads, and calls the planner on the calling thread only.
 
+A GET whose span is larger than ``max_read_size`` (a single large item, say)
+is split into consecutive pieces of at most that size (and at least
+:data:`MIN_PIECE_SIZE`), fetched in parallel into the same destinations, so
+one large tensor loads at the speed of several connections, still in place;
+its items are checked once every piece is in. Each piece is a ranged GET of
+its own, retried on its own. Whole GETs, pieces and the checks after a split
+GET share one pool of ``max_concurrency`` workers, so no more than that many
+requests of one ``read_data`` are ever in flight.
+
 A checkpoint whose ``.metadata`` exists was saved: objects it lists that are
 missing or shorter than recorded are :class:`~s3dcp._errors.CheckpointDamagedError`,
 never :class:`~s3dcp._errors.CheckpointNotFoundError`.
@@ -18,6 +27,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import threading
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -31,6 +41,7 @@ from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 
 from s3dcp import _crc32 as crc32
+from s3dcp._config import MIB
 from s3dcp._errors import (
     CheckpointDamagedError,
     CheckpointNotFoundError,
@@ -55,7 +66,7 @@ from s3dcp._format.integrity import get_checksum, verify
 from s3dcp._format.layout import METADATA_NAME
 from s3dcp._format.metadata import check_relative_key, load_metadata
 from s3dcp._format.plain_data import check_plain_data
-from s3dcp._ranges import ByteRange, coalesce
+from s3dcp._ranges import ByteRange, Piece, coalesce, split
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.download import SHORT_OBJECT_CODE, DownloadBuffers, read_range_into
 from s3dcp._s3.objects import read_object
@@ -65,6 +76,7 @@ __all__ = [
     "DAMAGED_ADVICE",
     "LoadCounts",
     "Loader",
+    "MIN_PIECE_SIZE",
     "Records",
     "check_records",
     "deliver_item",
@@ -75,6 +87,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("s3dcp")
+
+# A GET larger than max_read_size is split into pieces of at least this size even when max_read_size is
+# smaller (it may be set tiny to stop coalescing): a piece costs a request, its first-byte latency and CPU
+MIN_PIECE_SIZE = MIB
 
 DAMAGED_ADVICE = (
     "Restore the checkpoint's objects from a copy or backup, or load an older checkpoint explicitly "
@@ -181,34 +197,65 @@ class Loader:
         limit = config.max_concurrency * config.max_read_size
         buffers = DownloadBuffers(limit)
         held = 0  # buffer (and decoding) bytes of the GETs in flight, bounded by ``limit`` (or one larger GET alone)
-        workers = max(1, min(config.max_concurrency, len(waiting)))
+        piece_size = max(config.max_read_size, MIN_PIECE_SIZE)
+        units = sum(-(-job.span.length // piece_size) for job in waiting)
+        # every task in the pool is one GET (a whole one or a piece) or the checks after a split GET,
+        # so the requests in flight stay within max_concurrency
+        workers = max(1, min(config.max_concurrency, units))
         plain_only = isinstance(planner, DefaultLoadPlanner)
-        in_flight: dict[PoolFuture[_Fetched], _Fetch] = {}
+        stop = threading.Event()  # set once this read fails: GETs that are retrying give up
+        in_flight: dict[PoolFuture[_Fetched | None], _Fetch | _Split] = {}
         ready: _Fetch | None = None  # targets resolved, waiting for buffer bytes
+        pieces: deque[tuple[_Split, Piece]] = deque()  # GETs of the split GETs under way, not sent yet
+        complete: deque[_Split] = deque()  # split GETs whose pieces are all in, to be checked
         with ThreadPoolExecutor(workers, thread_name_prefix="s3dcp-read") as pool:
             try:
-                while waiting or in_flight or ready is not None:
-                    while len(in_flight) < workers and (ready is not None or waiting):
+                while waiting or in_flight or ready is not None or pieces or complete:
+                    while len(in_flight) < workers:
+                        if complete:
+                            cut = complete.popleft()
+                            in_flight[pool.submit(self._check, cut.job, cut.buffer, plain_only)] = cut.job
+                            continue
+                        if pieces:
+                            cut, piece = pieces.popleft()
+                            in_flight[pool.submit(self._read_piece, cut.job, piece, stop)] = cut
+                            requests += 1
+                            continue
                         if ready is None:
+                            if not waiting:
+                                break
                             ready = self._lay_out(waiting.popleft(), planner)
                         size = DownloadBuffers.capacity_for(ready.layout.buffered) + ready.decoding
                         if in_flight and held + size > limit:
                             break
                         held += size
-                        in_flight[pool.submit(self._fetch, ready, buffers, plain_only)] = ready
+                        if ready.span.length > piece_size:
+                            buffer = buffers.take(ready.layout.buffered)
+                            parts = split(ready.span, ready.layout.targets(buffer), piece_size)
+                            cut = _Split(ready, buffer, len(parts))
+                            pieces.extend((cut, part) for part in parts)
+                        else:
+                            in_flight[pool.submit(self._fetch, ready, buffers, plain_only, stop)] = ready
+                            requests += 1
                         ready = None
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                     for future in done:
-                        job = in_flight.pop(future)
+                        unit = in_flight.pop(future)
                         result = future.result()
+                        if isinstance(unit, _Split):  # one piece is in
+                            unit.left -= 1
+                            if not unit.left:
+                                complete.append(unit)
+                            continue
+                        assert result is not None  # a whole GET, or the checks after a split one
                         try:
-                            waiting.extendleft(self._hand_over(job, result, planner))
+                            waiting.extendleft(self._hand_over(unit, result, planner))
                         finally:
                             buffers.give_back(result.buffer)
-                            held -= DownloadBuffers.capacity_for(job.layout.buffered) + job.decoding
-                        fetched += job.span.length
-                        requests += 1
+                            held -= DownloadBuffers.capacity_for(unit.layout.buffered) + unit.decoding
+                        fetched += unit.span.length
             finally:
+                stop.set()
                 for future in in_flight:
                     future.cancel()
         return LoadCounts(objects=len(by_object), requests=requests, size=fetched)
@@ -257,10 +304,19 @@ class Loader:
             return chunk[0].itemsize * math.prod(chunk[1])
         return 2 * self._range_of(item).length
 
-    def _fetch(self, job: _Fetch, buffers: DownloadBuffers, plain_only: bool) -> _Fetched:
+    def _fetch(self, job: _Fetch, buffers: DownloadBuffers, plain_only: bool, stop: threading.Event) -> _Fetched | None:
         """On a worker: one GET, then the checks, decoding and parsing that need no planner."""
         buffer = buffers.take(job.layout.buffered)
-        self._read(job.relative, job.span, job.layout.targets(buffer), job.items)
+        self._read(job.relative, job.span, job.layout.targets(buffer), job.items, stop)
+        return self._check(job, buffer, plain_only)
+
+    def _read_piece(self, job: _Fetch, piece: Piece, stop: threading.Event) -> _Fetched | None:
+        """On a worker: one piece of a split GET, straight into its part of the job's buffer and destinations."""
+        self._read(job.relative, piece.span, piece.into, job.items, stop, whole=job.span)
+        return None
+
+    def _check(self, job: _Fetch, buffer: memoryview, plain_only: bool) -> _Fetched | None:
+        """On a worker, once all of ``job.span`` is in: the checks, decoding and parsing that need no planner."""
         placed = {id(read.item): read for read in job.layout.reads}
         parsed: list[tuple[ReadItem, memoryview | torch.Tensor | None]] = []
         again: list[ReadItem] = []
@@ -309,18 +365,27 @@ class Loader:
     def _chunk_of(self, item: ReadItem) -> Chunk | None:
         return self._chunks.get(item.storage_index) if self._chunks is not None else None
 
-    def _read(self, relative: str, span: ByteRange, into: list[memoryview], items: list[ReadItem]) -> None:
-        """Fetch ``span`` of one object; a missing or short object is damage to this checkpoint."""
+    def _read(
+        self,
+        relative: str,
+        span: ByteRange,
+        into: list[memoryview],
+        items: list[ReadItem],
+        stop: threading.Event,
+        whole: ByteRange | None = None,
+    ) -> None:
+        """Fetch ``span`` of one object (a piece of ``whole``, if given); a missing or short object
+        is damage to this checkpoint."""
         key = self.uri.key(relative)
         try:
-            read_range_into(self._client, self.uri.bucket, key, span, into)
+            read_range_into(self._client, self.uri.bucket, key, span, into, stop=stop)
         except ObjectNotFoundError as err:
             raise self._damaged(relative, items, "that object is missing") from err
         except S3RequestError as err:
             if err.code != SHORT_OBJECT_CODE:
                 raise
             raise self._damaged(
-                relative, items, f"that object ends before byte {span.end}, where these items end"
+                relative, items, f"that object ends before byte {(whole or span).end}, where these items end"
             ) from err
 
     def _damaged(self, relative: str, items: list[ReadItem], problem: str) -> CheckpointDamagedError:
@@ -473,6 +538,15 @@ class _Fetch:
 
     def __post_init__(self) -> None:
         self.layout = SpanLayout(self.span, [])
+
+
+@dataclass
+class _Split:
+    """A GET too large for one request, under way as pieces: its job, its buffer, the pieces still to come in."""
+
+    job: _Fetch
+    buffer: memoryview
+    left: int
 
 
 @dataclass

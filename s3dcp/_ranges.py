@@ -1,8 +1,10 @@
-"""Byte ranges of one object, and merging them into few requests: pure arithmetic.
+"""Byte ranges of one object, merging them into few requests and splitting one into several: pure arithmetic.
 
 :func:`coalesce` merges the ranges a load needs into fewer GETs when the
 gaps between them are small; the load engine plans with it and the in-place
-reader lays tensors out on the spans it returns.
+reader lays tensors out on the spans it returns. :func:`split` cuts a span
+too large for one GET into pieces fetched in parallel, each with the views
+its bytes go to.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["ByteRange", "Fetch", "coalesce"]
+__all__ = ["ByteRange", "Fetch", "Piece", "coalesce", "split"]
 
 
 @dataclass(frozen=True, order=True)
@@ -65,3 +67,43 @@ def coalesce(ranges: Sequence[ByteRange], max_gap: int, max_span: int) -> list[F
     if members:
         fetches.append(Fetch(ByteRange(start, end), tuple(members)))
     return fetches
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Bytes ``span`` of a larger span, and the views they go to, end to end (their lengths add up to the span's)."""
+
+    span: ByteRange
+    into: list[memoryview]
+
+
+def split(span: ByteRange, into: Sequence[memoryview], max_size: int) -> list[Piece]:
+    """Cut ``span``, whose bytes go to the byte views ``into`` laid end to end, into consecutive pieces.
+
+    As few pieces as keep each within ``max_size`` bytes, of nearly equal
+    sizes (so they finish together when fetched in parallel); a span of at
+    most ``max_size`` is one piece. A piece may cross the boundary between
+    two views: it gets the slices of both that cover it. Empty views are
+    dropped; an empty span has no pieces.
+    """
+    if max_size < 1:
+        raise ValueError("max_size must be >= 1")
+    views = [view for view in into if view.nbytes]
+    if sum(view.nbytes for view in views) != span.length:
+        raise ValueError("the views must hold exactly the span's bytes")
+    count = -(-span.length // max_size)
+    pieces: list[Piece] = []
+    view, offset = 0, 0  # where the next piece's bytes begin: which view, and how far into it
+    for index in range(count):
+        start = span.start + span.length * index // count
+        end = span.start + span.length * (index + 1) // count
+        needed, covering = end - start, []
+        while needed:
+            taken = min(needed, views[view].nbytes - offset)
+            covering.append(views[view][offset : offset + taken])
+            needed -= taken
+            offset += taken
+            if offset == views[view].nbytes:
+                view, offset = view + 1, 0
+        pieces.append(Piece(ByteRange(start, end), covering))
+    return pieces

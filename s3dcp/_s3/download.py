@@ -107,11 +107,20 @@ class DownloadBuffers:
         return sum(buffer.nbytes for buffer in self._free)
 
 
-def read_range_into(client: S3Client, bucket: str, key: str, span: ByteRange, targets: Sequence[memoryview]) -> None:
+def read_range_into(
+    client: S3Client,
+    bucket: str,
+    key: str,
+    span: ByteRange,
+    targets: Sequence[memoryview],
+    *,
+    stop: threading.Event | None = None,
+) -> None:
     """Fetch ``span`` of ``s3://bucket/key`` into ``targets``, filled one after another.
 
     Their lengths add up to the span's. One GET (more only if a body breaks off:
-    each retry asks for the bytes still missing).
+    each retry asks for the bytes still missing). Once ``stop`` is set, no
+    attempt is made again (:class:`~s3dcp._s3.retry.TransferStopped`).
     """
     if sum(target.nbytes for target in targets) != span.length:
         raise ValueError("targets must hold exactly the span's bytes")
@@ -142,7 +151,7 @@ def read_range_into(client: S3Client, bucket: str, key: str, span: ByteRange, ta
         finally:
             body.close()
 
-    client.run(attempt, "get_object", bucket, key)
+    client.run(attempt, "get_object", bucket, key, stop=stop)
 
 
 def _check_served_range(response: dict[str, Any], bucket: str, key: str, first: int, end: int) -> None:

@@ -14,7 +14,7 @@ from torch.distributed.checkpoint.planner_helpers import (
 
 from s3dcp._config import GIB, MIB
 from s3dcp._format.shard import item_nbytes, split_items
-from s3dcp._ranges import ByteRange, coalesce
+from s3dcp._ranges import ByteRange, coalesce, split
 from s3dcp._s3.upload import choose_part_size, multipart_etag
 
 
@@ -79,6 +79,36 @@ def test_coalesce_skips_empty_ranges() -> None:
     assert coalesce([R(5, 5)], max_gap=0, max_span=10) == []
     with pytest.raises(ValueError):
         ByteRange(5, 4)
+
+
+def test_split_cuts_a_span_into_near_equal_pieces_within_the_limit() -> None:
+    data = bytearray(10)
+    pieces = split(R(100, 110), [memoryview(data)], max_size=4)
+    assert [p.span for p in pieces] == [R(100, 103), R(103, 106), R(106, 110)]  # 3, 3, 4: no piece over 4
+    assert all(sum(v.nbytes for v in p.into) == p.span.length for p in pieces)
+    assert [p.span for p in split(R(0, 8), [memoryview(bytearray(8))], max_size=8)] == [R(0, 8)]
+    assert [p.span for p in split(R(0, 9), [memoryview(bytearray(9))], max_size=8)] == [R(0, 4), R(4, 9)]
+    assert split(R(7, 7), [memoryview(bytearray(0))], max_size=4) == []
+
+
+def test_split_gives_each_piece_the_views_covering_it_across_view_boundaries() -> None:
+    """Bytes written through the pieces' views land where one read into the whole list would put them."""
+    first, second, third = bytearray(5), bytearray(0), bytearray(7)
+    views = [memoryview(first), memoryview(second), memoryview(third)]
+    pieces = split(R(20, 32), views, max_size=4)
+    assert [p.span for p in pieces] == [R(20, 24), R(24, 28), R(28, 32)]
+    assert [[v.nbytes for v in p.into] for p in pieces] == [[4], [1, 3], [4]]  # the empty view is dropped
+    source = bytes(range(20, 32))
+    for piece in pieces:
+        at = piece.span.start - 20
+        for view in piece.into:
+            view[:] = source[at : at + view.nbytes]
+            at += view.nbytes
+    assert bytes(first) + bytes(third) == source
+    with pytest.raises(ValueError):
+        split(R(0, 10), [memoryview(bytearray(9))], max_size=4)
+    with pytest.raises(ValueError):
+        split(R(0, 10), [memoryview(bytearray(10))], max_size=0)
 
 
 def _item(name: str, numel: int, dtype: torch.dtype = torch.float32):  # type: ignore[no-untyped-def]
