@@ -4,6 +4,7 @@
     .venv-bench/bin/python benchmarks/compare.py --size-mib 64 --runs 1 --out /tmp/quick.json
     .venv-bench/bin/python benchmarks/compare.py --server sink --scheme https --methods s3dcp,boto3-raw
     .venv-bench/bin/python benchmarks/compare.py --scaling --max-mib 4096
+    .venv-bench/bin/python benchmarks/compare.py --server wan --workload one-tensor --parallel 2 --no-partial
 
 Servers, all on 127.0.0.1 and started here:
   moto  moto's S3 server behind a counting forwarder (s3dcp_testkit.forwarder); with
@@ -30,6 +31,23 @@ requests and body bytes are counted by the forwarder or the sink, per worker.
 The partial load reads only the ``model.*`` tensors of that checkpoint and
 compares the bytes fetched with the bytes those items occupy (from the
 checkpoint's own metadata).
+
+``--workload`` picks the state dict (workload.py): ``mixed`` (the default,
+``build_state_dict``: big tensors of mixed dtypes, 4 MiB ones, small ones and a
+few plain values) or ``one-tensor`` (one float32 tensor of --size-mib MiB,
+``build_one_tensor``; the partial load is skipped: there is no part of it to
+load alone).
+
+``--parallel N`` (1) starts N workers at once for every measurement (same
+method, same op), each with its own path: its own save path, or its own
+stored checkpoint (prepared beforehand, N at once), like the ranks of a job.
+Each builds its state dict and reports READY; the driver then lets them all go
+together and waits for all. The rows give the median worker's wall time, CPU
+and peak RSS growth, MB/s per worker (the median of the N) and aggregate MB/s
+(all N workers' bytes over the time from the first start to the last end);
+HTTP requests, connections and requests in flight are counted for all N
+together. The partial load is always one worker. The point: N ranks at once
+should not be worse per rank than one.
 
 With ``--warm`` each worker first does the same kind of operation once,
 unmeasured and uncounted (a save of a 64 MiB state dict to another path, or
@@ -70,9 +88,13 @@ DEFAULT_METHODS = [m for m in ALL_METHODS if m != "s3dcp-unsigned"]  # that one 
 DCP_METHODS = {"s3dcp", "s3dcp-unsigned", "s3torchconnector", "fsspec-s3fs", "local-fs"}
 PARTIAL_PREFIX = "model."
 WARM_UP_MIB = 64
-READY = "READY"  # a warm worker's line: warm-up done, waiting for the driver to reset its counters
+READY = "READY"  # a worker's line: set-up (and any warm-up) done, waiting for the driver's start signal
 BUCKET = "bench"
 CA_NOT_TRUSTED = "n/a (cannot trust a self-signed CA)"
+WORKLOADS = {  # workload.WORKLOADS's keys (workload.py imports torch: the driver does not)
+    "mixed": "mixed state dict (big tensors of mixed dtypes, 4 MiB ones, small ones, a few plain values)",
+    "one-tensor": "one float32 tensor",
+}
 
 
 # -- worker side --------------------------------------------------------------------
@@ -85,10 +107,14 @@ def _needed_bytes(method: Any, uri: str) -> dict[str, int]:
     }
 
 
-def run_worker(op: str, method_name: str, target: str, size_mib: int, warm: bool = False) -> dict[str, Any]:
+def run_worker(
+    op: str, method_name: str, target: str, size_mib: int, warm: bool = False, workload: str = "mixed"
+) -> dict[str, Any]:
+    """One operation; prints READY and waits for a line on stdin first (the driver's start signal,
+    given to all of a measurement's workers at once, after any warm-up)."""
     import torch
     from methods import METHODS
-    from workload import build_state_dict, tensor_bytes
+    from workload import build, tensor_bytes
 
     def zero(values: dict[str, Any]) -> None:
         for value in values.values():
@@ -96,28 +122,30 @@ def run_worker(op: str, method_name: str, target: str, size_mib: int, warm: bool
                 value.zero_()
 
     method = METHODS[method_name](f"s3://{BUCKET}/unused")
-    state = build_state_dict(size_mib)
-    if op == "prepare":
-        method.save(state, target)
-        return _needed_bytes(method, target) if method_name in DCP_METHODS else {}
+    state = build(workload, size_mib)
     if op in ("load", "partial"):
         if op == "partial":
             state = {k: v for k, v in state.items() if k.startswith(PARTIAL_PREFIX)}
         zero(state)
-    if warm:
+    if warm and op != "prepare":
         if op == "save":
-            method.save(build_state_dict(WARM_UP_MIB, seed=1), target + "-warm-up")
+            method.save(build(workload, WARM_UP_MIB, seed=1), target + "-warm-up")
             method.cleanup(target + "-warm-up")
         else:
             method.load(state, target)
             zero(state)
-        print(READY, flush=True)
-        sys.stdin.readline()  # the driver has taken the warm-up's request counts
+    print(READY, flush=True)
+    sys.stdin.readline()  # every worker is ready; the driver has taken the counts so far
+    if op == "prepare":
+        method.save(state, target)
+        return _needed_bytes(method, target) if method_name in DCP_METHODS else {}
+    started = time.time()  # the wall clock, comparable between the workers of one measurement
     wall, cpu, peak_growth = measure(lambda: method.save(state, target) if op == "save" else method.load(state, target))
+    ended = time.time()
     if op == "save":
         method.cleanup(target)
     else:
-        check_loaded(state, size_mib, method_name)
+        check_loaded(state, size_mib, method_name, workload)
     return {
         "method": method_name,
         "op": op,
@@ -125,6 +153,8 @@ def run_worker(op: str, method_name: str, target: str, size_mib: int, warm: bool
         "wall_s": wall,
         "cpu_s": cpu,
         "peak_rss_growth_mib": peak_growth,
+        "started": started,
+        "ended": ended,
     }
 
 
@@ -147,62 +177,94 @@ class Target:
         return self.server if self.server == "local" else f"{self.server} {self.scheme}"
 
 
-def _worker(target: Target, op: str, method: str, uri: str, size_mib: int, warm: bool = False) -> dict[str, Any]:
-    """One measurement in a fresh process; ``{"error": ...}`` instead of raising."""
+def _workers(
+    target: Target, op: str, method: str, uris: list[str], size_mib: int, warm: bool = False, workload: str = "mixed"
+) -> dict[str, Any]:
+    """One measurement: a fresh process per URI, all started at once; ``{"error": ...}`` instead of raising.
+
+    Each worker builds its state dict (and warms up, with ``warm``), prints READY and
+    waits; when all are ready the driver takes the counts so far and lets them all go.
+    The counts taken after the last one ends (requests, bytes, requests in flight) are
+    of all the workers together. Returns the median worker's figures (``wall_s``,
+    ``cpu_s``, ``peak_rss_growth_mib``, ``bytes``: per worker), ``mb_per_s`` (the
+    median of the workers'), ``aggregate_mb_per_s`` (all bytes over the span from the
+    first start to the last end) and every worker's own figures in ``workers``.
+    """
     env = dict(os.environ, **target.env)
-    command = [
-        sys.executable,
-        __file__,
-        "--worker",
-        op,
-        "--method",
-        method,
-        "--target",
-        uri,
-        "--size-mib",
-        str(size_mib),
-    ]
     warm = warm and op in ("save", "load", "partial")
-    if warm:
-        command.append("--warm")
-    if target.counts is not None:
-        target.counts.take()
-    if target.in_flight is not None:
-        target.in_flight.take()
-    timeout = (120 + size_mib // 2) * (2 if warm else 1)
-    # stderr to a file: a pipe nobody reads during the warm-up could fill and stall the worker
-    errors = tempfile.TemporaryFile(mode="w+")
-    worker = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+    timeout = (120 + size_mib * len(uris) // 2) * (2 if warm else 1)
+    deadline = time.monotonic() + timeout
+    processes: list[tuple[subprocess.Popen[str], Any]] = []
+    outputs: list[str] = []
     try:
-        if warm:
-            assert worker.stdout is not None and worker.stdin is not None
+        for uri in uris:
+            command = [sys.executable, __file__, "--worker", op, "--method", method, "--target", uri]
+            command += ["--size-mib", str(size_mib), "--workload", workload] + (["--warm"] if warm else [])
+            # stderr to a file: a pipe nobody reads during the set-up could fill and stall the worker
+            errors = tempfile.TemporaryFile(mode="w+")
+            processes.append(
+                (
+                    subprocess.Popen(
+                        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, text=True, env=env
+                    ),
+                    errors,
+                )
+            )
+        for worker, _ in processes:
+            assert worker.stdout is not None
             while (line := worker.stdout.readline()) and line.strip() != READY:
-                pass  # the worker's warm-up, unmeasured (its chatter is not the result)
-            if line:
-                time.sleep(0.05)  # as below: answers sent just before READY are recorded
-                if target.counts is not None:
-                    target.counts.take()
-                if target.in_flight is not None:
-                    target.in_flight.take()
-                worker.stdin.write("\n")
-                worker.stdin.flush()
-        stdout, _ = worker.communicate(timeout=timeout)
+                pass  # the worker's set-up (and warm-up), unmeasured (its chatter is not the result)
+        time.sleep(0.05)  # as below: answers sent just before READY are recorded
+        if target.counts is not None:
+            target.counts.take()
+        if target.in_flight is not None:
+            target.in_flight.take()
+        for worker, _ in processes:
+            assert worker.stdin is not None
+            if worker.poll() is None:
+                try:
+                    worker.stdin.write("\n")
+                    worker.stdin.flush()
+                except BrokenPipeError:
+                    pass  # it died in its set-up: its exit status and stderr say why
+        for worker, _ in processes:
+            outputs.append(worker.communicate(timeout=max(deadline - time.monotonic(), 1))[0])
     except subprocess.TimeoutExpired:
-        worker.kill()
-        worker.communicate()
         return {"error": f"timed out after {timeout} s"}
     finally:
-        errors.seek(0)
-        stderr = errors.read()
-        errors.close()
+        stderrs = []
+        for worker, errors in processes:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+            errors.seek(0)
+            stderrs.append(errors.read())
+            errors.close()
     time.sleep(0.05)  # let a server thread finish recording an answer sent just before the worker exited
     if target.in_flight is not None:
         target.in_flight.wait_idle(5)  # an answer's last byte can reach the worker before it is counted out
     counts = target.counts.take() if target.counts is not None else {}
     in_flight = target.in_flight.take() if target.in_flight is not None else None
-    if worker.returncode != 0:
-        return {"error": _explain_failure(target, method, stderr), "stderr": stderr[-4000:]}
-    answer: dict[str, Any] = json.loads(stdout.strip().splitlines()[-1])
+    for (worker, _), stderr in zip(processes, stderrs, strict=True):
+        if worker.returncode != 0:
+            return {"error": _explain_failure(target, method, stderr), "stderr": stderr[-4000:]}
+    results: list[dict[str, Any]] = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    answer = dict(results[0])
+    if op != "prepare":
+        answer.pop("started"), answer.pop("ended")
+        span = max(r["ended"] for r in results) - min(r["started"] for r in results)
+        answer.update(
+            parallel=len(results),
+            wall_s=statistics.median(r["wall_s"] for r in results),
+            cpu_s=statistics.median(r["cpu_s"] for r in results),
+            peak_rss_growth_mib=statistics.median(r["peak_rss_growth_mib"] for r in results),
+            mb_per_s=statistics.median(r["bytes"] / 1e6 / r["wall_s"] for r in results),
+            aggregate_mb_per_s=sum(r["bytes"] for r in results) / 1e6 / span,
+            span_s=span,
+            workers=[
+                {k: r[k] for k in ("wall_s", "cpu_s", "peak_rss_growth_mib", "started", "ended")} for r in results
+            ],
+        )
     if target.counts is not None:
         answer["requests"] = counts.get("requests", 0)
         answer["request_body_bytes"] = counts.get("request_body_bytes", 0)
@@ -231,7 +293,8 @@ def _last_line(text: str) -> str:
 def summarize(runs: list[dict[str, Any]], target: Target, size_mib: int) -> dict[str, Any]:
     first = runs[0]
     gib = first["bytes"] / 1024**3
-    walls = [r["wall_s"] for r in runs]
+    walls = [r["wall_s"] for r in runs]  # each run's median worker's
+    every_wall = [w["wall_s"] for r in runs for w in r["workers"]]  # min-max: over the workers too
     row: dict[str, Any] = {
         "server": target.server,
         "scheme": target.scheme,
@@ -241,9 +304,11 @@ def summarize(runs: list[dict[str, Any]], target: Target, size_mib: int) -> dict
         "runs": len(runs),
         "gib": round(gib, 3),
         "wall_s": round(statistics.median(walls), 3),
-        "wall_min_s": round(min(walls), 3),
-        "wall_max_s": round(max(walls), 3),
-        "mb_per_s": round(first["bytes"] / 1e6 / statistics.median(walls), 1),
+        "wall_min_s": round(min(every_wall), 3),
+        "wall_max_s": round(max(every_wall), 3),
+        "parallel": first["parallel"],
+        "mb_per_s": round(statistics.median(r["mb_per_s"] for r in runs), 1),  # per worker
+        "aggregate_mb_per_s": round(statistics.median(r["aggregate_mb_per_s"] for r in runs), 1),
         "cpu_s_per_gib": round(statistics.median(r["cpu_s"] for r in runs) / gib, 3),
         "peak_rss_growth_mib": round(statistics.median(r["peak_rss_growth_mib"] for r in runs), 1),
     }
@@ -270,7 +335,7 @@ def failed_row(target: Target, method: str, op: str, size_mib: int, error: str) 
     }
 
 
-RATIO_KEYS = ("wall_s", "mb_per_s", "cpu_s_per_gib", "peak_rss_growth_mib", "requests")
+RATIO_KEYS = ("wall_s", "mb_per_s", "aggregate_mb_per_s", "cpu_s_per_gib", "peak_rss_growth_mib", "requests")
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -322,6 +387,11 @@ class Bench:
             return str(Path(target.env["S3DCP_BENCH_LOCAL_DIR"]) / f"{method}-{size_mib}-{what}")
         return f"s3://{BUCKET}/{target.scheme}/{method}-{size_mib}/{what}"
 
+    def uris(self, target: Target, method: str, what: str, size_mib: int) -> list[str]:
+        """One path per worker of a measurement (``--parallel``): ``what``, or ``what-w0``, ``what-w1``, ..."""
+        n = self.args.parallel
+        return [self.uri(target, method, what if n == 1 else f"{what}-w{i}", size_mib) for i in range(n)]
+
     def _note(self, target: Target, op: str, method: str, result: dict[str, Any], run: int | None = None) -> None:
         where = f"{target.label:10} {op:7} {method:16}"
         if "error" in result:
@@ -330,19 +400,32 @@ class Bench:
                 self.log(result["stderr"])
             return
         requests = f" {result['requests']} req" if "requests" in result else ""
+        workers = ""
+        if result.get("parallel", 1) > 1:
+            workers = (
+                f" ({result['parallel']} workers: median; {result['mb_per_s']:.0f} MB/s each, "
+                f"{result['aggregate_mb_per_s']:.0f} MB/s in all)"
+            )
         self.log(
             f"  {f'run {run + 1} ' if run is not None else ''}{where} {result['wall_s']:.2f}s "
-            f"cpu {result['cpu_s']:.2f}s rss +{result['peak_rss_growth_mib']:.0f} MiB{requests}"
+            f"cpu {result['cpu_s']:.2f}s rss +{result['peak_rss_growth_mib']:.0f} MiB{requests}{workers}"
         )
 
     def measure(
         self, target: Target, methods: list[str], ops: list[str], size_mib: int, runs: int, partial: bool
     ) -> list[dict[str, Any]]:
-        """Prepare, then ``runs`` rounds of every op and method in turn; returns summary rows."""
+        """Prepare, then ``runs`` rounds of every op and method in turn; returns summary rows.
+
+        Each measurement is ``--parallel`` workers at once, each with its own save path or its
+        own stored checkpoint (prepared beforehand); the partial load is one worker."""
         failed: dict[str, str] = {}
+        workload = self.args.workload
+        partial = partial and workload == "mixed"  # one tensor has no part to load alone
         if "load" in ops or partial:
             for method in methods:
-                result = _worker(target, "prepare", method, self.uri(target, method, "ref", size_mib), size_mib)
+                result = _workers(
+                    target, "prepare", method, self.uris(target, method, "ref", size_mib), size_mib, workload=workload
+                )
                 if "error" in result:
                     failed[method] = result["error"]
                     self._note(target, "prepare", method, result)
@@ -354,11 +437,12 @@ class Bench:
                 for method in methods:
                     if method in failed:
                         continue
-                    uri = self.uri(target, method, "ref" if op == "load" else f"save-{run}", size_mib)
-                    result = _worker(target, op, method, uri, size_mib, warm=self.args.warm)
+                    uris = self.uris(target, method, "ref" if op == "load" else f"save-{run}", size_mib)
+                    result = _workers(target, op, method, uris, size_mib, self.args.warm, workload)
                     self._note(target, op, method, result, run)
                     if op == "save":
-                        self._delete_prefix(target, uri[len(f"s3://{BUCKET}/") :] + "/")
+                        for uri in uris:  # no trailing "/": boto3-raw's object is the path + ".bin"
+                            self._delete_prefix(target, uri[len(f"s3://{BUCKET}/") :])
                     if "error" in result:
                         failed[method] = result["error"]
                         continue
@@ -375,9 +459,8 @@ class Bench:
             for method in methods:
                 if method not in DCP_METHODS or method in failed:
                     continue
-                result = _worker(
-                    target, "partial", method, self.uri(target, method, "ref", size_mib), size_mib, warm=self.args.warm
-                )
+                ref = self.uris(target, method, "ref", size_mib)[:1]  # one worker, reading the first one's
+                result = _workers(target, "partial", method, ref, size_mib, self.args.warm, workload)
                 self._note(target, "partial", method, result)
                 self.partial.append(self._partial_row(target, method, size_mib, result))
         self._delete_prefix(target, f"{target.scheme}/")
@@ -619,6 +702,8 @@ class Bench:
                 "methods": self.args.methods,
                 "scaling_runs": self.args.scaling_runs,
                 "warm": self.args.warm,
+                "workload": self.args.workload,
+                "parallel": self.args.parallel,
                 **(
                     {
                         "wan": {
@@ -673,20 +758,28 @@ def _ratio(row: dict[str, Any], key: str) -> str:
 
 def _main_table(rows: list[dict[str, Any]]) -> list[str]:
     in_flight = any("in_flight_mean" in r for r in rows)  # the WAN emulator's tables only
+    n = max((r.get("parallel", 1) for r in rows), default=1)  # --parallel: per worker, and in all
+    if n > 1:
+        figures = f"wall s per worker median (min-max of all workers) | MB/s per worker (median of {n}) "
+        figures += f"| aggregate MB/s ({n} at once) | client CPU s/GiB per worker | peak RSS growth MiB per worker "
+        figures += f"| HTTP requests (all {n}) |"
+    else:
+        figures = "wall s median (min-max) | MB/s | client CPU s/GiB | peak RSS growth MiB | HTTP requests |"
+    columns = 5 + (n > 1) + 2 * in_flight
     lines = [
-        "| op | method | wall s median (min-max) | MB/s | client CPU s/GiB | peak RSS growth MiB | HTTP requests |"
-        + (" requests in flight mean (max) | connections |" if in_flight else ""),
-        "| --- | --- | --- | --- | --- | --- | --- |" + (" --- | --- |" if in_flight else ""),
+        "| op | method | " + figures + (" requests in flight mean (max) | connections |" if in_flight else ""),
+        "| --- | --- |" + " --- |" * columns,
     ]
     order = {m: i for i, m in enumerate(ALL_METHODS)}
     for r in sorted(rows, key=lambda r: (r["op"] != "save", order.get(r["method"], 99))):
         if "error" in r:
-            lines.append(f"| {r['op']} | {r['method']} | {r['error']} | | | | |" + (" | |" if in_flight else ""))
+            lines.append(f"| {r['op']} | {r['method']} | {r['error']} |" + " |" * (columns - 1))
             continue
         requests = f"{r['requests']:.0f}{_ratio(r, 'requests')}" if "requests" in r else "-"
+        aggregate = f" {r['aggregate_mb_per_s']:.0f}{_ratio(r, 'aggregate_mb_per_s')} |" if n > 1 else ""
         lines.append(
             f"| {r['op']} | {r['method']} | {r['wall_s']:.2f} ({r['wall_min_s']:.2f}-{r['wall_max_s']:.2f}){_ratio(r, 'wall_s')} "
-            f"| {r['mb_per_s']:.0f}{_ratio(r, 'mb_per_s')} | {r['cpu_s_per_gib']:.2f}{_ratio(r, 'cpu_s_per_gib')} "
+            f"| {r['mb_per_s']:.0f}{_ratio(r, 'mb_per_s')} |{aggregate} {r['cpu_s_per_gib']:.2f}{_ratio(r, 'cpu_s_per_gib')} "
             f"| {r['peak_rss_growth_mib']:.0f}{_ratio(r, 'peak_rss_growth_mib')} | {requests} |"
             + (
                 f" {r['in_flight_mean']:.1f} ({r['in_flight_max']:.0f}) | {r['connections']:.0f} |"
@@ -724,12 +817,31 @@ def _wan_title(title: str, settings: dict[str, Any]) -> str:
     )
 
 
+def _workload_title(settings: dict[str, Any]) -> str:
+    """The size and kind of state dict."""
+    workload = settings.get("workload", "mixed")
+    return f"{settings['size_mib']} MiB {WORKLOADS[workload]} (--workload {workload})"
+
+
+def _parallel_note(settings: dict[str, Any]) -> str:
+    n = settings.get("parallel", 1)
+    if n == 1:
+        return ""
+    return (
+        f"; **{n} workers at once** per measurement (--parallel {n}), each with its own save path or stored "
+        "checkpoint: per-worker figures are the median worker's (MB/s: the median of the workers'), aggregate "
+        f"MB/s = all {n} workers' bytes / first start to last end, HTTP requests and requests in flight are of "
+        f"all {n} together"
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
     machine = report["machine"]
     out = [
         f"{report['date']}, {machine['machine']}, {machine['cores']} cores (shared by client and server), "
-        f"Python {machine['python']}, {report['settings']['size_mib']} MiB state dict, "
+        f"Python {machine['python']}, {_workload_title(report['settings'])}, "
         f"median of {report['settings']['runs']} runs; (Nx) = this method / s3dcp"
+        + _parallel_note(report["settings"])
         + (
             "; **warm**: each figure is a process's second operation (after an unmeasured, uncounted one), "
             "so peak RSS growth leaves out what the first kept"
@@ -837,7 +949,9 @@ def chart(report: dict[str, Any], path: Path) -> None:
     figure.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=9)
     machine = report["machine"]
     figure.suptitle(
-        f"{report['settings']['size_mib']} MiB state dict, median of {report['settings']['runs']} runs, "
+        f"{report['settings']['size_mib']} MiB {report['settings'].get('workload', 'mixed')} state dict, "
+        f"{report['settings'].get('parallel', 1)} worker(s) at once (MB/s per worker), "
+        f"median of {report['settings']['runs']} runs, "
         f"{machine['cores']} cores, {report['date']} (missing bar: not measured or n/a)",
         fontsize=11,
     )
@@ -863,6 +977,21 @@ def main() -> None:
     parser.add_argument("--ops", default="save,load")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument(
+        "--workload",
+        choices=list(WORKLOADS),
+        default="mixed",
+        help="the state dict: mixed (workload.build_state_dict) or one-tensor (one float32 tensor of --size-mib; "
+        "no partial load)",
+    )
+    parser.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="worker processes per measurement, started at once, each with its own path; MB/s per worker "
+        "(median) and in all",
+    )
     parser.add_argument("--no-partial", dest="partial", action="store_false", help="skip the partial-load case")
     parser.add_argument(
         "--scaling", action="store_true", help="also measure 64, 256, 1024 MiB (4096 with --max-mib 4096)"
@@ -895,9 +1024,11 @@ def main() -> None:
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--target", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.parallel < 1:
+        parser.error("--parallel must be at least 1")
 
     if args.worker:
-        print(json.dumps(run_worker(args.worker, args.method, args.target, args.size_mib, args.warm)))
+        print(json.dumps(run_worker(args.worker, args.method, args.target, args.size_mib, args.warm, args.workload)))
         return
 
     bench = Bench(args)

@@ -67,12 +67,12 @@ def measure(operation: Callable[[], None]) -> tuple[float, float, float]:
     return wall, cpu, _peak_rss_mib() - base_rss
 
 
-def check_loaded(state: dict[str, Any], size_mib: int, method_name: str) -> None:
+def check_loaded(state: dict[str, Any], size_mib: int, method_name: str, workload: str = "mixed") -> None:
     """Exit unless every tensor in ``state`` (all keys, or a partial load's) is the benchmark's, bit for bit."""
     import torch
-    from workload import build_state_dict
+    from workload import build
 
-    expected = build_state_dict(size_mib)
+    expected = build(workload, size_mib)
     for key, value in state.items():
         if isinstance(value, torch.Tensor) and not torch.equal(
             value.view(torch.uint8), expected[key].view(torch.uint8)

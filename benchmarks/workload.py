@@ -1,4 +1,5 @@
-"""The benchmark state dict: a mix of sizes like a real model + optimizer checkpoint.
+"""The benchmark state dicts: ``mixed``, a mix of sizes like a real model + optimizer
+checkpoint, and ``one-tensor``, a single float32 tensor.
 
 Built deterministically from a seed, so every worker process makes the same
 bytes without shipping them around.
@@ -6,6 +7,7 @@ bytes without shipping them around.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,6 +42,20 @@ def build_state_dict(total_mib: int = 1024, seed: int = 0) -> dict[str, Any]:
         k += 1
     state["meta"] = {"step": 1000, "lr": 3e-4, "name": "bench", "betas": [0.9, 0.95]}
     return state
+
+
+def build_one_tensor(total_mib: int = 1024, seed: int = 0) -> dict[str, Any]:
+    """One float32 tensor of ``total_mib`` MiB and nothing else (``model.weight``)."""
+    g = torch.Generator().manual_seed(seed)
+    return {"model.weight": torch.randn(total_mib * MIB // 4, generator=g)}
+
+
+WORKLOADS: dict[str, Callable[..., dict[str, Any]]] = {"mixed": build_state_dict, "one-tensor": build_one_tensor}
+
+
+def build(workload: str, total_mib: int, seed: int = 0) -> dict[str, Any]:
+    """The state dict of ``workload`` (a key of :data:`WORKLOADS`)."""
+    return WORKLOADS[workload](total_mib, seed=seed)
 
 
 def tensor_bytes(state: Any) -> int:

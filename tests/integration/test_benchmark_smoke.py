@@ -48,4 +48,53 @@ def test_compare_saves_and_loads_through_s3dcp_at_4_mib(tmp_path: Path) -> None:
     for row in rows.values():
         assert row["runs"] == 1 and row["size_mib"] == 4 and row["requests"] > 0
         assert row["wall_s"] > 0 and row["cpu_s_per_gib"] > 0
+        assert row["parallel"] == 1 and row["aggregate_mb_per_s"] > 0
+    assert report["settings"]["workload"] == "mixed" and report["settings"]["parallel"] == 1
     assert (tmp_path / "smoke.md").read_text().count("| s3dcp |") == 2
+
+
+def test_one_tensor_workload_and_parallel_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--workload one-tensor`` and ``--parallel`` without starting anything (an end-to-end
+    ``--parallel 2`` run would cost three more worker processes, over 10 s of CPU)."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    names = ("compare", "transfer", "workload", "methods")
+    try:
+        import compare
+        import workload
+        from transfer import check_loaded
+
+        state = workload.build("one-tensor", 1)
+        assert list(state) == ["model.weight"] and state["model.weight"].dtype == torch.float32
+        assert workload.tensor_bytes(state) == 1024 * 1024
+        check_loaded(state, 1, "one-tensor", "one-tensor")  # the same bytes from the same seed
+        state["model.weight"][0] += 1
+        with pytest.raises(SystemExit, match="wrong bytes"):
+            check_loaded(state, 1, "one-tensor", "one-tensor")
+
+        run = {  # what compare._workers makes of two workers at once
+            "method": "s3dcp",
+            "op": "save",
+            "bytes": 1024 * 1024,
+            "wall_s": 1.0,
+            "cpu_s": 0.5,
+            "peak_rss_growth_mib": 10.0,
+            "parallel": 2,
+            "mb_per_s": 1.2,
+            "aggregate_mb_per_s": 1.9,
+            "workers": [{"wall_s": 0.9}, {"wall_s": 1.1}],
+            "requests": 8,
+            "request_body_bytes": 2 * 1024 * 1024,
+            "response_body_bytes": 0,
+            "requests_by_op": {"PutObject": 8},
+        }
+        row = compare.summarize([run], compare.Target("sink", "http"), 1)
+        assert row["parallel"] == 2 and row["mb_per_s"] == 1.2 and row["aggregate_mb_per_s"] == 1.9
+        assert (row["wall_min_s"], row["wall_max_s"]) == (0.9, 1.1)
+        table = "\n".join(compare._main_table([row]))
+        assert "MB/s per worker (median of 2)" in table and "aggregate MB/s (2 at once)" in table
+        assert "| save | s3dcp | 1.00 (0.90-1.10) | 1 | 2 |" in table
+    finally:
+        for name in names:
+            sys.modules.pop(name, None)
