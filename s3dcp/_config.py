@@ -62,8 +62,17 @@ class S3ClientConfig:
             many seconds, a WARNING on the ``s3dcp`` logger says so (once per
             request; an INFO line follows if it then succeeds). ``0`` warns at
             the first retry. Default 5.
-        connect_timeout: seconds to open a connection. Default 5.
-        read_timeout: seconds to wait for response bytes. Default 60.
+        connect_timeout: seconds to open a connection, and the budget of
+            each piece of a request body while it is sent: bodies go to the
+            socket in pieces of ``connect_timeout`` x 64 KiB/s (64 KiB to
+            64 MiB), so a send is given up, and retried, only when the
+            connection moves less than about 64 KiB/s for this long. A
+            part that takes longer than this to cross a slow link is fine.
+            Default 5.
+        read_timeout: seconds to wait for response bytes: for an answer to
+            begin once a request is sent, and for each read of a body, so a
+            download that stops arriving is retried after this long (from
+            the bytes still missing). Default 60.
         part_size: bytes per multipart-upload part; objects smaller than this
             go in one PUT. Default 16 MiB.
         max_concurrency: S3 requests in flight per writer or reader. S3 answers

@@ -12,15 +12,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from botocore.response import StreamingBody
 
 from ._missing import report_missing
 
-__all__ = ["raw_stream", "admit_memoryview_bodies"]
+__all__ = ["raw_stream", "admit_memoryview_bodies", "sends_iterable_bodies"]
 
 log = logging.getLogger("s3dcp")
 
@@ -125,3 +126,58 @@ def _describe(arrived: Any) -> str:
     if isinstance(arrived, BaseException):
         return f"an error ({arrived!r})"
     return f"a {type(arrived).__name__}"
+
+
+class _Recorder:
+    """A stand-in for a connected socket that records each ``sendall``; refuses what a socket refuses."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        with memoryview(data) as view:  # a TypeError for a body that is not bytes-like, as from a socket
+            self.sent.append(view.tobytes())
+
+    def settimeout(self, timeout: float | None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _ProbeBody:
+    """An iterable body with a length, as :class:`s3dcp._s3.send.PiecewiseBody` is."""
+
+    def __len__(self) -> int:
+        return len(_PROBE)
+
+    def __iter__(self) -> Iterator[memoryview]:
+        return iter([memoryview(_PROBE)[:8], memoryview(_PROBE)[8:]])
+
+
+@functools.cache
+def sends_iterable_bodies() -> bool:
+    """Whether this process's botocore connection sends an iterable body one ``sendall`` per piece.
+
+    Checked once, by a request ``PUT`` through botocore's own connection
+    class onto a recording stand-in for its socket: nothing goes over the
+    network. This is the path urllib3 (1.26 and 2.x) and http.client take
+    for a body that is not bytes-like and has a ``Content-Length``.
+    """
+    try:
+        from botocore.awsrequest import AWSHTTPConnection
+
+        connection = AWSHTTPConnection("127.0.0.1", 9)
+        recorder = _Recorder()
+        connection.sock = recorder
+        length = str(len(_PROBE))
+        connection.request("PUT", "/probe", body=_ProbeBody(), headers={"Content-Length": length})
+        head, _, first = recorder.sent[0].partition(b"\r\n\r\n")
+        pieces = [first, *recorder.sent[1:]] if first else recorder.sent[1:]
+        works = pieces == [_PROBE[:8], _PROBE[8:]] and b"content-length: " + length.encode() in head.lower()
+    except Exception as err:  # any surprise in the HTTP stack: send bodies as they are
+        report_missing("sending an iterable request body piece by piece", f"parts go in one sendall ({err!r})")
+        return False
+    if not works:
+        report_missing("sending an iterable request body piece by piece", "parts go in one sendall")
+    return works

@@ -28,6 +28,7 @@ from s3dcp._errors import S3DCPError
 from s3dcp._s3.hooks import install_hooks
 from s3dcp._s3.retry import RetryPolicy, TransferStopped
 from s3dcp._s3.retry_report import RetryReport
+from s3dcp._s3.send import SendProgress, watch_sends
 from s3dcp._s3.translate import CREDENTIAL_TYPES, translate_error
 
 __all__ = ["S3Client", "ClientCache"]
@@ -248,6 +249,7 @@ class S3Client:
 
         report = RetryReport(operation, bucket, key, self.settings)
         attempts = 0
+        sends: list[SendProgress | None] = []  # how far each failed attempt's body got
 
         def counted() -> T:
             nonlocal attempts
@@ -258,7 +260,8 @@ class S3Client:
                     key=key,
                 )
             attempts += 1
-            return attempt()
+            with watch_sends(sends):
+                return attempt()
 
         def sleep(seconds: float) -> None:
             if self._sleep is not None:
@@ -273,7 +276,8 @@ class S3Client:
         except S3DCPError:
             raise
         except Exception as err:
-            raise translate_error(err, operation, bucket, key, self.settings, attempts) from err
+            last_send = sends[-1] if sends else None
+            raise translate_error(err, operation, bucket, key, self.settings, attempts, last_send) from err
         report.succeeded(attempts)
         return result
 

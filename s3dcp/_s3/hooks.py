@@ -9,6 +9,8 @@
   from in-memory bodies;
 * ``memoryview`` bodies carried past botocore's parameter validator
   (:func:`s3dcp._compat.botocore.admit_memoryview_bodies`);
+* bodies sent a piece per ``sendall`` once signed, so a slow link is not
+  taken for a stalled one (:mod:`s3dcp._s3.send`);
 * a ``before-parse`` check (:func:`refuse_non_s3_answer`) that stops at an
   answer no S3 store gives, before botocore parses it: a web server's 404
   page must not read as "no such object", nor its HTML as an empty listing.
@@ -26,6 +28,7 @@ from s3dcp import _crc32 as crc32
 from s3dcp._compat import botocore as _botocore
 from s3dcp._config import S3ClientConfig
 from s3dcp._s3.retry import THROTTLING_STATUSES, TRANSIENT_STATUSES
+from s3dcp._s3.send import install_piecewise_sends
 
 __all__ = [
     "BUCKET_OPERATIONS",
@@ -74,6 +77,7 @@ def install_hooks(client: Any, config: S3ClientConfig) -> None:
     """Register every s3dcp hook on a newly created botocore S3 client."""
     _install_request_defaults(client, config)
     _botocore.admit_memoryview_bodies(client, BODY_OPERATIONS)
+    install_piecewise_sends(client, BODY_OPERATIONS, config.connect_timeout)
     client.meta.events.register("before-parse.s3", refuse_non_s3_answer)
 
 

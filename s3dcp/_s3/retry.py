@@ -22,7 +22,7 @@ import urllib3.exceptions
 from s3dcp._config import S3ClientConfig
 from s3dcp._errors import S3DCPError
 
-__all__ = ["FailureKind", "classify", "RetryPolicy", "TransferStopped"]
+__all__ = ["FailureKind", "classify", "timed_out", "RetryPolicy", "TransferStopped"]
 
 T = TypeVar("T")
 
@@ -78,6 +78,9 @@ _CONNECTION_TYPES: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
+# botocore's ReadTimeoutError derives from its vendored urllib3's, not from urllib3's own
+_TIMEOUT_TYPES = (TimeoutError, urllib3.exceptions.TimeoutError, botocore.exceptions.ReadTimeoutError)
+
 
 class TransferStopped(S3DCPError):
     """A request was not sent, or not sent again, because its transfer was stopped.
@@ -126,6 +129,19 @@ def _chain(error: BaseException) -> Iterator[BaseException]:
         held = list(kwargs.values()) if isinstance(kwargs, dict) else []
         held += [current.__cause__, current.__context__, *current.args]
         todo.extend(link for link in held if isinstance(link, BaseException))
+
+
+def timed_out(error: BaseException) -> bool:
+    """A connection that was open but moved too little: a send or a read hit its socket timeout.
+
+    Not a connection that could not be opened in time (that is
+    :attr:`FailureKind.UNREACHABLE`). Found by type, anywhere in the chain:
+    botocore wraps a send that timed out as ``ConnectionClosedError`` around
+    urllib3's ``ProtocolError`` around the socket's ``TimeoutError``.
+    """
+    if classify(error) is not FailureKind.CONNECTION:
+        return False
+    return any(isinstance(link, _TIMEOUT_TYPES) for link in _chain(error))
 
 
 def classify(error: BaseException) -> FailureKind:

@@ -16,7 +16,7 @@ import time
 import tenacity
 
 from s3dcp._config import ClientSettings
-from s3dcp._s3.retry import FailureKind, classify, error_code
+from s3dcp._s3.retry import FailureKind, classify, error_code, timed_out
 
 __all__ = ["RetryReport"]
 
@@ -76,7 +76,13 @@ class RetryReport:
             )
         if kind is FailureKind.TRANSIENT:
             return f"{endpoint} answers with server errors: check the store's health"
-        return f"Check the endpoint ({endpoint}), that it is up, and the network between here and there"
+        check = f"Check the endpoint ({endpoint}), that it is up, and the network between here and there"
+        if error is not None and timed_out(error):
+            check += (
+                ". A send or read timed out: if the link is only slow, raise connect_timeout / read_timeout, "
+                "or lower part_size and max_concurrency"
+            )
+        return check
 
 
 def _describe_failure(error: BaseException | None) -> str:

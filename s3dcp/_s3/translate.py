@@ -4,7 +4,8 @@
 
 1. Failures that carry no S3 answer, by exception type: no credentials
    (:class:`~s3dcp._errors.CredentialsError`); an untrusted TLS certificate,
-   an endpoint that cannot be reached, or an answer no S3 store gives
+   an endpoint that cannot be reached, a connection too slow or stalled
+   (a send or read that timed out), or an answer no S3 store gives
    (:class:`~s3dcp._errors.EndpointError`).
 2. An S3 error answer (botocore's ``ClientError``), by its S3 error code and
    HTTP status in :data:`TRANSLATIONS`; one that matches no row is an
@@ -42,7 +43,9 @@ from s3dcp._s3.retry import (
     classify,
     error_code,
     is_untrusted_certificate,
+    timed_out,
 )
+from s3dcp._s3.send import SendProgress, describe_rate, piece_size
 
 __all__ = ["CREDENTIAL_TYPES", "Refusal", "Translation", "TRANSLATIONS", "translate_error"]
 
@@ -212,11 +215,13 @@ def translate_error(
     key: str | None,
     settings: ClientSettings,
     attempts: int = 1,
+    last_send: SendProgress | None = None,
 ) -> S3RequestError:
     """Turn a botocore/urllib3 failure into an s3dcp error with a useful message.
 
     The caller raises it ``from error``. See the module docstring for the order
-    in which failures are recognised.
+    in which failures are recognised. ``last_send``: how far the last
+    attempt's request body got, if it had one sent in pieces.
     """
     where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}" if bucket else "S3"
     endpoint = settings.describe_endpoint()
@@ -237,6 +242,8 @@ def translate_error(
             **context,
         )
     kind = classify(error)
+    if timed_out(error):
+        return EndpointError(_too_slow(operation, where, endpoint, error, attempts, last_send, settings), **context)
     if kind is FailureKind.UNREACHABLE or (
         kind is FailureKind.CONNECTION and not isinstance(error, botocore.exceptions.ClientError)
     ):
@@ -252,6 +259,30 @@ def translate_error(
     if not isinstance(error, botocore.exceptions.ClientError):
         return S3RequestError(f"{operation} on {where} failed at {endpoint}: {type(error).__name__}", **context)
     return _translate_refusal(error, kind, operation, where, endpoint, settings, context)
+
+
+def _too_slow(
+    operation: str,
+    where: str,
+    endpoint: str,
+    error: BaseException,
+    attempts: int,
+    last_send: SendProgress | None,
+    settings: ClientSettings,
+) -> str:
+    """The message for attempts that timed out on an open connection: the link is too slow, or stalled."""
+    config = settings.config
+    slowest = piece_size(config.connect_timeout) / config.connect_timeout
+    seen = ""
+    if last_send is not None and last_send.sent < last_send.total:
+        seen = f"; in the last attempt {last_send.describe(config.connect_timeout)}"
+    return (
+        f"{operation} on {where} failed: the connection to {endpoint} was too slow or stalled "
+        f"({type(error).__name__}: a send or read timed out, {attempts} attempt{'s' if attempts > 1 else ''}"
+        f"{seen}). A send is given up when it moves less than {describe_rate(slowest)} over connect_timeout "
+        f"({config.connect_timeout:g} s), a read after read_timeout ({config.read_timeout:g} s) without data. "
+        "On a slow link raise connect_timeout / read_timeout, or lower part_size and max_concurrency"
+    )
 
 
 def _translate_refusal(

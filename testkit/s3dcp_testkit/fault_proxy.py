@@ -17,6 +17,12 @@ and networks do:
 * ``hold``: stop the request until the test calls ``rule.release()``; the
   rule's ``hit`` event is set when one is held, so a test can act while a
   save is provably mid-way (no sleeps);
+* ``stall``: a connection that stops moving without closing. A request
+  with a body has only ``keep_fraction`` of it read, and is never
+  forwarded; one without is forwarded, and its answer's headers and
+  ``keep_fraction`` of its body are sent. Then nothing moves until
+  ``rule.release()`` or ``delay`` seconds (``HOLD_LIMIT`` if 0), and the
+  connection is reset: only the client's own timeouts end its wait;
 * ``throttle``: a token bucket per key partition (the first
   ``partition_chars`` characters of the key after ``partition_root``), as S3
   limits request rates per prefix; requests over the rate get 503 SlowDown.
@@ -70,7 +76,7 @@ _ERRORS = {
         "A header you provided implies functionality that is not implemented.",
     ),
 }
-ACTIONS = (*_ERRORS, "reset", "lose_answer", "truncate", "delay", "hold", "throttle")
+ACTIONS = (*_ERRORS, "reset", "lose_answer", "truncate", "delay", "hold", "stall", "throttle")
 HOLD_LIMIT = 120.0  # a held request is let go after this long even if the test forgot it
 
 
@@ -85,8 +91,11 @@ class Rule:
         key_pattern: only requests whose ``bucket/key`` path matches this regex.
         probability: chance that a matching request is hit.
         count: hit at most this many requests (``None``: no limit).
-        delay: seconds, for ``delay``.
-        keep_fraction: share of the body sent before the cut, for ``truncate``.
+        delay: seconds, for ``delay``; for ``stall``, how long nothing
+            moves (0: ``HOLD_LIMIT``) unless released sooner.
+        keep_fraction: share of the body sent before the cut, for
+            ``truncate``; for ``stall``, of the request body read, or of
+            the answer's body sent, before nothing moves.
         query_contains: only requests whose query string contains this text.
         header: only requests that carry this header (any value).
         rate / burst: for ``throttle``, requests per second and bucket size
@@ -392,16 +401,32 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
             finally:
                 proxy._leave()
 
+        def _stall(self, rule: Rule) -> None:
+            """Move nothing more on this connection until the rule is released or its time is up; then reset."""
+            rule.released.wait(rule.delay or HOLD_LIMIT)  # the fault itself: a link that stopped
+            self._reset()
+
+        def _stall_request(self, rule: Rule, path: str, query: str) -> None:
+            """Read ``keep_fraction`` of the request body (not all of it), then stall."""
+            length = int(self.headers.get("Content-Length") or 0)
+            kept = self.rfile.read(int(length * rule.keep_fraction))
+            record = Record(self.command, path, query, self.headers.get("Range"), -1, len(kept), 0, rule.action)
+            proxy._record(record)
+            self._stall(rule)
+
         def _handle_counted(self) -> None:
+            split = urlsplit(self.path)
+            path = unquote(split.path)
+            rule = proxy._pick_rule(self.command, path, split.query, self.headers)
+            action = rule.action if rule else None
+            if rule is not None and rule.action == "stall" and int(self.headers.get("Content-Length") or 0):
+                self._stall_request(rule, path, split.query)
+                return
             try:
                 body = self._read_body()
             except BodyError:  # the client went away mid-request: nothing to forward or answer
                 self.close_connection = True
                 return
-            split = urlsplit(self.path)
-            path = unquote(split.path)
-            rule = proxy._pick_rule(self.command, path, split.query, self.headers)
-            action = rule.action if rule else None
             record = Record(
                 self.command,
                 path,
@@ -456,6 +481,15 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
                 self.end_headers()
                 return
             self.send_header("Content-Length", str(len(data)))
+            if rule is not None and rule.action == "stall":
+                kept = data[: int(len(data) * rule.keep_fraction)]
+                record.response_bytes = len(kept)
+                proxy._record(record)
+                self.end_headers()
+                self.wfile.write(kept)
+                self.wfile.flush()
+                self._stall(rule)
+                return
             if rule is not None and rule.action == "truncate" and data:
                 kept = data[: int(len(data) * rule.keep_fraction)]
                 record.response_bytes = len(kept)

@@ -231,12 +231,14 @@ class RelayServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         upstream: tuple[str, int],
         tls: ssl.SSLContext | None,
         handler: type[RelayHandler] = RelayHandler,
+        receive_buffer: int = RECV_BUFFER,
     ) -> None:
         self.upstream = upstream
         self.tls = tls
         self.counts = Counts()
         super().__init__(("127.0.0.1", 0), handler, bind_and_activate=False)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        # asked of the kernel for the listening socket, whose accepted connections inherit it
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         self.server_bind()
         self.server_activate()
 

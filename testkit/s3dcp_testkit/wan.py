@@ -43,7 +43,7 @@ from types import MappingProxyType
 from typing import Any
 
 from s3dcp_testkit.forwarder import RelayHandler, RelayServer, Upstream, upstream_address
-from s3dcp_testkit.loopback import BackgroundServer
+from s3dcp_testkit.loopback import RECV_BUFFER, BackgroundServer
 from s3dcp_testkit.null_sink import s3_operation
 
 MB = 1_000_000  # rates are in MB/s, as network links are quoted
@@ -69,6 +69,13 @@ class WanSettings:
             MB/s; None (default) for none.
         burst_bytes: how far a bucket may fill while a connection is idle
             (256 KiB), so a short answer goes out at once.
+        receive_buffer_bytes: the socket receive buffer asked of the kernel
+            for client connections (None: the loopback servers' 4 MiB).
+            With the client's send buffer it holds the request bytes a
+            client has handed over but the link has not carried yet: a
+            small one makes a client's send wait on the link, as over a
+            real WAN whose in-flight bytes are bounded, which tests of
+            send timeouts need.
     """
 
     first_byte_ms: float = 20.0
@@ -76,6 +83,7 @@ class WanSettings:
     connection_mbps: float | None = 90.0
     total_mbps: float | None = None
     burst_bytes: int = 256 * 1024
+    receive_buffer_bytes: int | None = None
 
     def __post_init__(self) -> None:
         latencies = [self.first_byte_ms, *self.first_byte_ms_by_operation.values()]
@@ -87,6 +95,8 @@ class WanSettings:
                 raise ValueError(f"{name} must be > 0 MB/s, or None for no limit; got {rate}")
         if self.burst_bytes < 1:
             raise ValueError(f"burst_bytes must be >= 1, got {self.burst_bytes}")
+        if self.receive_buffer_bytes is not None and self.receive_buffer_bytes < 1:
+            raise ValueError(f"receive_buffer_bytes must be >= 1, or None; got {self.receive_buffer_bytes}")
 
     def first_byte_s(self, operation: str) -> float:
         """Seconds from a request's last byte to its answer's first, for this S3 operation."""
@@ -296,7 +306,8 @@ class _WanServer(RelayServer):
         self.in_flight = InFlight()
         self.shared_in = self._bucket(settings.total_mbps)
         self.shared_out = self._bucket(settings.total_mbps)
-        super().__init__(upstream, tls, _WanHandler)
+        receive_buffer = settings.receive_buffer_bytes or RECV_BUFFER
+        super().__init__(upstream, tls, _WanHandler, receive_buffer=receive_buffer)
 
     def _bucket(self, mbps: float | None) -> TokenBucket | None:
         return None if mbps is None else TokenBucket(mbps * MB, self.settings.burst_bytes)
