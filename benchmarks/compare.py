@@ -737,13 +737,20 @@ class Bench:
 
 
 def _git_state() -> str:
-    """The commit s3dcp was measured at, and whether its sources had uncommitted changes."""
+    """The commit s3dcp was measured at, and whether its sources had uncommitted changes.
+
+    Taken from the checkout the imported ``s3dcp`` comes from, which ``PYTHONPATH`` may point
+    at another one (to measure an older commit with this harness).
+    """
+    import s3dcp
+
+    checkout = Path(s3dcp.__file__).resolve().parent.parent
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "s3dcp"], cwd=HERE.parent, capture_output=True, text=True, check=True
+            ["git", "status", "--porcelain", "--", "s3dcp"], cwd=checkout, capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

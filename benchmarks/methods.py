@@ -8,8 +8,9 @@ would. s3torchconnector and s3fs are imported only when used, so the test
 venv (which has neither) still runs ``s3dcp`` and ``boto3-raw``.
 
 Settings shared where a tool has them: 4 writer threads per rank for every
-DCP writer, 16 MiB parts for s3dcp, s3torchconnector and boto3; otherwise
-each tool's defaults.
+DCP writer, 16 MiB parts for s3dcp (its default), s3torchconnector and
+boto3; otherwise each tool's defaults (s3dcp: 32 requests in flight;
+boto3-raw: 8).
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class S3DCP(DCPMethod):
     name = "s3dcp"
 
     def _config(self) -> S3ClientConfig:
-        return S3ClientConfig(part_size=PART_SIZE, max_concurrency=CONCURRENCY)
+        return S3ClientConfig(part_size=PART_SIZE)
 
     def writer(self, uri: str) -> Any:
         return S3StorageWriter(None, uri, self._config(), thread_count=self.thread_count, overwrite=True)
@@ -95,7 +96,7 @@ class S3DCPUnsigned(S3DCP):
     name = "s3dcp-unsigned"
 
     def _config(self) -> S3ClientConfig:
-        return S3ClientConfig(part_size=PART_SIZE, max_concurrency=CONCURRENCY, sign_payload=False)
+        return S3ClientConfig(part_size=PART_SIZE, sign_payload=False)
 
 
 class S3TorchConnector(DCPMethod):
