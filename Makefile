@@ -13,11 +13,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch first and pinned: a CPU wheel; any other torch spec downloads gigabytes.
-# --no-compile: Python compiles what the tests import on first use, not all of torch up front (about 30 s less)
 # testkit/: the local S3 servers (s3dcp_testkit) the tests, benchmarks and examples import
 $(STAMP): pyproject.toml testkit/pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[test]' -e testkit
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' -e testkit
 	touch $@
 
 install: $(STAMP)
