@@ -84,6 +84,18 @@ def s3_server() -> Iterator[TestServer]:
         yield server
 
 
+def use_loopback_store(env: pytest.MonkeyPatch, endpoint_url: str) -> None:
+    """Point the AWS environment at a store on 127.0.0.1 that checks no signatures
+    (the in-memory store, or the WAN emulator in front of it): any keys do."""
+    for name, value in (
+        ("AWS_ENDPOINT_URL", endpoint_url),
+        ("AWS_ACCESS_KEY_ID", "key"),
+        ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ("AWS_REGION", REGION),
+    ):
+        env.setenv(name, value)
+
+
 @pytest.fixture
 def s3_env(clean_aws_env: pytest.MonkeyPatch, s3_server: TestServer) -> pytest.MonkeyPatch:
     """The standard AWS variables pointing at the test server, as a user would set them."""

@@ -481,23 +481,17 @@ def _make_handler(proxy: FaultProxy) -> Callable[..., BaseHTTPRequestHandler]:
                 self.end_headers()
                 return
             self.send_header("Content-Length", str(len(data)))
-            if rule is not None and rule.action == "stall":
+            if rule is not None and (rule.action == "stall" or (rule.action == "truncate" and data)):
                 kept = data[: int(len(data) * rule.keep_fraction)]
                 record.response_bytes = len(kept)
                 proxy._record(record)
                 self.end_headers()
                 self.wfile.write(kept)
                 self.wfile.flush()
-                self._stall(rule)
-                return
-            if rule is not None and rule.action == "truncate" and data:
-                kept = data[: int(len(data) * rule.keep_fraction)]
-                record.response_bytes = len(kept)
-                proxy._record(record)
-                self.end_headers()
-                self.wfile.write(kept)
-                self.wfile.flush()
-                self._close_early()
+                if rule.action == "stall":
+                    self._stall(rule)
+                else:
+                    self._close_early()
                 return
             record.response_bytes = len(data)
             proxy._record(record)

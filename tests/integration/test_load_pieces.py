@@ -27,7 +27,7 @@ from s3dcp._load import MIN_PIECE_SIZE
 from s3dcp_testkit.fault_proxy import FaultProxy, Record
 from s3dcp_testkit.memory_store import MemoryStore
 from s3dcp_testkit.wan import WanEmulator, WanSettings
-from tests.conftest import REGION
+from tests.conftest import REGION, use_loopback_store
 from tests.helpers import (
     FAST_RETRIES,
     HAS_STREAM_TRANSFORMS,
@@ -200,13 +200,7 @@ def test_pieces_and_whole_gets_together_stay_within_max_concurrency(clean_aws_en
     g = torch.Generator().manual_seed(4)
     state = {"big": torch.randn(6 * MIB // 4, generator=g), **{f"w{i}": torch.randn(60_000) for i in range(4)}}
     with MemoryStore() as store, WanEmulator(store.endpoint_url, WanSettings(first_byte_ms=20)) as wan:
-        for name, value in (
-            ("AWS_ENDPOINT_URL", wan.endpoint_url),
-            ("AWS_ACCESS_KEY_ID", "key"),
-            ("AWS_SECRET_ACCESS_KEY", "secret"),
-            ("AWS_REGION", REGION),
-        ):
-            clean_aws_env.setenv(name, value)
+        use_loopback_store(clean_aws_env, wan.endpoint_url)
         boto3.client("s3").create_bucket(Bucket="wan")
         config = S3ClientConfig(max_read_size=PIECE, max_concurrency=concurrency, coalesce_gap=0)
         dcp.save(state, storage_writer=S3StorageWriter(REGION, "s3://wan/ckpt", config))

@@ -38,7 +38,7 @@ from s3dcp_testkit.certificates import make_certificate
 from s3dcp_testkit.fault_proxy import FaultProxy
 from s3dcp_testkit.memory_store import MemoryStore
 from s3dcp_testkit.wan import WanEmulator, WanSettings
-from tests.conftest import REGION
+from tests.conftest import REGION, use_loopback_store
 from tests.helpers import FAST_RETRIES, MIB
 
 pytestmark = pytest.mark.s3
@@ -56,13 +56,11 @@ def test_a_part_that_takes_longer_than_connect_timeout_to_send_is_saved(
         made = make_certificate(tmp_path / "tls")
         tls = (made.cert, made.key)
         clean_aws_env.setenv("AWS_CA_BUNDLE", str(made.ca))
-    for name, value in (("AWS_ACCESS_KEY_ID", "key"), ("AWS_SECRET_ACCESS_KEY", "secret"), ("AWS_REGION", REGION)):
-        clean_aws_env.setenv(name, value)
     state = {"big": torch.randn(5 * MIB // 4 + 1024), "step": 3}  # a 5 MiB part from the tensor's memory, and a bit
     config = S3ClientConfig(part_size=5 * MIB, max_concurrency=2, connect_timeout=0.2, **FAST_RETRIES)
     with MemoryStore() as store, WanEmulator(store.endpoint_url, SLOW_LINK, tls) as wan:
+        use_loopback_store(clean_aws_env, wan.endpoint_url)
         boto3.client("s3", endpoint_url=store.endpoint_url).create_bucket(Bucket="slow")
-        clean_aws_env.setenv("AWS_ENDPOINT_URL", wan.endpoint_url)
         dcp.save(state, storage_writer=S3StorageWriter(REGION, "s3://slow/step_3", config, thread_count=1))
         assert wan.counts.take()["op:UploadPart"] >= 2
         # read back past the emulator: the load is not what is tested here

@@ -15,7 +15,7 @@ import pytest
 
 from s3dcp_testkit.certificates import make_certificate
 from s3dcp_testkit.wan import WanEmulator, WanSettings
-from tests.conftest import REGION
+from tests.conftest import REGION, use_loopback_store
 
 pytestmark = pytest.mark.s3
 
@@ -76,13 +76,7 @@ def test_s3dcp_saves_and_loads_through_the_emulator_in_front_of_the_memory_store
     from s3dcp_testkit.memory_store import MemoryStore
 
     with MemoryStore() as store, WanEmulator(store.endpoint_url, WanSettings(first_byte_ms=5)) as wan:
-        for name, value in (
-            ("AWS_ENDPOINT_URL", wan.endpoint_url),
-            ("AWS_ACCESS_KEY_ID", "key"),
-            ("AWS_SECRET_ACCESS_KEY", "secret"),
-            ("AWS_REGION", REGION),
-        ):
-            clean_aws_env.setenv(name, value)
+        use_loopback_store(clean_aws_env, wan.endpoint_url)
         boto3.client("s3").create_bucket(Bucket="wan")
         state = {"big": torch.randn(1536, 1024), "small": torch.arange(100), "step": 7}  # 6 MiB: two parts
         writer = S3StorageWriter(REGION, "s3://wan/run/step_7", part_size=5 * MIB)
