@@ -82,6 +82,15 @@ class S3ClientConfig:
             ``(max_concurrency + thread_count) * part_size`` (parts on the wire,
             plus one being filled per shard object; parts sent straight from a
             tensor's memory need none). Default 32.
+        initial_concurrency: requests in flight a save or load starts with.
+            After one round at this level (as many requests as the level) a
+            transfer tries 4 times as many, up to ``max_concurrency``, and
+            keeps them only if that round moves at least 1.3 times the bytes
+            per second: a distant store needs many requests at once, while
+            one bound by CPU (often one on the same machine) gains nothing
+            from them and the transfer goes back. A store that throttles
+            (503 SlowDown) halves it. Set it to ``max_concurrency`` for a
+            fixed number. Default 8.
         coalesce_gap: when a load needs two byte ranges of one object at most
             this many bytes apart, fetch them in one GET. Default 256 KiB.
         max_read_size: largest span one GET may cover. Items are coalesced
@@ -133,6 +142,7 @@ class S3ClientConfig:
     read_timeout: float = 60.0
     part_size: int = 16 * MIB
     max_concurrency: int = 32
+    initial_concurrency: int = 8
     coalesce_gap: int = 256 * 1024
     max_read_size: int = 16 * MIB
     server_side_encryption: str | None = None
@@ -147,7 +157,7 @@ class S3ClientConfig:
             _validate_endpoint(self.endpoint_url)
         if self.profile is not None and not self.profile.strip():
             raise ValueError("profile must be a non-empty profile name or None")
-        for name in ("max_attempts", "connect_attempts", "max_concurrency"):
+        for name in ("max_attempts", "connect_attempts", "max_concurrency", "initial_concurrency"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")

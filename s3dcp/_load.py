@@ -14,8 +14,8 @@ is split into consecutive pieces of at most that size (and at least
 one large tensor loads at the speed of several connections, still in place;
 its items are checked once every piece is in. Each piece is a ranged GET of
 its own, retried on its own. Whole GETs, pieces and the checks after a split
-GET share one pool of ``max_concurrency`` workers, so no more than that many
-requests of one ``read_data`` are ever in flight.
+GET share one pool of at most ``max_concurrency`` workers, of which an
+:class:`~s3dcp._s3.concurrency.AdaptiveLimit` keeps busy as many as pay.
 
 A checkpoint whose ``.metadata`` exists was saved: objects it lists that are
 missing or shorter than recorded are :class:`~s3dcp._errors.CheckpointDamagedError`,
@@ -68,6 +68,7 @@ from s3dcp._format.metadata import check_relative_key, load_metadata
 from s3dcp._format.plain_data import check_plain_data
 from s3dcp._ranges import ByteRange, Piece, coalesce, split
 from s3dcp._s3.client import S3Client
+from s3dcp._s3.concurrency import Sent
 from s3dcp._s3.download import SHORT_OBJECT_CODE, DownloadBuffers, read_range_into
 from s3dcp._s3.objects import read_object
 from s3dcp._uri import S3Uri
@@ -200,25 +201,28 @@ class Loader:
         piece_size = max(config.max_read_size, MIN_PIECE_SIZE)
         units = sum(-(-job.span.length // piece_size) for job in waiting)
         # every task in the pool is one GET (a whole one or a piece) or the checks after a split GET,
-        # so the requests in flight stay within max_concurrency
+        # so the requests in flight stay within the adaptive limit, and so within max_concurrency
         workers = max(1, min(config.max_concurrency, units))
+        concurrency = self._client.concurrency()
         plain_only = isinstance(planner, DefaultLoadPlanner)
         stop = threading.Event()  # set once this read fails: GETs that are retrying give up
         in_flight: dict[PoolFuture[_Fetched | None], _Fetch | _Split] = {}
         ready: _Fetch | None = None  # targets resolved, waiting for buffer bytes
         pieces: deque[tuple[_Split, Piece]] = deque()  # GETs of the split GETs under way, not sent yet
         complete: deque[_Split] = deque()  # split GETs whose pieces are all in, to be checked
+        sent: dict[PoolFuture[_Fetched | None], Sent] = {}  # when each GET in flight was sent
         with ThreadPoolExecutor(workers, thread_name_prefix="s3dcp-read") as pool:
             try:
                 while waiting or in_flight or ready is not None or pieces or complete:
-                    while len(in_flight) < workers:
+                    while len(in_flight) < min(workers, concurrency.current):
                         if complete:
                             cut = complete.popleft()
                             in_flight[pool.submit(self._check, cut.job, cut.buffer, plain_only)] = cut.job
                             continue
                         if pieces:
                             cut, piece = pieces.popleft()
-                            in_flight[pool.submit(self._read_piece, cut.job, piece, stop)] = cut
+                            future = pool.submit(self._read_piece, cut.job, piece, stop)
+                            in_flight[future], sent[future] = cut, concurrency.started()
                             requests += 1
                             continue
                         if ready is None:
@@ -235,7 +239,8 @@ class Loader:
                             cut = _Split(ready, buffer, len(parts))
                             pieces.extend((cut, part) for part in parts)
                         else:
-                            in_flight[pool.submit(self._fetch, ready, buffers, plain_only, stop)] = ready
+                            future = pool.submit(self._fetch, ready, buffers, plain_only, stop)
+                            in_flight[future], sent[future] = ready, concurrency.started()
                             requests += 1
                         ready = None
                     done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -243,11 +248,14 @@ class Loader:
                         unit = in_flight.pop(future)
                         result = future.result()
                         if isinstance(unit, _Split):  # one piece is in
+                            concurrency.finished(sent.pop(future), unit.piece_bytes)
                             unit.left -= 1
                             if not unit.left:
                                 complete.append(unit)
                             continue
                         assert result is not None  # a whole GET, or the checks after a split one
+                        if future in sent:  # not the checks after a split GET
+                            concurrency.finished(sent.pop(future), unit.span.length)
                         try:
                             waiting.extendleft(self._hand_over(unit, result, planner))
                         finally:
@@ -547,6 +555,9 @@ class _Split:
     job: _Fetch
     buffer: memoryview
     left: int
+
+    def __post_init__(self) -> None:
+        self.piece_bytes = self.job.span.length // self.left  # pieces are near-equal
 
 
 @dataclass

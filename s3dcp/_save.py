@@ -3,8 +3,9 @@
 :func:`write_shards` splits a rank's items into ``thread_count`` shard
 objects balanced by size and streams each through an
 :class:`~s3dcp._s3.upload.ObjectUpload` on one shared
-:class:`~s3dcp._s3.upload.TransferPool`: ``max_concurrency`` parts in
-flight, however many objects are being filled, so part buffers stay within
+:class:`~s3dcp._s3.upload.TransferPool`: at most ``max_concurrency`` parts
+in flight (from ``initial_concurrency``, raised where throughput grows with it),
+however many objects are being filled, so part buffers stay within
 ``max_concurrency + thread_count`` parts. A failure, Ctrl-C or SIGTERM stops the pool: no
 queued part is sent, retries end, and every upload aborts.
 """
@@ -155,9 +156,10 @@ def write_shards(
     that clean-up (see :func:`sigterm_raises`).
     """
     buckets = split_items(items, options.thread_count)
-    # max_concurrency parts on the wire whatever the thread count: each shard object's
-    # part being filled comes on top (the memory bound the config states)
-    pool = TransferPool(client.settings.config.max_concurrency, options.part_buffers)
+    # up to max_concurrency parts on the wire whatever the thread count (from initial_concurrency,
+    # raised where it pays): each shard object's part being filled comes on top (the memory bound
+    # the config states)
+    pool = TransferPool(client.concurrency(), options.part_buffers)
 
     def write_file(index: int) -> list[WriteResult]:
         relative = f"{stem}{index}{SHARD_SUFFIX}"

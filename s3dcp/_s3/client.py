@@ -22,11 +22,13 @@ from typing import Any, TypeVar
 import botocore
 import botocore.config
 import botocore.session
+import tenacity
 
 from s3dcp._config import ClientSettings
 from s3dcp._errors import S3DCPError
+from s3dcp._s3.concurrency import AdaptiveLimit
 from s3dcp._s3.hooks import install_hooks
-from s3dcp._s3.retry import RetryPolicy, TransferStopped
+from s3dcp._s3.retry import FailureKind, RetryPolicy, TransferStopped, classify
 from s3dcp._s3.retry_report import RetryReport
 from s3dcp._s3.send import SendProgress, watch_sends
 from s3dcp._s3.translate import CREDENTIAL_TYPES, translate_error
@@ -192,6 +194,17 @@ class S3Client:
         self.settings = settings
         self.policy = RetryPolicy.from_config(settings.config)
         self._sleep = sleep
+        self._throttled = 0
+        self._throttled_lock = threading.Lock()  # requests retry on many threads
+
+    @property
+    def throttled(self) -> int:
+        """How many times the store has throttled (503 SlowDown) a request of this client so far.
+
+        Transfers read it to lower their requests in flight
+        (:class:`~s3dcp._s3.concurrency.AdaptiveLimit`).
+        """
+        return self._throttled
 
     def __getstate__(self) -> dict[str, Any]:
         return {"settings": self.settings}
@@ -201,6 +214,11 @@ class S3Client:
 
     def __repr__(self) -> str:
         return f"S3Client(endpoint={self.settings.describe_endpoint()!r})"
+
+    def concurrency(self) -> AdaptiveLimit:
+        """A fresh limit of requests in flight for one transfer: starts at ``initial_concurrency``, grows while it pays."""
+        config = self.settings.config
+        return AdaptiveLimit(config.max_concurrency, config.initial_concurrency, throttled=lambda: self.throttled)
 
     @property
     def raw(self) -> Any:
@@ -271,8 +289,15 @@ class S3Client:
             else:
                 time.sleep(seconds)
 
+        def retrying(state: tenacity.RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            if error is not None and classify(error) is FailureKind.THROTTLED:
+                with self._throttled_lock:
+                    self._throttled += 1
+            report.retrying(state)
+
         try:
-            result = self.policy.call(counted, sleep=sleep, on_retry=report.retrying)
+            result = self.policy.call(counted, sleep=sleep, on_retry=retrying)
         except S3DCPError:
             raise
         except Exception as err:

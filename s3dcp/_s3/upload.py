@@ -30,6 +30,7 @@ from s3dcp import _crc32 as crc32
 from s3dcp._config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIB, MIN_PART_SIZE
 from s3dcp._errors import S3DCPError, S3RequestError
 from s3dcp._s3.client import S3Client
+from s3dcp._s3.concurrency import AdaptiveLimit
 from s3dcp._s3.objects import put_object
 from s3dcp._s3.retry import TransferStopped, error_code
 
@@ -145,10 +146,12 @@ class PartBuffers:
 
 
 class TransferPool:
-    """Threads that send requests, with at most ``limit`` requests queued or running.
+    """Threads that send requests, with at most ``concurrency.current`` requests queued or running.
 
     ``submit`` blocks while the limit is reached, which is what bounds the
-    memory held by parts waiting to be sent.
+    memory held by parts waiting to be sent. The limit starts low and grows
+    while throughput grows with it (:class:`~s3dcp._s3.concurrency.AdaptiveLimit`),
+    never past ``concurrency.maximum``.
 
     :meth:`stop` gives a transfer up at once: queued requests are cancelled
     and never sent, retries of running ones end (see :meth:`stop_signal`),
@@ -159,12 +162,13 @@ class TransferPool:
     before its caller returns.
     """
 
-    def __init__(self, limit: int, buffers: PartBuffers | None = None, name: str = "s3dcp-io") -> None:
-        self.limit = limit
-        self.buffers = buffers if buffers is not None else PartBuffers(limit)
+    def __init__(self, concurrency: AdaptiveLimit, buffers: PartBuffers | None = None, name: str = "s3dcp-io") -> None:
+        self.concurrency = concurrency
+        self.limit = concurrency.maximum
+        self.buffers = buffers if buffers is not None else PartBuffers(self.limit)
         self._name = name
         self._changed = threading.Condition(threading.RLock())
-        self._queue: collections.deque[tuple[Future[Any], Callable[[], Any]]] = collections.deque()
+        self._queue: collections.deque[tuple[Future[Any], Callable[[], Any], int]] = collections.deque()
         self._pending = 0  # queued or running
         self._threads = 0
         self._workers: list[threading.Thread] = []
@@ -198,17 +202,18 @@ class TransferPool:
                 self._signals.add(signal)
         return signal
 
-    def submit(self, func: Callable[[], T]) -> Future[T]:
+    def submit(self, func: Callable[[], T], size: int = 0) -> Future[T]:
+        """Queue ``func``, a request that moves ``size`` bytes (which the adaptive limit counts)."""
         future: Future[T] = Future()
         with self._changed:
-            while self._pending >= self.limit and not self._stopped.is_set():
+            while self._pending >= self.concurrency.current and not self._stopped.is_set():
                 self._changed.wait()
             if self._stopped.is_set():
                 raise TransferStopped("the transfer was stopped; no more requests are sent")
             if self._closed:
                 raise RuntimeError("submit to a transfer pool that was shut down")
             self._pending += 1
-            self._queue.append((future, func))
+            self._queue.append((future, func, size))
             if self._idle == 0 and self._threads < self.limit:
                 self._threads += 1
                 thread = threading.Thread(target=self._work, name=f"{self._name}_{self._threads}", daemon=True)
@@ -251,14 +256,17 @@ class TransferPool:
                 if not self._queue:
                     self._threads -= 1
                     return
-                future, func = self._queue.popleft()
+                future, func, size = self._queue.popleft()
             if not future.set_running_or_notify_cancel():
                 continue
+            started = self.concurrency.started()
             try:
                 result = func()
             except BaseException as error:  # handed to the future's owner
+                self.concurrency.finished(started, 0)
                 future.set_exception(error)
             else:
+                self.concurrency.finished(started, size)
                 future.set_result(result)
 
     def stop(self) -> None:
@@ -273,7 +281,7 @@ class TransferPool:
             self._changed.notify_all()
         for signal in signals:
             signal.set()
-        for future, _ in queued:
+        for future, _, _ in queued:
             future.cancel()
         if first:
             self._stopped_future.set_exception(TransferStopped("the transfer was stopped"))
@@ -647,7 +655,7 @@ class ObjectUpload:
             part.update((name, response[name]) for name in _PART_CHECKSUMS if response.get(name))
             return part
 
-        self._parts.append(pool.submit(send))
+        self._parts.append(pool.submit(send, memoryview(body).nbytes))
 
 
 _FILE_CHUNK = 8 * MIB  # bytes read from a local file at a time

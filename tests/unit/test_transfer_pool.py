@@ -6,12 +6,13 @@ import threading
 
 import pytest
 
+from s3dcp._s3.concurrency import AdaptiveLimit, Sent
 from s3dcp._s3.retry import TransferStopped
 from s3dcp._s3.upload import TransferPool
 
 
 def test_stop_frees_a_blocked_submitter_and_refuses_more_work() -> None:
-    pool = TransferPool(limit=1)
+    pool = TransferPool(AdaptiveLimit.fixed(1))
     release = threading.Event()
     started = threading.Event()
 
@@ -45,7 +46,7 @@ def test_stop_frees_a_blocked_submitter_and_refuses_more_work() -> None:
 
 
 def test_a_pool_runs_everything_submitted_within_its_limit() -> None:
-    pool = TransferPool(limit=3)
+    pool = TransferPool(AdaptiveLimit.fixed(3))
     futures = [pool.submit(lambda n=n: n * n) for n in range(20)]
     results: list[list[int]] = []
     waiter = threading.Thread(target=lambda: results.append(pool.wait(futures)), daemon=True)
@@ -58,7 +59,7 @@ def test_a_pool_runs_everything_submitted_within_its_limit() -> None:
 
 
 def test_worker_threads_do_not_hold_the_process_at_exit() -> None:
-    pool = TransferPool(limit=1, name="s3dcp-daemon-check")
+    pool = TransferPool(AdaptiveLimit.fixed(1), name="s3dcp-daemon-check")
     release = threading.Event()
     pool.submit(lambda: release.wait(60))
     workers = [t for t in threading.enumerate() if t.name.startswith("s3dcp-daemon-check")]
@@ -69,7 +70,7 @@ def test_worker_threads_do_not_hold_the_process_at_exit() -> None:
 
 
 def test_wait_returns_at_the_first_failure_or_at_stop_without_waiting_for_the_rest() -> None:
-    pool = TransferPool(limit=3)
+    pool = TransferPool(AdaptiveLimit.fixed(3))
     release = threading.Event()
 
     def fail() -> None:
@@ -86,4 +87,28 @@ def test_wait_returns_at_the_first_failure_or_at_stop_without_waiting_for_the_re
     stopper.join()
     release.set()
     assert stuck.result(timeout=60) is True
-    assert TransferPool(limit=2).wait([]) == []
+    assert TransferPool(AdaptiveLimit.fixed(2)).wait([]) == []
+
+
+class RecordingLimit(AdaptiveLimit):
+    def __init__(self, level: int) -> None:
+        super().__init__(level, level)
+        self.sizes: list[int] = []
+
+    def finished(self, started: Sent, size: int) -> None:
+        self.sizes.append(size)
+        super().finished(started, size)
+
+
+def test_the_limit_hears_of_every_request_with_its_bytes_and_of_failures_as_none() -> None:
+    limit = RecordingLimit(1)  # one at a time: the order is the order submitted
+    pool = TransferPool(limit)
+
+    def fail() -> None:
+        raise ValueError("refused")
+
+    futures = [pool.submit(lambda: "a", 5), pool.submit(fail, 7), pool.submit(lambda: "b", 9)]
+    for future in futures:
+        future.exception(timeout=60)
+    pool.shutdown()
+    assert limit.sizes == [5, 0, 9]

@@ -1,0 +1,126 @@
+"""Saves and loads raise their requests in flight where that pays and go back where it does not.
+
+Through the WAN emulator in front of the in-memory store: a link limited per
+connection (a distant store) moves more with more requests at once, so the
+level grows to ``max_concurrency`` and stays; a link limited in all (a
+store bound by its own capacity) moves the same, so after one round at the
+higher level it goes back. What the transfer decided is read from its DEBUG
+log line; the emulator counts what was really in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import boto3
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from s3dcp import S3ClientConfig, S3StorageReader, S3StorageWriter
+from s3dcp._load import MIN_PIECE_SIZE
+from s3dcp_testkit.fault_proxy import FaultProxy
+from s3dcp_testkit.memory_store import MemoryStore
+from s3dcp_testkit.wan import WanEmulator, WanSettings
+from tests.conftest import REGION, use_loopback_store
+from tests.helpers import FAST_RETRIES, MIB, assert_same, blank_like
+
+pytestmark = pytest.mark.s3
+
+PER_CONNECTION = WanSettings(first_byte_ms=5, connection_mbps=8)  # four times the requests move four times the bytes
+SHARED = WanSettings(first_byte_ms=5, connection_mbps=None, total_mbps=32)  # they move the same bytes
+LINKS = {"limited per connection": (PER_CONNECTION, "kept"), "limited in all": (SHARED, "back")}
+
+
+def level_changes(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage().split(" (")[0] for r in caplog.records if r.getMessage().startswith("requests in flight")]
+
+
+def expected_changes(low: int, high: int, outcome: str) -> list[str]:
+    after = high if outcome == "kept" else low
+    return [f"requests in flight {low} -> {high}", f"requests in flight {high} -> {after}"]
+
+
+@pytest.mark.parametrize("link", LINKS)
+def test_a_save_grows_its_parts_in_flight_only_where_that_moves_more(
+    clean_aws_env: Any, caplog: pytest.LogCaptureFixture, link: str
+) -> None:
+    settings, outcome = LINKS[link]
+    state = {"weight": torch.randn(60 * MIB // 4, generator=torch.Generator().manual_seed(5))}  # twelve 5 MiB parts
+    config = S3ClientConfig(part_size=5 * MIB, initial_concurrency=2, max_concurrency=8)
+    with MemoryStore() as store:
+        with WanEmulator(store.endpoint_url, settings) as wan:
+            use_loopback_store(clean_aws_env, wan.endpoint_url)
+            boto3.client("s3").create_bucket(Bucket="wan")
+            with caplog.at_level(logging.DEBUG, logger="s3dcp"):
+                dcp.save(state, storage_writer=S3StorageWriter(REGION, "s3://wan/ckpt", config, thread_count=1))
+            in_flight = wan.in_flight.take()
+        use_loopback_store(clean_aws_env, store.endpoint_url)
+        loaded = blank_like(state)
+        dcp.load(loaded, storage_reader=S3StorageReader(REGION, "s3://wan/ckpt"))
+
+    assert_same(state, loaded)
+    assert level_changes(caplog) == expected_changes(2, 8, outcome)
+    assert in_flight["in_flight_max"] == 8  # the higher level was tried for real, and never passed
+
+
+@pytest.mark.parametrize("link", LINKS)
+def test_a_load_grows_its_gets_in_flight_only_where_that_moves_more(
+    clean_aws_env: Any, caplog: pytest.LogCaptureFixture, link: str
+) -> None:
+    settings, outcome = LINKS[link]
+    state = {"weight": torch.randn(48 * MIB // 4, generator=torch.Generator().manual_seed(6))}  # 48 pieces
+    config = S3ClientConfig(max_read_size=MIN_PIECE_SIZE, initial_concurrency=4, max_concurrency=16)
+    with MemoryStore() as store:
+        use_loopback_store(clean_aws_env, store.endpoint_url)
+        boto3.client("s3").create_bucket(Bucket="wan")
+        dcp.save(state, storage_writer=S3StorageWriter(REGION, "s3://wan/ckpt"))
+        with WanEmulator(store.endpoint_url, settings) as wan:
+            use_loopback_store(clean_aws_env, wan.endpoint_url)
+            reader = S3StorageReader(REGION, "s3://wan/ckpt", config)
+            reader.read_metadata()
+            loaded = blank_like(state)
+            with caplog.at_level(logging.DEBUG, logger="s3dcp"):
+                dcp.load(loaded, storage_reader=reader)
+            in_flight = wan.in_flight.take()
+
+    assert_same(state, loaded)
+    assert level_changes(caplog) == expected_changes(4, 16, outcome)
+    assert in_flight["in_flight_max"] == 16
+
+
+def test_a_fixed_level_never_changes(clean_aws_env: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """initial_concurrency = max_concurrency: the old behaviour, every request slot used from the start."""
+    state = {"weight": torch.randn(24 * MIB // 4, generator=torch.Generator().manual_seed(7))}
+    config = S3ClientConfig(max_read_size=MIN_PIECE_SIZE, initial_concurrency=6, max_concurrency=6)
+    with MemoryStore() as store:
+        use_loopback_store(clean_aws_env, store.endpoint_url)
+        boto3.client("s3").create_bucket(Bucket="wan")
+        dcp.save(state, storage_writer=S3StorageWriter(REGION, "s3://wan/ckpt"))
+        with WanEmulator(store.endpoint_url, PER_CONNECTION) as wan:
+            use_loopback_store(clean_aws_env, wan.endpoint_url)
+            loaded = blank_like(state)
+            with caplog.at_level(logging.DEBUG, logger="s3dcp"):
+                dcp.load(loaded, storage_reader=S3StorageReader(REGION, "s3://wan/ckpt", config))
+            in_flight = wan.in_flight.take()
+    assert_same(state, loaded)
+    assert level_changes(caplog) == []
+    assert in_flight["in_flight_max"] == 6
+
+
+def test_a_throttled_part_halves_the_parts_in_flight_for_the_rest_of_the_save(
+    proxied_env: Any, proxy: FaultProxy, bucket: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The proxy answers one part 503 SlowDown; the round that saw it ends with half the level, for good."""
+    state = {"weight": torch.randn(30 * MIB // 4, generator=torch.Generator().manual_seed(8))}  # six 5 MiB parts
+    proxy.add_rule("slowdown", method="PUT", query_contains="partNumber=", count=1)
+    config = S3ClientConfig(part_size=5 * MIB, initial_concurrency=4, max_concurrency=16, **FAST_RETRIES)
+    with caplog.at_level(logging.DEBUG, logger="s3dcp"):
+        dcp.save(state, storage_writer=S3StorageWriter(REGION, f"s3://{bucket}/busy", config, thread_count=1))
+    loaded = blank_like(state)
+    dcp.load(loaded, storage_reader=S3StorageReader(REGION, f"s3://{bucket}/busy"))
+
+    assert_same(state, loaded)
+    assert [r.action for r in proxy.requests("PUT", r"\.distcp$")].count("slowdown") == 1
+    assert level_changes(caplog) == ["requests in flight 4 -> 2"]
