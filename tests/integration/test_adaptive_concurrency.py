@@ -62,7 +62,8 @@ def test_a_save_grows_its_parts_in_flight_only_where_that_moves_more(
 
     assert_same(state, loaded)
     assert level_changes(caplog) == expected_changes(2, 8, outcome)
-    assert in_flight["in_flight_max"] == 8  # the higher level was tried for real, and never passed
+    # the higher level was tried for real (how far one thread filling parts keeps up varies), and never passed
+    assert 2 < in_flight["in_flight_max"] <= 8
 
 
 @pytest.mark.parametrize("link", LINKS)
@@ -87,7 +88,7 @@ def test_a_load_grows_its_gets_in_flight_only_where_that_moves_more(
 
     assert_same(state, loaded)
     assert level_changes(caplog) == expected_changes(4, 16, outcome)
-    assert in_flight["in_flight_max"] == 16
+    assert 4 < in_flight["in_flight_max"] <= 16
 
 
 def test_a_fixed_level_never_changes(clean_aws_env: Any, caplog: pytest.LogCaptureFixture) -> None:
