@@ -66,6 +66,25 @@ def test_a_save_grows_its_parts_in_flight_only_where_that_moves_more(
     assert 2 < in_flight["in_flight_max"] <= 8
 
 
+def load_through_the_emulator(
+    env: Any, caplog: pytest.LogCaptureFixture, state: dict[str, Any], config: S3ClientConfig, link: WanSettings
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Save ``state`` straight to an in-memory store, load it through the emulator with ``config``
+    and DEBUG logs captured; what was loaded, and the emulator's requests in flight during the load."""
+    with MemoryStore() as store:
+        use_loopback_store(env, store.endpoint_url)
+        boto3.client("s3").create_bucket(Bucket="wan")
+        dcp.save(state, storage_writer=S3StorageWriter(REGION, "s3://wan/ckpt"))
+        with WanEmulator(store.endpoint_url, link) as wan:
+            use_loopback_store(env, wan.endpoint_url)
+            reader = S3StorageReader(REGION, "s3://wan/ckpt", config)
+            reader.read_metadata()
+            loaded = blank_like(state)
+            with caplog.at_level(logging.DEBUG, logger="s3dcp"):
+                dcp.load(loaded, storage_reader=reader)
+            return loaded, wan.in_flight.take()
+
+
 @pytest.mark.parametrize("link", LINKS)
 def test_a_load_grows_its_gets_in_flight_only_where_that_moves_more(
     clean_aws_env: Any, caplog: pytest.LogCaptureFixture, link: str
@@ -73,19 +92,7 @@ def test_a_load_grows_its_gets_in_flight_only_where_that_moves_more(
     settings, outcome = LINKS[link]
     state = {"weight": torch.randn(48 * MIB // 4, generator=torch.Generator().manual_seed(6))}  # 48 pieces
     config = S3ClientConfig(max_read_size=MIN_PIECE_SIZE, initial_concurrency=4, max_concurrency=16)
-    with MemoryStore() as store:
-        use_loopback_store(clean_aws_env, store.endpoint_url)
-        boto3.client("s3").create_bucket(Bucket="wan")
-        dcp.save(state, storage_writer=S3StorageWriter(REGION, "s3://wan/ckpt"))
-        with WanEmulator(store.endpoint_url, settings) as wan:
-            use_loopback_store(clean_aws_env, wan.endpoint_url)
-            reader = S3StorageReader(REGION, "s3://wan/ckpt", config)
-            reader.read_metadata()
-            loaded = blank_like(state)
-            with caplog.at_level(logging.DEBUG, logger="s3dcp"):
-                dcp.load(loaded, storage_reader=reader)
-            in_flight = wan.in_flight.take()
-
+    loaded, in_flight = load_through_the_emulator(clean_aws_env, caplog, state, config, settings)
     assert_same(state, loaded)
     assert level_changes(caplog) == expected_changes(4, 16, outcome)
     assert 4 < in_flight["in_flight_max"] <= 16
@@ -95,16 +102,7 @@ def test_a_fixed_level_never_changes(clean_aws_env: Any, caplog: pytest.LogCaptu
     """initial_concurrency = max_concurrency: the old behaviour, every request slot used from the start."""
     state = {"weight": torch.randn(24 * MIB // 4, generator=torch.Generator().manual_seed(7))}
     config = S3ClientConfig(max_read_size=MIN_PIECE_SIZE, initial_concurrency=6, max_concurrency=6)
-    with MemoryStore() as store:
-        use_loopback_store(clean_aws_env, store.endpoint_url)
-        boto3.client("s3").create_bucket(Bucket="wan")
-        dcp.save(state, storage_writer=S3StorageWriter(REGION, "s3://wan/ckpt"))
-        with WanEmulator(store.endpoint_url, PER_CONNECTION) as wan:
-            use_loopback_store(clean_aws_env, wan.endpoint_url)
-            loaded = blank_like(state)
-            with caplog.at_level(logging.DEBUG, logger="s3dcp"):
-                dcp.load(loaded, storage_reader=S3StorageReader(REGION, "s3://wan/ckpt", config))
-            in_flight = wan.in_flight.take()
+    loaded, in_flight = load_through_the_emulator(clean_aws_env, caplog, state, config, PER_CONNECTION)
     assert_same(state, loaded)
     assert level_changes(caplog) == []
     assert in_flight["in_flight_max"] == 6
