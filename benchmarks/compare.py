@@ -51,9 +51,10 @@ should not be worse per rank than one.
 
 With ``--warm`` each worker first does the same kind of operation once,
 unmeasured and uncounted (a save of a 64 MiB state dict to another path, or
-the same load), and then measures a second one: the steady state of a
-training job, whose first checkpoint alone pays for building clients and
-threads. Peak RSS growth then leaves out what the first operation kept
+``--warm-mib`` MiB, or the same load), and then measures a second one: the
+steady state of a training job, whose first checkpoint alone pays for
+building clients and threads (and, at ``--warm-mib`` = ``--size-mib``, for
+s3dcp's finding its requests in flight). Peak RSS growth then leaves out what the first operation kept
 (s3dcp's part buffers, for one), so compare memory on the default runs.
 """
 
@@ -108,7 +109,13 @@ def _needed_bytes(method: Any, uri: str) -> dict[str, int]:
 
 
 def run_worker(
-    op: str, method_name: str, target: str, size_mib: int, warm: bool = False, workload: str = "mixed"
+    op: str,
+    method_name: str,
+    target: str,
+    size_mib: int,
+    warm: bool = False,
+    workload: str = "mixed",
+    warm_mib: int = WARM_UP_MIB,
 ) -> dict[str, Any]:
     """One operation; prints READY and waits for a line on stdin first (the driver's start signal,
     given to all of a measurement's workers at once, after any warm-up)."""
@@ -129,7 +136,7 @@ def run_worker(
         zero(state)
     if warm and op != "prepare":
         if op == "save":
-            method.save(build(workload, WARM_UP_MIB, seed=1), target + "-warm-up")
+            method.save(build(workload, warm_mib, seed=1), target + "-warm-up")
             method.cleanup(target + "-warm-up")
         else:
             method.load(state, target)
@@ -178,7 +185,14 @@ class Target:
 
 
 def _workers(
-    target: Target, op: str, method: str, uris: list[str], size_mib: int, warm: bool = False, workload: str = "mixed"
+    target: Target,
+    op: str,
+    method: str,
+    uris: list[str],
+    size_mib: int,
+    warm: bool = False,
+    workload: str = "mixed",
+    warm_mib: int = WARM_UP_MIB,
 ) -> dict[str, Any]:
     """One measurement: a fresh process per URI, all started at once; ``{"error": ...}`` instead of raising.
 
@@ -199,7 +213,8 @@ def _workers(
     try:
         for uri in uris:
             command = [sys.executable, __file__, "--worker", op, "--method", method, "--target", uri]
-            command += ["--size-mib", str(size_mib), "--workload", workload] + (["--warm"] if warm else [])
+            command += ["--size-mib", str(size_mib), "--workload", workload]
+            command += ["--warm", "--warm-mib", str(warm_mib)] if warm else []
             # stderr to a file: a pipe nobody reads during the set-up could fill and stall the worker
             errors = tempfile.TemporaryFile(mode="w+")
             processes.append(
@@ -438,7 +453,7 @@ class Bench:
                     if method in failed:
                         continue
                     uris = self.uris(target, method, "ref" if op == "load" else f"save-{run}", size_mib)
-                    result = _workers(target, op, method, uris, size_mib, self.args.warm, workload)
+                    result = _workers(target, op, method, uris, size_mib, self.args.warm, workload, self.args.warm_mib)
                     self._note(target, op, method, result, run)
                     if op == "save":
                         for uri in uris:  # no trailing "/": boto3-raw's object is the path + ".bin"
@@ -460,7 +475,9 @@ class Bench:
                 if method not in DCP_METHODS or method in failed:
                     continue
                 ref = self.uris(target, method, "ref", size_mib)[:1]  # one worker, reading the first one's
-                result = _workers(target, "partial", method, ref, size_mib, self.args.warm, workload)
+                result = _workers(
+                    target, "partial", method, ref, size_mib, self.args.warm, workload, self.args.warm_mib
+                )
                 self._note(target, "partial", method, result)
                 self.partial.append(self._partial_row(target, method, size_mib, result))
         self._delete_prefix(target, f"{target.scheme}/")
@@ -702,6 +719,7 @@ class Bench:
                 "methods": self.args.methods,
                 "scaling_runs": self.args.scaling_runs,
                 "warm": self.args.warm,
+                "warm_mib": self.args.warm_mib if self.args.warm else None,
                 "workload": self.args.workload,
                 "parallel": self.args.parallel,
                 **(
@@ -850,8 +868,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"median of {report['settings']['runs']} runs; (Nx) = this method / s3dcp"
         + _parallel_note(report["settings"])
         + (
-            "; **warm**: each figure is a process's second operation (after an unmeasured, uncounted one), "
-            "so peak RSS growth leaves out what the first kept"
+            "; **warm**: each figure is a process's second operation (after an unmeasured, uncounted one"
+            + (f"; a save's of {report['settings']['warm_mib']} MiB" if report["settings"].get("warm_mib") else "")
+            + "), so peak RSS growth leaves out what the first kept"
             if report["settings"].get("warm")
             else ""
         ),
@@ -1017,6 +1036,13 @@ def main() -> None:
         action="store_true",
         help="measure each worker's second operation (steady state), after an unmeasured one",
     )
+    parser.add_argument(
+        "--warm-mib",
+        type=int,
+        default=WARM_UP_MIB,
+        help="with --warm, the size of the unmeasured save (default %(default)s; --size-mib for a job's "
+        "next checkpoint of the same size)",
+    )
     parser.add_argument("--verbose", action="store_true", help="print a failing worker's stderr")
     wan_options = parser.add_argument_group("--server wan", "the WAN emulator's knobs (s3dcp_testkit.wan)")
     add_options(wan_options)
@@ -1035,7 +1061,13 @@ def main() -> None:
         parser.error("--parallel must be at least 1")
 
     if args.worker:
-        print(json.dumps(run_worker(args.worker, args.method, args.target, args.size_mib, args.warm, args.workload)))
+        print(
+            json.dumps(
+                run_worker(
+                    args.worker, args.method, args.target, args.size_mib, args.warm, args.workload, args.warm_mib
+                )
+            )
+        )
         return
 
     bench = Bench(args)

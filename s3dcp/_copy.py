@@ -328,7 +328,7 @@ def run_copy(plan: CopyPlan, *, on_object: OnObject | None = None, on_bytes: OnB
     """
     client, src, dst = plan.client, plan.source, plan.destination
     part_size = client.settings.config.part_size
-    pool = TransferPool(client.concurrency())
+    pool = TransferPool(client.concurrency("copy"))
 
     def copy_one(relative: str) -> None:
         if isinstance(src, S3Uri) and isinstance(dst, S3Uri):

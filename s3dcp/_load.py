@@ -203,7 +203,7 @@ class Loader:
         # every task in the pool is one GET (a whole one or a piece) or the checks after a split GET,
         # so the requests in flight stay within the adaptive limit, and so within max_concurrency
         workers = max(1, min(config.max_concurrency, units))
-        concurrency = self._client.concurrency()
+        concurrency = self._client.concurrency("download")
         plain_only = isinstance(planner, DefaultLoadPlanner)
         stop = threading.Event()  # set once this read fails: GETs that are retrying give up
         in_flight: dict[PoolFuture[_Fetched | None], _Fetch | _Split] = {}

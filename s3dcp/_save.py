@@ -159,7 +159,7 @@ def write_shards(
     # up to max_concurrency parts on the wire whatever the thread count (from initial_concurrency,
     # raised where it pays): each shard object's part being filled comes on top (the memory bound
     # the config states)
-    pool = TransferPool(client.concurrency(), options.part_buffers)
+    pool = TransferPool(client.concurrency("upload"), options.part_buffers)
 
     def write_file(index: int) -> list[WriteResult]:
         relative = f"{stem}{index}{SHARD_SUFFIX}"

@@ -57,6 +57,16 @@ def clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.Mon
 
 
 @pytest.fixture(autouse=True)
+def _fresh_levels() -> Iterator[None]:
+    """Each test starts where a fresh process would: no request levels settled by an earlier test."""
+    from s3dcp._s3.concurrency import SETTLED
+
+    SETTLED.clear()
+    yield
+    SETTLED.clear()
+
+
+@pytest.fixture(autouse=True)
 def _ranks_marker(request: pytest.FixtureRequest) -> Iterator[None]:
     """Let tests/distributed.py's run_ranks run only in tests marked ``ranks``."""
     from tests import distributed

@@ -11,13 +11,14 @@ client is created on first use in each process, with s3dcp's hooks
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import botocore
 import botocore.config
@@ -26,7 +27,7 @@ import tenacity
 
 from s3dcp._config import ClientSettings
 from s3dcp._errors import S3DCPError
-from s3dcp._s3.concurrency import AdaptiveLimit
+from s3dcp._s3.concurrency import SETTLED, AdaptiveLimit
 from s3dcp._s3.hooks import install_hooks
 from s3dcp._s3.retry import FailureKind, RetryPolicy, TransferStopped, classify
 from s3dcp._s3.retry_report import RetryReport
@@ -36,6 +37,7 @@ from s3dcp._s3.translate import CREDENTIAL_TYPES, translate_error
 __all__ = ["S3Client", "ClientCache"]
 
 T = TypeVar("T")
+log = logging.getLogger("s3dcp")
 
 
 class ClientCache:
@@ -215,10 +217,26 @@ class S3Client:
     def __repr__(self) -> str:
         return f"S3Client(endpoint={self.settings.describe_endpoint()!r})"
 
-    def concurrency(self) -> AdaptiveLimit:
-        """A fresh limit of requests in flight for one transfer: starts at ``initial_concurrency``, grows while it pays."""
+    def concurrency(self, direction: Literal["upload", "download", "copy"]) -> AdaptiveLimit:
+        """A fresh limit of requests in flight for one transfer.
+
+        It starts at the level the last transfer in ``direction`` to this
+        endpoint settled at, if one did in this process, and otherwise at
+        ``initial_concurrency``, growing while that pays.
+        """
         config = self.settings.config
-        return AdaptiveLimit(config.max_concurrency, config.initial_concurrency, throttled=lambda: self.throttled)
+        key = (self.settings.describe_endpoint(), direction)
+        settled = SETTLED.get(key)
+        if settled is not None and config.initial_concurrency < config.max_concurrency:
+            log.debug("starting at %d requests in flight, where an earlier %s settled", settled, direction)
+            return AdaptiveLimit(config.max_concurrency, settled, throttled=lambda: self.throttled, settled=True)
+
+        def remember(level: int) -> None:
+            SETTLED[key] = level
+
+        return AdaptiveLimit(
+            config.max_concurrency, config.initial_concurrency, throttled=lambda: self.throttled, remember=remember
+        )
 
     @property
     def raw(self) -> Any:

@@ -12,6 +12,12 @@ level if its round moved at least :data:`GAIN` times the bytes per second,
 and otherwise goes back to the level before and stays there. Once the store
 throttles a request (503 SlowDown) the level halves and stops growing.
 
+A job saves to the same store again and again, so the level a measurement
+settled on is kept for the process (:data:`SETTLED`, per endpoint and
+direction) and the next transfer of that kind starts there, settled, rather
+than paying for the round at the lower level again. A level that throttling
+chose is not kept: S3 adds capacity to a busy prefix within minutes.
+
 A round's bytes per second is estimated by Little's law: the requests in
 flight (averaged over each one's life) times the median request's bytes per
 second. Time when the transfer had nothing to send does not count against a
@@ -28,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-__all__ = ["GAIN", "GROWTH", "AdaptiveLimit", "Sent"]
+__all__ = ["GAIN", "GROWTH", "SETTLED", "AdaptiveLimit", "Sent"]
 
 log = logging.getLogger("s3dcp")
 
@@ -44,6 +50,14 @@ Four times the requests on a link bound per connection move up to four
 times the bytes; on a store bound by CPU they move about as much, give or
 take the noise of a round (measured: 0.8-1.3 times against moto on the same
 two cores).
+"""
+
+
+SETTLED: dict[tuple[str, str], int] = {}
+"""The level each (endpoint, direction) settled at by measuring, in this process.
+
+Written whole and read whole (single dict operations), so threads need no lock; a
+forked child keeps its parent's levels, which describe the same store.
 """
 
 
@@ -65,6 +79,11 @@ class AdaptiveLimit:
         throttled: a count of requests the store has throttled so far (the
             client's), read at each round's end.
         clock: seconds, monotonic; tests pass a fake.
+        settled: start at ``initial`` and stay there (a level an earlier
+            transfer settled at); throttling still halves it.
+        remember: called with the level once a measurement settles it, unless
+            the higher level was never really filled (the transfer ran out of
+            work, which says nothing of the store).
     """
 
     def __init__(
@@ -73,11 +92,14 @@ class AdaptiveLimit:
         initial: int,
         throttled: Callable[[], int] = lambda: 0,
         clock: Callable[[], float] = time.monotonic,
+        settled: bool = False,
+        remember: Callable[[int], None] = lambda level: None,
     ) -> None:
         self.maximum = maximum
         self.current = min(initial, maximum)
         self.rounds: list[tuple[int, float]] = []  # (level, bytes per second) of each round measured
-        self._settled = self.current >= maximum
+        self._settled = settled or self.current >= maximum
+        self._remember = remember
         self._throttled = throttled
         self._clock = clock
         self._lock = threading.Lock()
@@ -129,17 +151,21 @@ class AdaptiveLimit:
                 self._settled = True
                 self.rounds.append((before, 0.0))
             elif not self._settled:
-                rate = statistics.fmean(self._crowds) * statistics.median(self._rates)
+                crowd = statistics.fmean(self._crowds)
+                rate = crowd * statistics.median(self._rates)
                 self.rounds.append((self.current, rate))
                 if rate >= GAIN * self._previous_rate:  # this level pays
                     if self.current >= self.maximum:
                         self._settled = True
+                        self._remember(self.current)
                     else:
                         self._previous_rate, self._previous_level = rate, self.current
                         self.current = min(GROWTH * self.current, self.maximum)
                 else:
                     self.current = self._previous_level  # the level before moved as much, with fewer requests
                     self._settled = True
+                    if crowd >= GAIN * self.current:  # the higher level was really tried
+                        self._remember(self.current)
             self._throttles_before = throttles
             self._rates, self._crowds = [], []
         if len(self.rounds) != measured:

@@ -170,7 +170,7 @@ def _upload_files(job: UploadJob) -> None:
     if refuse_complete(client, uri, overwrite=job.overwrite, advice=advice):
         uncommit(client, uri)
     config = client.settings.config
-    pool = TransferPool(client.concurrency(), PartBuffers(config.max_concurrency), name="s3dcp-tier")
+    pool = TransferPool(client.concurrency("upload"), PartBuffers(config.max_concurrency), name="s3dcp-tier")
     try:
         for relative in job.files:
             upload_file(client, pool, job.checkpoint_dir / relative, uri.bucket, uri.key(relative), config.part_size)

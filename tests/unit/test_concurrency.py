@@ -6,7 +6,9 @@ import logging
 
 import pytest
 
-from s3dcp._s3.concurrency import GAIN, GROWTH, AdaptiveLimit, Sent
+from s3dcp._config import S3ClientConfig, resolve_settings
+from s3dcp._s3.client import S3Client
+from s3dcp._s3.concurrency import GAIN, GROWTH, SETTLED, AdaptiveLimit, Sent
 
 MB = 1_000_000
 
@@ -163,3 +165,68 @@ def test_each_measured_round_is_logged(caplog: pytest.LogCaptureFixture) -> None
         "requests in flight 32 -> 8",
     ]
     assert "8 at 640 MB/s" in caplog.records[-1].getMessage()
+
+
+def test_a_level_kept_at_the_maximum_is_remembered() -> None:
+    clock, kept = Clock(), []
+    limit = AdaptiveLimit(32, 8, clock=clock, remember=kept.append)
+    run_round(limit, clock, 0.2)
+    assert kept == []  # 32 is not known to pay yet
+    run_round(limit, clock, 0.2)
+    assert kept == [32]
+
+
+def test_a_level_gone_back_to_is_remembered_when_the_higher_one_was_really_filled() -> None:
+    clock, kept = Clock(), []
+    limit = AdaptiveLimit(32, 8, clock=clock, remember=kept.append)
+    run_round(limit, clock, 0.2)
+    run_round(limit, clock, 4.0)  # 32 in flight, moving what 8 moved
+    assert (limit.current, kept) == (8, [8])
+
+
+def test_a_level_gone_back_to_for_want_of_work_is_not_remembered() -> None:
+    """The transfer ran out of requests to send: that says nothing of what the store could take."""
+    clock, kept = Clock(), []
+    limit = AdaptiveLimit(32, 2, clock=clock, remember=kept.append)
+    run_round(limit, clock, 0.2)
+    for _ in range(8):  # level 8, but one request at a time
+        token = limit.started()
+        clock.now += 0.2
+        limit.finished(token, 16 * MB)
+    assert (limit.current, limit.settled, kept) == (2, True, [])
+
+
+def test_a_level_throttling_chose_is_not_remembered() -> None:
+    clock, kept, throttles = Clock(), [], [0]
+    limit = AdaptiveLimit(32, 8, throttled=lambda: throttles[0], clock=clock, remember=kept.append)
+    run_round(limit, clock, 0.2)
+    throttles[0] = 1
+    run_round(limit, clock, 0.2)
+    assert (limit.current, kept) == (16, [])
+
+
+def test_a_settled_start_stays_put_but_still_halves_when_throttled() -> None:
+    clock, kept, throttles = Clock(), [], [0]
+    limit = AdaptiveLimit(32, 8, throttled=lambda: throttles[0], clock=clock, settled=True, remember=kept.append)
+    run_round(limit, clock, 0.2)
+    run_round(limit, clock, 0.01)
+    assert (limit.current, limit.settled, limit.rounds, kept) == (8, True, [], [])
+    throttles[0] = 1
+    run_round(limit, clock, 0.2)
+    assert limit.current == 4
+
+
+def client(endpoint: str, **config: int) -> S3Client:
+    return S3Client(resolve_settings("us-east-1", S3ClientConfig(endpoint_url=endpoint, **config), {}))
+
+
+def test_a_transfer_starts_where_the_last_one_in_its_direction_to_its_endpoint_settled() -> None:
+    SETTLED[(client("http://store-a:9000").settings.describe_endpoint(), "upload")] = 32
+    upload = client("http://store-a:9000").concurrency("upload")
+    assert (upload.current, upload.settled) == (32, True)
+    download = client("http://store-a:9000").concurrency("download")
+    assert (download.current, download.settled) == (8, False)  # initial_concurrency
+    elsewhere = client("http://store-b:9000").concurrency("upload")
+    assert (elsewhere.current, elsewhere.settled) == (8, False)
+    fixed = client("http://store-a:9000", initial_concurrency=16, max_concurrency=16).concurrency("upload")
+    assert (fixed.current, fixed.settled) == (16, True)  # a fixed level is the user's choice
