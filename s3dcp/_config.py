@@ -89,8 +89,10 @@ class S3ClientConfig:
             per second: a distant store needs many requests at once, while
             one bound by CPU (often one on the same machine) gains nothing
             from them and the transfer goes back. A store that throttles
-            (503 SlowDown) halves it. Set it to ``max_concurrency`` for a
-            fixed number. Default 8.
+            (503 SlowDown) halves it. The level a transfer settles on is
+            where the process's next one in that direction to that endpoint
+            starts (a job's next checkpoint skips the round). Set it to
+            ``max_concurrency`` for a fixed number. Default 8.
         coalesce_gap: when a load needs two byte ranges of one object at most
             this many bytes apart, fetch them in one GET. Default 256 KiB.
         max_read_size: largest span one GET may cover. Items are coalesced
