@@ -13,10 +13,14 @@ Measured in this process, CPU seconds (user+sys) per GiB, median of 3:
   installed, as s3dcp uses), xxh3-64 (s3dcp's item digest), SHA-256
   (SigV4's payload hash over plain HTTP), and one copy;
 - DCP's own work for a save: ``dcp.save`` with a storage writer that
-  stores nothing (planning, metadata, ``resolve_data`` for every item).
+  stores nothing (planning, metadata, ``resolve_data`` for every item),
+  and for a load: ``dcp.load`` with a storage reader that reads nothing
+  (planning, ``resolve_tensor`` and ``commit_tensor`` for every item).
 
 A save over HTTPS cannot cost less than raw PUTs over HTTPS + CRC-32 +
 xxh3 + DCP's planning; over plain HTTP with payload signing, add SHA-256.
+A load cannot cost less than raw GETs + xxh3 (each item's digest) + DCP's
+load planning.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import argparse
 import contextlib
 import hashlib
 import http.client
+import io
 import json
 import platform
 import resource
@@ -42,7 +47,9 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 import xxhash
-from torch.distributed.checkpoint.storage import StorageWriter, WriteResult
+from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.planner import LoadItemType, WriteItemType
+from torch.distributed.checkpoint.storage import StorageReader, StorageWriter, WriteResult
 from torch.futures import Future
 from workload import build_state_dict, tensor_bytes
 
@@ -106,7 +113,12 @@ def raw_http(endpoint: str, ca_file: str | None) -> tuple[float, float]:
 
 
 class _NoStorage(StorageWriter):
-    """Takes every item from DCP (``resolve_data``) and stores nothing."""
+    """Takes every item from DCP (``resolve_data``) and stores nothing but the metadata and plain values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metadata: Metadata | None = None
+        self.values: dict[str, bytes] = {}  # plain values by name, for the load that hands them back
 
     def reset(self, checkpoint_id: Any = None) -> None:
         pass
@@ -123,14 +135,16 @@ class _NoStorage(StorageWriter):
     def write_data(self, plan: Any, planner: Any) -> Future[list[WriteResult]]:
         results = []
         for item in plan.items:
-            planner.resolve_data(item)
+            data = planner.resolve_data(item)
+            if item.type == WriteItemType.BYTE_IO:
+                self.values[item.index.fqn] = data.getvalue()
             results.append(WriteResult(index=item.index, size_in_bytes=0, storage_data=None))
         future: Future[list[WriteResult]] = Future()
         future.set_result(results)
         return future
 
     def finish(self, metadata: Any, results: Any) -> None:
-        pass
+        self.metadata = metadata
 
     @classmethod
     def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
@@ -138,6 +152,44 @@ class _NoStorage(StorageWriter):
 
     def storage_meta(self) -> None:
         return None
+
+
+class _NoRead(StorageReader):
+    """Hands DCP the target of every tensor it asks for without reading a byte: DCP's own work for a load."""
+
+    def __init__(self, saved: _NoStorage) -> None:
+        super().__init__()
+        assert saved.metadata is not None, "save with this _NoStorage first"
+        self.metadata, self.values = saved.metadata, saved.values
+
+    def reset(self, checkpoint_id: Any = None) -> None:
+        pass
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        return self.metadata
+
+    def set_up_storage_reader(self, metadata: Any, is_coordinator: bool, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def prepare_local_plan(self, plan: Any) -> Any:
+        return plan
+
+    def prepare_global_plan(self, plans: Any) -> Any:
+        return plans
+
+    def read_data(self, plan: Any, planner: Any) -> Future[None]:
+        for item in plan.items:
+            if item.type == LoadItemType.BYTE_IO:
+                planner.load_bytes(item, io.BytesIO(self.values[item.storage_index.fqn]))
+            else:
+                planner.commit_tensor(item, planner.resolve_tensor(item))
+        future: Future[None] = Future()
+        future.set_result(None)
+        return future
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: Any) -> bool:
+        return True
 
 
 def passes(state: dict[str, Any], gib: float) -> dict[str, float]:
@@ -158,7 +210,7 @@ def passes(state: dict[str, Any], gib: float) -> dict[str, float]:
     def copy(view: memoryview) -> None:
         scratch[: view.nbytes] = view
 
-    return {
+    costs = {
         f"CRC-32 ({'ISA-L' if 'isal' in crc32.compute.__module__ else 'zlib'})": median_cost(over(crc32.compute), gib),
         "xxh3-64": median_cost(over(lambda view: xxhash.xxh3_64(view).digest()), gib),
         "SHA-256": median_cost(over(lambda view: hashlib.sha256(view).digest()), gib),
@@ -167,6 +219,12 @@ def passes(state: dict[str, Any], gib: float) -> dict[str, float]:
             lambda: dcp.save(state, storage_writer=_NoStorage(), no_dist=True), gib
         ),
     }
+    saved = _NoStorage()
+    dcp.save(state, storage_writer=saved, no_dist=True)
+    costs["dcp.load planning (reader reads nothing)"] = median_cost(
+        lambda: dcp.load(state, storage_reader=_NoRead(saved), no_dist=True), gib
+    )
+    return costs
 
 
 @contextlib.contextmanager
