@@ -1,0 +1,90 @@
+"""Which rank reads each stored item several ranks need: balanced, deterministic, and only for shared items."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.distributed.checkpoint.filesystem import _StorageInfo
+from torch.distributed.checkpoint.metadata import MetadataIndex
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, ReadItem
+
+from s3dcp._sharing import Share, plan_shares
+
+MIB = 1 << 20
+
+
+def stored(*sizes: int, path: str = "__0_0.distcp") -> dict[MetadataIndex, _StorageInfo]:
+    """Items ``w0``, ``w1``, ... of the given sizes, laid end to end in one object."""
+    records, offset = {}, 0
+    for number, size in enumerate(sizes):
+        records[MetadataIndex(f"w{number}", torch.Size([0]))] = _StorageInfo(path, offset, size)
+        offset += size
+    return records
+
+
+def plan(*names: str) -> LoadPlan:
+    return LoadPlan(
+        [
+            ReadItem(
+                type=LoadItemType.TENSOR,
+                dest_index=MetadataIndex(name, torch.Size([0])),
+                dest_offsets=torch.Size([0]),
+                storage_index=MetadataIndex(name, torch.Size([0])),
+                storage_offsets=torch.Size([0]),
+                lengths=torch.Size([1]),
+            )
+            for name in names
+        ]
+    )
+
+
+def test_fully_replicated_items_are_each_read_once_and_evenly() -> None:
+    records = stored(*[MIB] * 8)
+    everything = [f"w{n}" for n in range(8)]
+    shares = plan_shares([plan(*everything) for _ in range(4)], records)
+    assert [share.stored.fqn for share in shares] == everything  # in stored order
+    assert sorted(share.reader for share in shares) == [0, 0, 1, 1, 2, 2, 3, 3]
+    for share in shares:
+        assert share.receivers == tuple(rank for rank in range(4) if rank != share.reader)
+
+
+def test_items_only_one_rank_needs_are_not_shared() -> None:
+    records = stored(MIB, MIB, MIB, MIB)
+    assert plan_shares([plan("w0"), plan("w1"), plan("w2"), plan("w3")], records) == []
+
+
+def test_replica_groups_share_their_shards_between_the_ranks_that_hold_the_same_one() -> None:
+    """HSDP-like: ranks 0 and 1 hold shards w0 and w1, and so do ranks 2 and 3."""
+    records = stored(MIB, MIB)
+    shares = plan_shares([plan("w0"), plan("w1"), plan("w0"), plan("w1")], records)
+    assert shares == [
+        Share(MetadataIndex("w0", torch.Size([0])), MIB, 0, (2,)),
+        Share(MetadataIndex("w1", torch.Size([0])), MIB, 1, (3,)),
+    ]
+
+
+def test_bytes_a_rank_reads_for_itself_alone_count_toward_its_share() -> None:
+    records = stored(8 * MIB, MIB, MIB)  # rank 0 alone needs the big w0
+    shares = plan_shares([plan("w0", "w1", "w2"), plan("w1", "w2")], records)
+    assert [share.reader for share in shares] == [1, 1]
+
+
+def test_larger_items_are_placed_first_so_the_loads_come_out_even() -> None:
+    records = stored(MIB, MIB, 2 * MIB)
+    shares = plan_shares([plan("w0", "w1", "w2"), plan("w0", "w1", "w2")], records)
+    by_reader = {0: 0, 1: 0}
+    for share in shares:
+        by_reader[share.reader] += share.size
+    assert by_reader == {0: 2 * MIB, 1: 2 * MIB}
+
+
+def test_every_rank_derives_the_same_schedule_whatever_order_its_items_come_in() -> None:
+    records = stored(MIB, 3 * MIB, 2 * MIB)
+    forward = plan_shares([plan("w0", "w1", "w2"), plan("w0", "w1", "w2")], records)
+    backward = plan_shares([plan("w2", "w1", "w0"), plan("w2", "w0", "w1")], records)
+    assert forward == backward
+
+
+def test_an_item_the_checkpoint_does_not_record_is_named() -> None:
+    with pytest.raises(KeyError, match="rank 1 reads 'nope'"):
+        plan_shares([plan("w0"), plan("nope")], stored(MIB))
