@@ -15,10 +15,18 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+import torch
+import torch.distributed as dist
 from torch.distributed.checkpoint.metadata import MetadataIndex
 from torch.distributed.checkpoint.planner import LoadPlan
 
-__all__ = ["Share", "plan_shares"]
+from s3dcp._errors import S3DCPError
+
+__all__ = ["Share", "SharedReadError", "exchange", "plan_shares"]
+
+
+class SharedReadError(S3DCPError):
+    """A rank could not read the items it reads for other ranks, so none of them can load those items."""
 
 
 class Share(NamedTuple):
@@ -61,6 +69,60 @@ def plan_shares(plans: Sequence[LoadPlan], storage_data: Mapping[MetadataIndex, 
     return sorted(shares, key=lambda share: _place(share.stored, storage_data))
 
 
+def _global(group: dist.ProcessGroup | None, rank: int) -> int:
+    """The global rank of ``group``'s ``rank`` (point-to-point calls take global ranks)."""
+    return rank if group is None else dist.get_global_rank(group, rank)
+
+
 def _place(index: MetadataIndex, storage_data: Mapping[MetadataIndex, Any]) -> tuple[str, int]:
     info = storage_data[index]
     return info.relative_path, info.offset
+
+
+def exchange(
+    shares: Sequence[Share],
+    read: Mapping[MetadataIndex, memoryview],
+    failure: str | None,
+    group: dist.ProcessGroup | None = None,
+    piece_size: int = 64 << 20,
+) -> dict[MetadataIndex, bytearray]:
+    """Send the shared items this rank read to the ranks that need them; receive the ones it needs.
+
+    Every rank of ``group`` calls this with the same ``shares``, after its
+    reads: ``read`` holds the stored bytes, checked, of the shares it reads,
+    and ``failure`` says why its reads failed (``None``: they did not). The
+    ranks first tell each other whether their reads failed, so that when one
+    did every rank raises the same error instead of waiting for bytes that
+    will not come. Items go in ``shares`` order, in pieces of at most
+    ``piece_size`` bytes. Returns the bytes of each share this rank receives.
+
+    Raises:
+        SharedReadError: a rank could not read its shares; names the rank and why.
+    """
+    rank = dist.get_rank(group)
+    failures: list[str | None] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(failures, failure, group=group)
+    failed = [(other, why) for other, why in enumerate(failures) if why is not None]
+    if failed:
+        other, why = failed[0]
+        raise SharedReadError(f"rank {other} could not read the items it reads for other ranks too: {why}")
+    received: dict[MetadataIndex, bytearray] = {}
+    for share in shares:
+        if share.reader == rank:
+            data = torch.frombuffer(read[share.stored], dtype=torch.uint8) if share.size else None
+            for start in range(0, share.size, piece_size):
+                assert data is not None
+                piece = data[start : start + piece_size]
+                sends = [dist.isend(piece, _global(group, to), group) for to in share.receivers]
+                for send in sends:
+                    if send is not None:  # None: this rank is not in the group, which a sharer always is
+                        send.wait()
+        elif rank in share.receivers:
+            buffer = bytearray(share.size)
+            if share.size:
+                into = torch.frombuffer(buffer, dtype=torch.uint8)
+                source = _global(group, share.reader)
+                for start in range(0, share.size, piece_size):
+                    dist.recv(into[start : start + piece_size], source, group)
+            received[share.stored] = buffer
+    return received

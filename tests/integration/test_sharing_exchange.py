@@ -1,0 +1,60 @@
+"""Shared items reach every rank that needs them over a real gloo group, or every rank raises the same error."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from torch.distributed.checkpoint.metadata import MetadataIndex
+
+from s3dcp._sharing import Share, SharedReadError, exchange
+from tests.distributed import run_ranks
+
+pytestmark = pytest.mark.ranks
+
+SIZES = {"a": 5000, "b": 0, "c": 1234}  # "a" goes in pieces of 1000 bytes
+
+
+def stored_bytes(name: str) -> bytes:
+    """The stored bytes of item ``name``, the same on every rank."""
+    size, out = SIZES[name], b""
+    while len(out) < size:
+        out += hashlib.sha256(f"{name}{len(out)}".encode()).digest()
+    return out[:size]
+
+
+def schedule(world_size: int) -> list[Share]:
+    """Each item read by one rank; "a" and "b" needed by all, "c" by ranks 1 and 2 only."""
+    everyone = tuple(range(world_size))
+    return [
+        Share(MetadataIndex("a", torch.Size([0])), SIZES["a"], 1, tuple(r for r in everyone if r != 1)),
+        Share(MetadataIndex("b", torch.Size([0])), SIZES["b"], 0, tuple(r for r in everyone if r != 0)),
+        Share(MetadataIndex("c", torch.Size([0])), SIZES["c"], 2, (1,)),
+    ]
+
+
+def exchange_on_a_rank(rank: int, world_size: int) -> None:
+    shares = schedule(world_size)
+    read = {s.stored: memoryview(stored_bytes(s.stored.fqn)) for s in shares if s.reader == rank}
+    received = exchange(shares, read, None, piece_size=1000)
+    expected = {s.stored.fqn for s in shares if rank in s.receivers}
+    assert {index.fqn for index in received} == expected
+    for index, data in received.items():
+        assert bytes(data) == stored_bytes(index.fqn)
+
+
+def test_each_rank_receives_exactly_the_shared_items_it_needs_bit_exact() -> None:
+    run_ranks(4, exchange_on_a_rank)
+
+
+def failing_read_on_a_rank(rank: int, world_size: int) -> None:
+    shares = schedule(world_size)
+    failure = "AccessDenied on __1_0.distcp" if rank == 1 else None
+    read = {} if rank == 1 else {s.stored: memoryview(stored_bytes(s.stored.fqn)) for s in shares if s.reader == rank}
+    with pytest.raises(SharedReadError, match="rank 1 could not read .*AccessDenied on __1_0.distcp"):
+        exchange(shares, read, failure, piece_size=1000)
+
+
+def test_a_rank_whose_read_failed_makes_every_rank_raise_the_same_error_instead_of_waiting() -> None:
+    run_ranks(3, failing_read_on_a_rank)
