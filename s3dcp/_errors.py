@@ -11,6 +11,7 @@ second base, so ``except FileNotFoundError`` works too::
     │                                                    (never a reason to start from scratch)
     ├── ChecksumMismatchError                            stored bytes differ from what was saved
     ├── UnsafeCheckpointError                            metadata that would run code or escape
+    ├── SharedReadError                                  another rank failed to read items it shares with this one
     ├── UploadFailedError                                a tiered checkpoint's copy to S3 failed
     └── S3RequestError                                   an S3 request failed for good
         ├── BucketNotFoundError   (+ FileNotFoundError)
@@ -39,6 +40,7 @@ __all__ = [
     "CheckpointDamagedError",
     "ChecksumMismatchError",
     "UnsafeCheckpointError",
+    "SharedReadError",
     "UploadFailedError",
     "S3RequestError",
     "BucketNotFoundError",
@@ -112,6 +114,13 @@ class UnsafeCheckpointError(S3DCPError):
     """
 
 
+class SharedReadError(S3DCPError):
+    """Another rank could not read stored items it reads for this one too (shared reads), so this load fails.
+
+    The message names that rank and its error; that rank raises the error itself.
+    """
+
+
 class UploadFailedError(S3DCPError):
     """Copying a tiered checkpoint to S3 failed after every attempt; its local copy is intact."""
 
@@ -174,16 +183,21 @@ def find_s3dcp_error(error: BaseException) -> S3DCPError | None:
     DCP re-raises failures as ``CheckpointException`` whose ``failures``
     maps each failed rank to ``(exception, traceback)``. This looks there,
     then along ``__cause__``/``__context__``, and returns the first
-    :class:`S3DCPError` found (lowest rank first).
+    :class:`S3DCPError` found (lowest rank first). A :class:`SharedReadError`
+    (this rank failed because another did) comes last: the other rank's
+    error, the cause, is returned if it is there.
     """
     seen: set[int] = set()
     todo: list[BaseException] = [error]
+    echo: SharedReadError | None = None
     while todo:
         current = todo.pop(0)
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, S3DCPError):
+        if isinstance(current, SharedReadError):
+            echo = echo or current
+        elif isinstance(current, S3DCPError):
             return current
         failures: Any = getattr(current, "failures", None)
         if isinstance(failures, dict):
@@ -195,4 +209,4 @@ def find_s3dcp_error(error: BaseException) -> S3DCPError | None:
         for linked in (current.__cause__, current.__context__):
             if linked is not None:
                 todo.append(linked)
-    return None
+    return echo

@@ -174,7 +174,7 @@ class Loader:
         self._chunks: StoredChunks | None = records.chunks
         self._transforms = records.transforms
 
-    def read(self, plan: LoadPlan, planner: LoadPlanner) -> LoadCounts:
+    def read(self, plan: LoadPlan, planner: LoadPlanner, coalesce_gap: int | None = None) -> LoadCounts:
         """Fetch the plan's bytes on worker threads; call the planner and copy only on this thread.
 
         Planner hooks and the copies into the caller's tensors run on the
@@ -183,6 +183,7 @@ class Loader:
         with ``FileSystemReader``. Each tensor is resolved just before its bytes
         are read (in-place reads) or copied, and committed right after, so a
         planner that hands out temporaries holds only those of the GETs in flight.
+        ``coalesce_gap`` overrides the configured one (0: fetch no byte the plan does not need).
         """
         config = self._client.settings.config
         by_object: dict[str, list[ReadItem]] = defaultdict(list)
@@ -191,7 +192,8 @@ class Loader:
         waiting: deque[_Fetch] = deque()
         for relative, items in by_object.items():
             ranges = [self._range_of(item) for item in items]
-            for fetch in coalesce(ranges, config.coalesce_gap, config.max_read_size):
+            gap = config.coalesce_gap if coalesce_gap is None else coalesce_gap
+            for fetch in coalesce(ranges, gap, config.max_read_size):
                 waiting.append(_Fetch(relative, fetch.span, [items[i] for i in fetch.members]))
 
         fetched = requests = 0
@@ -278,8 +280,13 @@ class Loader:
         for item in job.items:
             if item.storage_index not in self._transforms:
                 continue
-            chunk = self._chunk_of(item)
-            if job.in_place and chunk is not None and in_place_candidate(None, chunk):
+            chunk = self.chunk_of(item)
+            if (
+                job.in_place
+                and item.type == LoadItemType.TENSOR
+                and chunk is not None
+                and in_place_candidate(None, chunk)
+            ):
                 target = planner.resolve_tensor(item).detach()
                 job.targets[id(item)] = target
                 framing = framing_into(item, chunk, target)
@@ -289,7 +296,7 @@ class Loader:
             job.decoding += self._decoded_size(item)
         if job.in_place and self._chunks is not None and disjoint([self._range_of(i) for i in job.items]):
             for item in job.items:
-                chunk = self._chunk_of(item)
+                chunk = self.chunk_of(item)
                 if item.type != LoadItemType.TENSOR or chunk is None or chunk[1] != tuple(item.lengths):
                     continue
                 if item.storage_index in self._transforms:
@@ -307,7 +314,7 @@ class Loader:
 
     def _decoded_size(self, item: ReadItem) -> int:
         """About how many bytes a transformed item decodes to: its tensor's, or (bytes) twice what is stored."""
-        chunk = self._chunk_of(item)
+        chunk = self.chunk_of(item)
         if item.type == LoadItemType.TENSOR and chunk is not None:
             return chunk[0].itemsize * math.prod(chunk[1])
         return 2 * self._range_of(item).length
@@ -339,7 +346,7 @@ class Loader:
                     parsed.append((item, None))
                     continue
                 data = self._decode(item, job.relative, data)
-                parsed.append((item, parse_item(item, data, self._chunk_of(item), plain_data_only=plain_only)))
+                parsed.append((item, parse_item(item, data, self.chunk_of(item), plain_data_only=plain_only)))
                 continue
             head = job.layout.view(buffer, read.span.start, read.data.start)
             tail = job.layout.view(buffer, read.data.end, read.span.end)
@@ -370,7 +377,8 @@ class Loader:
             again.append(retry)
         return again
 
-    def _chunk_of(self, item: ReadItem) -> Chunk | None:
+    def chunk_of(self, item: ReadItem) -> Chunk | None:
+        """The stored chunk (dtype, shape) behind a tensor item, as ``.metadata`` records it, if it does."""
         return self._chunks.get(item.storage_index) if self._chunks is not None else None
 
     def _read(

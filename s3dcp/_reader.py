@@ -7,9 +7,12 @@ DCP calls, in this order (torch 2.13, ``dcp.load``):
 2. all ranks: ``set_up_storage_reader(metadata, is_coordinator, ...)``:
    checks every recorded object path stays inside the checkpoint, and
    raises any error kept from step 1 (see below);
-3. all ranks: ``prepare_local_plan(plan)``; 4. coordinator: ``prepare_global_plan``;
+3. all ranks: ``prepare_local_plan(plan)``: notes the rank's place in the
+   process group; 4. coordinator: ``prepare_global_plan``: gives each stored
+   item several ranks need to one of them to read (:mod:`s3dcp._sharing`);
 5. all ranks: ``read_data(plan, planner)``: ranged, coalesced, parallel GETs
-   of just the bytes the plan needs. The planner's hooks and the copies into
+   of just the bytes the plan needs, then the shared items sent to and
+   received from the other ranks. The planner's hooks and the copies into
    the caller's tensors run on the thread that called ``read_data`` (its
    grad, inference and autocast modes, its CUDA device and stream), and each
    tensor's ``resolve_tensor``/``commit_tensor`` pair closes once its GET is in.
@@ -28,11 +31,13 @@ its type and message intact. Direct callers get the error at once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import uuid
 from typing import Any
 
+import torch.distributed as dist
 from torch.distributed.checkpoint.metadata import Metadata, MetadataIndex, StorageMeta
 from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner
 from torch.distributed.checkpoint.storage import StorageReader
@@ -43,6 +48,7 @@ from s3dcp._config import S3ClientConfig, resolve_settings
 from s3dcp._errors import S3DCPError
 from s3dcp._load import Loader, Records, check_records, fetch_metadata
 from s3dcp._s3.client import S3Client
+from s3dcp._sharing import SharedReads, load_sharing, member, schedule
 from s3dcp._stats import PhaseCallback, PhaseStats, report_phase
 from s3dcp._uri import S3Uri, is_s3_uri, parse_s3_uri
 
@@ -61,6 +67,12 @@ class S3StorageReader(StorageReader):
         on_phase: called with a :class:`~s3dcp._stats.PhaseStats` as each
             phase of a load ends on this rank; the latest load's phases are
             also kept in ``last_stats``.
+        share_reads: when several ranks load the same stored items (DDP,
+            HSDP replicas), read each from S3 on one rank only and send it to
+            the others over the process group. On by default; it applies
+            where DCP loads with collectives on more than one rank.
+        process_group: the process group DCP loads on, if not the default
+            one (pass the same group to ``dcp.load``); shared items go over it.
     """
 
     def __init__(
@@ -71,13 +83,22 @@ class S3StorageReader(StorageReader):
         *,
         verify: bool = True,
         on_phase: PhaseCallback | None = None,
+        share_reads: bool = True,
+        process_group: dist.ProcessGroup | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(verify, bool):
             raise TypeError(f"verify must be a bool, got {verify!r}")
+        if not isinstance(share_reads, bool):
+            raise TypeError(f"share_reads must be a bool, got {share_reads!r}")
+        if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
+            raise TypeError(f"process_group must be a torch.distributed ProcessGroup or None, got {process_group!r}")
         self.region = region
         self.s3client_config = s3client_config
         self.verify = verify
+        self.share_reads = share_reads
+        self.process_group = process_group
+        self._collectives = True
         self.uri: S3Uri = parse_s3_uri(path)
         self._client = S3Client(resolve_settings(region, s3client_config))
         self.load_id = str(uuid.uuid4())
@@ -134,14 +155,17 @@ class S3StorageReader(StorageReader):
             error, self._kept_error = self._kept_error, None
             raise error
         self.rank = storage_rank(kwargs.get("rank", self.rank))
+        self._collectives = kwargs.get("use_collectives", True) is not False
         self._records = check_records(metadata, self.uri)
         self.storage_data = self._records.storage_data
 
     def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
-        return plan
+        if not (self.share_reads and self._collectives):
+            return plan
+        return dataclasses.replace(plan, storage_data=member(self.process_group))
 
     def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
-        return plans
+        return schedule(plans, self.storage_data)
 
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         """Fetch the plan's bytes in parallel; the planner's hooks and the copies run on this thread
@@ -149,7 +173,13 @@ class S3StorageReader(StorageReader):
         if self._records is None:
             raise RuntimeError("read_data() before set_up_storage_reader(): DCP calls them in that order")
         started = time.monotonic()
-        counts = Loader(self._client, self.uri, self._records, verify=self.verify).read(plan, planner)
+        loader = Loader(self._client, self.uri, self._records, verify=self.verify)
+        if isinstance(plan.storage_data, SharedReads) and plan.storage_data.shares:
+            config = self._client.settings.config
+            budget = config.max_concurrency * config.max_read_size
+            counts = load_sharing(loader, plan, planner, plan.storage_data.shares, self.process_group, budget)
+        else:
+            counts = loader.read(plan, planner)
         self._report(
             "load.read",
             started,

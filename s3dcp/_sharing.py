@@ -1,32 +1,64 @@
-"""Which rank reads each stored item that several ranks need; the others receive it over the process group.
+"""Shared reads: each stored item several ranks need is read from S3 by one of them and sent to the others.
 
 When a job resumes with replicas (DDP, HSDP replica groups), several ranks
 load the same stored items. Rather than each asking S3 for the same bytes,
 the coordinator, which sees every rank's load plan, gives each such item to
-one of the ranks that need it, keeping the bytes each rank reads from S3
-even; after the reads, that rank sends the item's stored bytes, checked, to
-the others. The unit is a whole stored item: its digest covers all of it,
-and every rank decodes its own part from the same bytes.
+one of the ranks that need it (:func:`plan_shares`, keeping the bytes each
+rank reads from S3 even) and puts the schedule in every rank's plan
+(:func:`schedule`). In ``read_data`` (:func:`load_sharing`) each rank reads
+its own items as usual, then walks the schedule in batches of at most the
+byte budget: the readers fetch and check their items of the batch, send the
+stored bytes to the ranks that need them over the process group
+(:func:`exchange`), and every rank that needs an item decodes its own part
+from the same bytes. The unit is a whole stored item: its digest covers all
+of it, and it is checked once, by its reader, before it is sent.
+
+Every rank takes part in every batch's exchange, and each exchange starts
+with the ranks telling each other whether they failed so far, so a failed
+read ends the load on every rank with an error instead of leaving the
+others waiting for bytes that will not come.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import io
+import logging
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.metadata import MetadataIndex
-from torch.distributed.checkpoint.planner import LoadPlan
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 
-from s3dcp._errors import S3DCPError
+from s3dcp._errors import SharedReadError
+from s3dcp._load import LoadCounts, Loader, deliver_item
 
-__all__ = ["Share", "SharedReadError", "exchange", "plan_shares"]
+__all__ = [
+    "Member",
+    "Share",
+    "SharedReads",
+    "batches",
+    "exchange",
+    "load_sharing",
+    "member",
+    "plan_shares",
+    "schedule",
+]
+
+log = logging.getLogger("s3dcp")
+
+PIECE_SIZE = 64 << 20
+"""The most bytes sent in one message: a receiver holds no more than its batch, whatever the items' size."""
 
 
-class SharedReadError(S3DCPError):
-    """A rank could not read the items it reads for other ranks, so none of them can load those items."""
+class Member(NamedTuple):
+    """What a rank's local plan tells the coordinator: its rank and size of the reader's process group."""
+
+    rank: int
+    world_size: int
 
 
 class Share(NamedTuple):
@@ -38,14 +70,56 @@ class Share(NamedTuple):
     receivers: tuple[int, ...]
 
 
+@dataclasses.dataclass(frozen=True)
+class SharedReads:
+    """What the coordinator puts in every rank's plan: the same schedule of shared items, in exchange order."""
+
+    shares: tuple[Share, ...]
+
+
+def member(group: dist.ProcessGroup | None) -> Member | None:
+    """This rank's place in ``group``, for its local plan; ``None`` where no process group is running."""
+    if not dist.is_available() or not dist.is_initialized():
+        return None
+    world_size = dist.get_world_size(group)
+    return Member(dist.get_rank(group), world_size) if world_size > 1 else None
+
+
+def schedule(plans: list[LoadPlan], storage_data: Mapping[MetadataIndex, Any]) -> list[LoadPlan]:
+    """The coordinator's step: the plans, each carrying the schedule of shared items if sharing can work.
+
+    Sharing needs every rank's plan to come from a member of the reader's
+    process group, in that group's rank order. A load without collectives
+    (one plan) or whose ranks do not share reads returns the plans as they
+    are; a group that does not match DCP's gets the same, with a warning.
+    """
+    members = [plan.storage_data for plan in plans]
+
+    if len(plans) < 2 or not all(isinstance(found, Member) for found in members):
+        return plans
+    if members != [Member(rank, len(plans)) for rank in range(len(plans))]:
+        log.warning(
+            "s3dcp: shared reads are off for this load: DCP loads on a process group that is not the "
+            "reader's (its plans come from ranks %s); pass the process group DCP loads on to "
+            "S3StorageReader(process_group=...)",
+            [(found.rank, found.world_size) for found in members if isinstance(found, Member)],
+        )
+        return [dataclasses.replace(plan, storage_data=None) for plan in plans]
+    shares = SharedReads(tuple(plan_shares(plans, storage_data)))
+    return [dataclasses.replace(plan, storage_data=shares) for plan in plans]
+
+
 def plan_shares(plans: Sequence[LoadPlan], storage_data: Mapping[MetadataIndex, Any]) -> list[Share]:
     """The stored items two or more of ``plans`` (one per rank, in rank order) read, each with its reader.
 
-    Items go largest first to whichever rank that needs them has the fewest
-    bytes to read from S3 so far, counting the items only it needs; ties go
-    to the lower rank. The result is in a fixed order (object, then offset),
-    the order in which ranks exchange the items, so every rank derives the
-    same sequence from it.
+    Two passes. First each rank's fair load: items go largest first to
+    whichever rank that needs them has the fewest bytes to read from S3 so
+    far, counting the items only it needs (ties to the lower rank). Then the
+    items are handed out again in stored order (object, then offset), a rank
+    keeping the next item while it needs it and stays within its fair load,
+    so each rank reads long runs of adjacent bytes: few GETs, none of them
+    spanning bytes another rank reads. The result is in stored order, the
+    order in which ranks exchange the items.
     """
     needers: dict[MetadataIndex, set[int]] = defaultdict(set)
     for rank, plan in enumerate(plans):
@@ -53,20 +127,206 @@ def plan_shares(plans: Sequence[LoadPlan], storage_data: Mapping[MetadataIndex, 
             if item.storage_index not in storage_data:
                 raise KeyError(f"rank {rank} reads {item.storage_index.fqn!r}, which the checkpoint does not record")
             needers[item.storage_index].add(rank)
-    load = [0] * len(plans)  # bytes each rank reads from S3
+    alone = [0] * len(plans)  # bytes each rank reads from S3 for itself only
     shared = []
     for index, ranks in needers.items():
         size = storage_data[index].length
         if len(ranks) == 1:
-            load[next(iter(ranks))] += size
+            alone[next(iter(ranks))] += size
         else:
             shared.append((index, size, ranks))
+    fair = list(alone)
+    for _index, size, ranks in sorted(shared, key=lambda entry: (-entry[1], _place(entry[0], storage_data))):
+        fair[min(ranks, key=lambda rank: (fair[rank], rank))] += size
+    load = list(alone)
     shares = []
-    for index, size, ranks in sorted(shared, key=lambda entry: (-entry[1], _place(entry[0], storage_data))):
-        reader = min(ranks, key=lambda rank: (load[rank], rank))
+    reader = -1
+    for index, size, ranks in sorted(shared, key=lambda entry: _place(entry[0], storage_data)):
+        if reader not in ranks or load[reader] + size / 2 > fair[reader]:
+            reader = max(ranks, key=lambda rank: (fair[rank] - load[rank], -rank))
         load[reader] += size
         shares.append(Share(index, size, reader, tuple(sorted(ranks - {reader}))))
-    return sorted(shares, key=lambda share: _place(share.stored, storage_data))
+    return shares
+
+
+def batches(shares: Sequence[Share], budget: int) -> Iterator[list[Share]]:
+    """``shares`` in order, cut into runs of at most ``budget`` bytes (an item larger than that alone)."""
+    batch: list[Share] = []
+    size = 0
+    for share in shares:
+        if batch and size + share.size > budget:
+            yield batch
+            batch, size = [], 0
+        batch.append(share)
+        size += share.size
+    if batch:
+        yield batch
+
+
+def load_sharing(
+    loader: Loader,
+    plan: LoadPlan,
+    planner: LoadPlanner,
+    shares: Sequence[Share],
+    group: dist.ProcessGroup | None,
+    budget: int,
+) -> LoadCounts:
+    """One rank's ``read_data`` with shared items: its own items, then the schedule's batches.
+
+    Every rank of ``group`` calls this with the same ``shares``. Errors on
+    this rank (reading, checking, handing over) are held until the next
+    exchange, so the others learn of them there rather than wait.
+    """
+    rank = dist.get_rank(group)
+    shared = {share.stored for share in shares}
+    mine: dict[MetadataIndex, list[ReadItem]] = defaultdict(list)
+    own: list[ReadItem] = []
+    for item in plan.items:
+        (mine[item.storage_index] if item.storage_index in shared else own).append(item)
+    counts = [LoadCounts(0, 0, 0)]
+    failure: BaseException | None = None
+    try:
+        counts.append(loader.read(dataclasses.replace(plan, items=own), planner))
+    except Exception as error:  # held for the exchange: every rank must learn of it
+        failure = error
+    sent = received = 0
+    for batch in batches(shares, budget):
+        keep = _Keep()
+        if failure is None:
+            try:
+                reads = [_whole(share.stored) for share in batch if share.reader == rank]
+                counts.append(loader.read(LoadPlan(reads), keep, coalesce_gap=0))  # no bytes others read
+            except Exception as error:  # held for the exchange, as above
+                failure = error
+        got = exchange(batch, keep.kept, failure, group)
+        try:
+            for share in batch:
+                data = keep.kept.get(share.stored)
+                if data is None:
+                    data = got.get(share.stored)
+                if data is None:
+                    continue  # neither read nor received here: another rank's
+                for item in mine[share.stored]:
+                    deliver_item(item, data, planner, loader.chunk_of(item))
+                if share.reader == rank:
+                    sent += share.size * len(share.receivers)
+                else:
+                    received += share.size
+        except Exception as error:  # held for the next exchange; after the last one, DCP gathers it
+            failure = error
+    if failure is not None:
+        raise failure
+    log.debug("rank %d: sent %d bytes to other ranks, received %d from them", rank, sent, received)
+    return LoadCounts(
+        objects=sum(part.objects for part in counts),
+        requests=sum(part.requests for part in counts),
+        size=sum(part.size for part in counts),
+    )
+
+
+def exchange(
+    shares: Sequence[Share],
+    read: Mapping[MetadataIndex, memoryview],
+    failure: BaseException | None,
+    group: dist.ProcessGroup | None = None,
+    piece_size: int = PIECE_SIZE,
+) -> dict[MetadataIndex, memoryview]:
+    """Send the shared items this rank read to the ranks that need them; receive the ones it needs.
+
+    Every rank of ``group`` calls this with the same ``shares``, after its
+    reads: ``read`` holds the stored bytes, checked, of the shares it reads,
+    and ``failure`` is why it failed (``None``: it did not). The ranks first
+    tell each other whether they failed, so that when one did every rank
+    raises instead of waiting for bytes that will not come. Items go in
+    ``shares`` order, in pieces of at most ``piece_size`` bytes; an item
+    every rank of the group takes part in is broadcast. Returns the bytes of
+    each share this rank receives.
+
+    Raises:
+        SharedReadError: another rank failed; names the rank and why (a rank that
+            failed raises its own error instead).
+    """
+    rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+    failures: list[str | None] = [None] * world_size
+    dist.all_gather_object(failures, None if failure is None else f"{type(failure).__name__}: {failure}", group=group)
+    if failure is not None:
+        raise failure
+    failed = [(other, why) for other, why in enumerate(failures) if why is not None]
+    if failed:
+        other, why = failed[0]
+        raise SharedReadError(
+            f"rank {other} failed while loading items it reads for other ranks too, so this rank cannot "
+            f"load them either: {why}. Fix what rank {other} reports, or load with "
+            "S3StorageReader(share_reads=False) to have every rank read all it needs itself"
+        )
+    device = _wire_device(group)
+    received: dict[MetadataIndex, memoryview] = {}
+    for share in shares:
+        if share.reader != rank and rank not in share.receivers:
+            continue
+        everyone = len(share.receivers) + 1 == world_size
+        if share.reader == rank:
+            data = torch.frombuffer(read[share.stored], dtype=torch.uint8) if share.size else None
+        else:
+            buffer = bytearray(share.size)
+            received[share.stored] = memoryview(buffer)
+            data = torch.frombuffer(buffer, dtype=torch.uint8) if share.size else None
+        for start in range(0, share.size, piece_size):
+            assert data is not None
+            piece = data[start : start + piece_size]
+            wire = piece if device is None else piece.to(device)
+            if everyone:
+                dist.broadcast(wire, _global(group, share.reader), group)
+            elif share.reader == rank:
+                for send in [dist.isend(wire, _global(group, to), group) for to in share.receivers]:
+                    if send is not None:  # None: this rank is not in the group, which a sharer always is
+                        send.wait()
+            else:
+                dist.recv(wire, _global(group, share.reader), group)
+            if device is not None and share.reader != rank:
+                piece.copy_(wire)
+    return received
+
+
+class _Keep(LoadPlanner):
+    """A planner for a reader's shared items: keeps each one's stored bytes (checked, decoded) to send."""
+
+    def __init__(self) -> None:
+        self.kept: dict[MetadataIndex, memoryview] = {}
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        self.kept[read_item.storage_index] = value.getbuffer()
+
+    def set_up_planner(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError
+
+    def create_local_plan(self) -> LoadPlan:
+        raise NotImplementedError
+
+    def create_global_plan(self, global_plan: list[LoadPlan]) -> list[LoadPlan]:
+        raise NotImplementedError
+
+    def finish_plan(self, central_plan: LoadPlan) -> LoadPlan:
+        raise NotImplementedError
+
+    def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
+        raise NotImplementedError("shared items are read whole as bytes, never into a tensor")
+
+    def commit_tensor(self, read_item: ReadItem, tensor: torch.Tensor) -> None:
+        raise NotImplementedError("shared items are read whole as bytes, never into a tensor")
+
+
+def _whole(index: MetadataIndex) -> ReadItem:
+    """A read of one stored item's bytes, whole, whatever it holds."""
+    nothing = torch.Size([0])
+    return ReadItem(LoadItemType.BYTE_IO, index, nothing, index, nothing, nothing)
+
+
+def _wire_device(group: dist.ProcessGroup | None) -> torch.device | None:
+    """Where bytes must be to be sent: a GPU for NCCL (which moves device memory only), else ``None`` (host)."""
+    if dist.get_backend(group) != dist.Backend.NCCL:
+        return None
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def _global(group: dist.ProcessGroup | None, rank: int) -> int:
@@ -77,52 +337,3 @@ def _global(group: dist.ProcessGroup | None, rank: int) -> int:
 def _place(index: MetadataIndex, storage_data: Mapping[MetadataIndex, Any]) -> tuple[str, int]:
     info = storage_data[index]
     return info.relative_path, info.offset
-
-
-def exchange(
-    shares: Sequence[Share],
-    read: Mapping[MetadataIndex, memoryview],
-    failure: str | None,
-    group: dist.ProcessGroup | None = None,
-    piece_size: int = 64 << 20,
-) -> dict[MetadataIndex, bytearray]:
-    """Send the shared items this rank read to the ranks that need them; receive the ones it needs.
-
-    Every rank of ``group`` calls this with the same ``shares``, after its
-    reads: ``read`` holds the stored bytes, checked, of the shares it reads,
-    and ``failure`` says why its reads failed (``None``: they did not). The
-    ranks first tell each other whether their reads failed, so that when one
-    did every rank raises the same error instead of waiting for bytes that
-    will not come. Items go in ``shares`` order, in pieces of at most
-    ``piece_size`` bytes. Returns the bytes of each share this rank receives.
-
-    Raises:
-        SharedReadError: a rank could not read its shares; names the rank and why.
-    """
-    rank = dist.get_rank(group)
-    failures: list[str | None] = [None] * dist.get_world_size(group)
-    dist.all_gather_object(failures, failure, group=group)
-    failed = [(other, why) for other, why in enumerate(failures) if why is not None]
-    if failed:
-        other, why = failed[0]
-        raise SharedReadError(f"rank {other} could not read the items it reads for other ranks too: {why}")
-    received: dict[MetadataIndex, bytearray] = {}
-    for share in shares:
-        if share.reader == rank:
-            data = torch.frombuffer(read[share.stored], dtype=torch.uint8) if share.size else None
-            for start in range(0, share.size, piece_size):
-                assert data is not None
-                piece = data[start : start + piece_size]
-                sends = [dist.isend(piece, _global(group, to), group) for to in share.receivers]
-                for send in sends:
-                    if send is not None:  # None: this rank is not in the group, which a sharer always is
-                        send.wait()
-        elif rank in share.receivers:
-            buffer = bytearray(share.size)
-            if share.size:
-                into = torch.frombuffer(buffer, dtype=torch.uint8)
-                source = _global(group, share.reader)
-                for start in range(0, share.size, piece_size):
-                    dist.recv(into[start : start + piece_size], source, group)
-            received[share.stored] = buffer
-    return received

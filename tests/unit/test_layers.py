@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
     "s3dcp._catalog": 2,
     "s3dcp._save": 2,
     "s3dcp._load": 2,
+    "s3dcp._sharing": 2,
     "s3dcp._copy": 2,
     "s3dcp._verify": 2,
     "s3dcp._tiered.local": 2,

@@ -88,3 +88,23 @@ def test_every_rank_derives_the_same_schedule_whatever_order_its_items_come_in()
 def test_an_item_the_checkpoint_does_not_record_is_named() -> None:
     with pytest.raises(KeyError, match="rank 1 reads 'nope'"):
         plan_shares([plan("w0"), plan("nope")], stored(MIB))
+
+
+def test_each_reader_takes_runs_of_adjacent_items_so_no_get_spans_another_readers_bytes() -> None:
+    sizes = [3 * MIB, MIB, MIB, 2 * MIB, MIB, 4 * MIB, MIB, MIB, 2 * MIB, MIB]  # 17 MiB
+    records = stored(*sizes)
+    everything = [f"w{n}" for n in range(len(sizes))]
+    shares = plan_shares([plan(*everything) for _ in range(3)], records)
+    readers = [share.reader for share in shares]
+    runs = [reader for n, reader in enumerate(readers) if n == 0 or reader != readers[n - 1]]
+    assert sorted(runs) == [0, 1, 2]  # one run each, in some order
+    loads = [sum(share.size for share in shares if share.reader == rank) for rank in range(3)]
+    assert max(loads) - min(loads) <= max(sizes)  # even to within one item
+
+
+def test_a_rank_loaded_with_its_own_items_reads_fewer_shared_ones() -> None:
+    records = stored(6 * MIB, *[MIB] * 6)  # w0: rank 0's alone; w1..w6 everyone's
+    shared = [f"w{n}" for n in range(1, 7)]
+    shares = plan_shares([plan("w0", *shared), plan(*shared), plan(*shared)], records)
+    loads = [sum(share.size for share in shares if share.reader == rank) for rank in range(3)]
+    assert loads == [0, 3 * MIB, 3 * MIB]
