@@ -92,7 +92,10 @@ class S3ClientConfig:
             (503 SlowDown) halves it. The level a transfer settles on is
             where the process's next one in that direction to that endpoint
             starts (a job's next checkpoint skips the round). Set it to
-            ``max_concurrency`` for a fixed number. Default 8.
+            ``max_concurrency`` for a fixed number. Default 16: on a link
+            bound per connection the first round is where a first save
+            falls behind, and a store bound by CPU costs no more at 16 than
+            at 8 (measured, ``benchmarks/results/wan.md``).
         coalesce_gap: when a load needs two byte ranges of one object at most
             this many bytes apart, fetch them in one GET. Default 256 KiB.
         max_read_size: largest span one GET may cover. Items are coalesced
@@ -147,7 +150,7 @@ class S3ClientConfig:
     read_timeout: float = 60.0
     part_size: int = 16 * MIB
     max_concurrency: int = 32
-    initial_concurrency: int = 8
+    initial_concurrency: int = 16
     coalesce_gap: int = 256 * 1024
     max_read_size: int = 16 * MIB
     server_side_encryption: str | None = None

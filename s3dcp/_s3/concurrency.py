@@ -39,7 +39,7 @@ __all__ = ["GAIN", "GROWTH", "SETTLED", "AdaptiveLimit", "Sent"]
 log = logging.getLogger("s3dcp")
 
 GROWTH = 4
-"""The factor the level grows by (8, 32, 128). Each step costs a round, about one request's time
+"""The factor the level grows by (16 to the default maximum of 32 in one step; 8, 32, 128 from 8). Each step costs a round, about one request's time
 (1.7 s for a 16 MiB part at 10 MB/s per connection), so a few large steps reach the level a
 distant store needs early in a save, where doubling would take a round per step."""
 

@@ -98,3 +98,23 @@ def test_one_tensor_workload_and_parallel_rows(monkeypatch: pytest.MonkeyPatch) 
     finally:
         for name in names:
             sys.modules.pop(name, None)
+
+
+@pytest.mark.ranks
+def test_shared_reads_benchmark_runs_on_two_ranks(tmp_path: Path) -> None:
+    out = tmp_path / "shared.json"
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "shared_reads.py"),
+        *("--ranks", "2", "--layouts", "replicated,sharded", "--methods", "s3dcp,s3dcp-no-sharing"),
+        *("--size-mib", "1", "--latency-ms", "0", "--conn-mbps", "0", "--out", str(out)),
+    ]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    rows = {(row["layout"], row["method"]): row for row in json.loads(out.read_text())["results"]}
+    assert set(rows) == {
+        (layout, method) for layout in ("replicated", "sharded") for method in ("s3dcp", "s3dcp-no-sharing")
+    }
+    assert rows["replicated", "s3dcp"]["times_stored"] <= 1.25  # each byte from the store about once
+    assert rows["replicated", "s3dcp-no-sharing"]["times_stored"] >= 2  # once per rank
+    assert (tmp_path / "shared.md").read_text().count("| replicated |") == 2

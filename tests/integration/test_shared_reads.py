@@ -23,7 +23,10 @@ from s3dcp import AccessDeniedError, S3StorageReader, S3StorageWriter
 from s3dcp_testkit.fault_proxy import FaultProxy
 from tests.conftest import REGION, list_keys
 from tests.distributed import run_ranks
-from tests.helpers import aws_env, s3dcp_error
+from tests.helpers import HAS_STREAM_TRANSFORMS, aws_env, needs_stream_transforms, s3dcp_error
+
+if HAS_STREAM_TRANSFORMS:
+    from torch.distributed.checkpoint._extension import ZStandard
 
 pytestmark = [pytest.mark.s3, pytest.mark.ranks]
 
@@ -87,6 +90,19 @@ def test_four_replicas_read_each_stored_byte_once_and_load_bit_exact(
         assert stored <= served <= SHARE_BOUND * stored, (served, stored)
     else:
         assert served >= times * stored, (served, stored)
+
+
+@needs_stream_transforms
+def test_compressed_items_are_shared_decoded_and_land_bit_exact(
+    proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    """Items saved through ZStandard: the reader checks and decodes them once, the others get the tensors."""
+    uri = f"s3://{bucket}/zstd"
+    dcp.save(model_state(), storage_writer=S3StorageWriter(REGION, uri, extensions=[ZStandard()]), no_dist=True)
+    stored = stored_data_bytes(s3, bucket, "zstd")
+    proxy.clear()
+    run_ranks(3, load_replicated, uri, True, env=aws_env())
+    assert stored <= data_bytes_served(proxy, "zstd") <= SHARE_BOUND * stored
 
 
 # -- HSDP: two replica groups of sharded tensors ----------------------------------------

@@ -6,6 +6,7 @@ import hashlib
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch.distributed.checkpoint.metadata import MetadataIndex
 
 from s3dcp._sharing import Share, SharedReadError, exchange
@@ -61,3 +62,18 @@ def failing_read_on_a_rank(rank: int, world_size: int) -> None:
 
 def test_a_rank_whose_read_failed_makes_every_rank_raise_instead_of_waiting() -> None:
     run_ranks(3, failing_read_on_a_rank)
+
+
+def exchange_over_nccl(rank: int, world_size: int) -> None:
+    torch.cuda.set_device(rank)
+    group = dist.new_group(backend="nccl")
+    shares = schedule(world_size)
+    read = {s.stored: memoryview(stored_bytes(s.stored.fqn)) for s in shares if s.reader == rank}
+    received = exchange(shares, read, None, group=group, piece_size=1000)
+    for index, data in received.items():
+        assert bytes(data) == stored_bytes(index.fqn)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 3, reason="needs 3 CUDA devices (NCCL moves device memory only)")
+def test_shared_items_go_through_the_gpu_on_nccl() -> None:
+    run_ranks(3, exchange_over_nccl)

@@ -55,6 +55,16 @@ def test_find_s3dcp_error_in_dcp_wrapping() -> None:
     assert s3dcp.find_s3dcp_error(ValueError("x")) is None
 
 
+def test_find_s3dcp_error_prefers_the_cause_of_a_failed_shared_read() -> None:
+    """Rank 0 failed only because rank 2 did (shared reads): the error found is rank 2's."""
+    echo = s3dcp.SharedReadError("rank 2 failed ...")
+    cause = s3dcp.AccessDeniedError("refused")
+    wrapped = CheckpointException("read", {0: (echo, None), 1: (echo, None), 2: (cause, None)})
+    assert s3dcp.find_s3dcp_error(wrapped) is cause
+    alone = CheckpointException("read", {0: (echo, None)})
+    assert s3dcp.find_s3dcp_error(alone) is echo
+
+
 SETTINGS = resolve_settings("us-east-1", S3ClientConfig(endpoint_url="http://store:9000"), {})
 
 

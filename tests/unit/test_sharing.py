@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import MetadataIndex
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, ReadItem
 
-from s3dcp._sharing import Share, plan_shares
+from s3dcp._sharing import Member, Share, SharedReads, batches, plan_shares, schedule
 
 MIB = 1 << 20
 
@@ -108,3 +110,40 @@ def test_a_rank_loaded_with_its_own_items_reads_fewer_shared_ones() -> None:
     shares = plan_shares([plan("w0", *shared), plan(*shared), plan(*shared)], records)
     loads = [sum(share.size for share in shares if share.reader == rank) for rank in range(3)]
     assert loads == [0, 3 * MIB, 3 * MIB]
+
+
+def shared_plans(*members: Member | None) -> list[LoadPlan]:
+    """Every rank needs w0 and w1; each plan carries what its rank's prepare_local_plan put there."""
+    return [dataclasses.replace(plan("w0", "w1"), storage_data=found) for found in members]
+
+
+def test_the_coordinator_puts_the_same_schedule_in_every_plan() -> None:
+    plans = schedule(shared_plans(Member(0, 3), Member(1, 3), Member(2, 3)), stored(MIB, MIB))
+    schedules = [found.storage_data for found in plans]
+    assert all(isinstance(found, SharedReads) for found in schedules)
+    assert schedules[0] == schedules[1] == schedules[2]
+    assert [share.stored.fqn for share in schedules[0].shares] == ["w0", "w1"]
+    assert [found.items for found in plans] == [p.items for p in shared_plans(None, None, None)]
+
+
+def test_no_schedule_without_collectives_or_with_sharing_off() -> None:
+    alone = shared_plans(Member(1, 4))  # no_dist: each rank plans for itself alone
+    assert schedule(alone, stored(MIB, MIB)) == alone
+    off = shared_plans(Member(0, 2), None)  # a rank whose reader has share_reads=False
+    assert schedule(off, stored(MIB, MIB)) == off
+
+
+def test_plans_from_another_process_group_turn_sharing_off_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """DCP loads on a subgroup {2, 3} while the readers were told of the default group of 4."""
+    plans = schedule(shared_plans(Member(2, 4), Member(3, 4)), stored(MIB, MIB))
+    assert [found.storage_data for found in plans] == [None, None]
+    assert "S3StorageReader(process_group=...)" in caplog.text
+
+
+def test_batches_keep_order_and_stay_within_the_budget_but_for_a_larger_item() -> None:
+    def share(n: int, size: int) -> Share:
+        return Share(MetadataIndex(f"w{n}", torch.Size([0])), size, 0, (1,))
+
+    shares = [share(0, 3), share(1, 3), share(2, 9), share(3, 1), share(4, 2), share(5, 2)]
+    assert [[s.size for s in batch] for batch in batches(shares, 6)] == [[3, 3], [9], [1, 2, 2]]
+    assert list(batches([], 6)) == []
