@@ -150,7 +150,11 @@ def plan_shares(plans: Sequence[LoadPlan], storage_data: Mapping[MetadataIndex, 
 
 
 def batches(shares: Sequence[Share], budget: int) -> Iterator[list[Share]]:
-    """``shares`` in order, cut into runs of at most ``budget`` bytes (an item larger than that alone)."""
+    """``shares`` in order, cut into runs of at most ``budget`` stored bytes (an item larger than that alone).
+
+    Items stored through a stream transform (ZStandard) are held decoded,
+    so a batch of them may take a few times its stored bytes.
+    """
     batch: list[Share] = []
     size = 0
     for share in shares:
@@ -234,10 +238,12 @@ def exchange(
     """Send the shared items this rank read to the ranks that need them; receive the ones it needs.
 
     Every rank of ``group`` calls this with the same ``shares``, after its
-    reads: ``read`` holds the stored bytes, checked, of the shares it reads,
-    and ``failure`` is why it failed (``None``: it did not). The ranks first
-    tell each other whether they failed, so that when one did every rank
-    raises instead of waiting for bytes that will not come. Items go in
+    reads: ``read`` holds the bytes of the shares it reads, checked and
+    decoded (so an item stored through a stream transform may be longer than
+    its ``size``), and ``failure`` is why it failed (``None``: it did not).
+    The ranks first tell each other whether they failed, and the lengths
+    that differ from ``size``, so that when one failed every rank raises
+    instead of waiting for bytes that will not come. Items go in
     ``shares`` order, in pieces of at most ``piece_size`` bytes; an item
     every rank of the group takes part in is broadcast. Returns the bytes of
     each share this rank receives.
@@ -247,11 +253,16 @@ def exchange(
             failed raises its own error instead).
     """
     rank, world_size = dist.get_rank(group), dist.get_world_size(group)
-    failures: list[str | None] = [None] * world_size
-    dist.all_gather_object(failures, None if failure is None else f"{type(failure).__name__}: {failure}", group=group)
+    why = None if failure is None else f"{type(failure).__name__}: {failure}"
+    lengths = {share.stored: share.size for share in shares}
+    decoded = {index: len(data) for index, data in read.items() if len(data) != lengths.get(index)}
+    statuses: list[Any] = [None] * world_size
+    dist.all_gather_object(statuses, (why, decoded), group=group)
     if failure is not None:
         raise failure
-    failed = [(other, why) for other, why in enumerate(failures) if why is not None]
+    for _, longer in statuses:
+        lengths.update(longer)
+    failed = [(other, why) for other, (why, _) in enumerate(statuses) if why is not None]
     if failed:
         other, why = failed[0]
         raise SharedReadError(
@@ -265,13 +276,14 @@ def exchange(
         if share.reader != rank and rank not in share.receivers:
             continue
         everyone = len(share.receivers) + 1 == world_size
+        length = lengths[share.stored]
         if share.reader == rank:
-            data = torch.frombuffer(read[share.stored], dtype=torch.uint8) if share.size else None
+            data = torch.frombuffer(read[share.stored], dtype=torch.uint8) if length else None
         else:
-            buffer = bytearray(share.size)
+            buffer = bytearray(length)
             received[share.stored] = memoryview(buffer)
-            data = torch.frombuffer(buffer, dtype=torch.uint8) if share.size else None
-        for start in range(0, share.size, piece_size):
+            data = torch.frombuffer(buffer, dtype=torch.uint8) if length else None
+        for start in range(0, length, piece_size):
             assert data is not None
             piece = data[start : start + piece_size]
             wire = piece if device is None else piece.to(device)
