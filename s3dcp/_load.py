@@ -51,7 +51,7 @@ from s3dcp._errors import (
 )
 from s3dcp._format import transforms
 from s3dcp._format.archive import load_tensor
-from s3dcp._format.framing import Chunk, Framing
+from s3dcp._format.framing import Chunk, Framing, framing_for
 from s3dcp._format.in_place import (
     InPlaceRead,
     SpanLayout,
@@ -376,6 +376,14 @@ class Loader:
             retry.targets[id(item)] = job.targets.pop(id(item))
             again.append(retry)
         return again
+
+    def stored_framing(self, index: MetadataIndex, size: int) -> Framing | None:
+        """The archive framing around a stored item's tensor bytes if the item (``size`` bytes) could be
+        read in place: a whole tensor chunk, stored without transforms. Known from ``.metadata`` alone."""
+        chunk = self._chunks.get(index) if self._chunks is not None else None
+        if chunk is None or index in self._transforms or not in_place_candidate(ByteRange(0, size), chunk):
+            return None
+        return framing_for(*chunk)
 
     def chunk_of(self, item: ReadItem) -> Chunk | None:
         """The stored chunk (dtype, shape) behind a tensor item, as ``.metadata`` records it, if it does."""

@@ -34,7 +34,9 @@ from torch.distributed.checkpoint.metadata import MetadataIndex
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 
 from s3dcp._errors import SharedReadError
-from s3dcp._load import LoadCounts, Loader, deliver_item
+from s3dcp._format.framing import Framing
+from s3dcp._format.in_place import destination_bytes, framing_into
+from s3dcp._load import LoadCounts, Loader, deliver_item, hand_to_planner, parse_item
 
 __all__ = [
     "Member",
@@ -202,16 +204,37 @@ def load_sharing(
                 counts.append(loader.read(LoadPlan(reads), keep, coalesce_gap=0))  # no bytes others read
             except Exception as error:  # held for the exchange, as above
                 failure = error
-        got = exchange(batch, keep.kept, failure, group)
+        framings = {share.stored: loader.stored_framing(share.stored, share.size) for share in batch}
+        resolved: dict[MetadataIndex, _Resolved] = {}
+        if failure is None:
+            try:
+                for share in batch:
+                    if rank in share.receivers:
+                        found = _resolve(mine[share.stored], framings[share.stored], loader, planner)
+                        if found is not None:
+                            resolved[share.stored] = found
+            except Exception as error:  # held for the exchange, as above
+                failure = error
+        got = exchange(
+            batch,
+            keep.kept,
+            failure,
+            group,
+            regions={share.stored: _regions(framings[share.stored], share.size) for share in batch},
+            into={index: found.pieces for index, found in resolved.items() if found.pieces is not None},
+        )
         try:
             for share in batch:
-                data = keep.kept.get(share.stored)
-                if data is None:
-                    data = got.get(share.stored)
-                if data is None:
-                    continue  # neither read nor received here: another rank's
-                for item in mine[share.stored]:
-                    deliver_item(item, data, planner, loader.chunk_of(item))
+                if share.stored in resolved:
+                    resolved[share.stored].hand_over(loader, planner, got.get(share.stored))
+                else:
+                    data = keep.kept.get(share.stored)
+                    if data is None:
+                        data = got.get(share.stored)
+                    if data is None:
+                        continue  # neither read nor received here: another rank's
+                    for item in mine[share.stored]:
+                        deliver_item(item, data, planner, loader.chunk_of(item))
                 if share.reader == rank:
                     sent += share.size * len(share.receivers)
                 else:
@@ -234,6 +257,8 @@ def exchange(
     failure: BaseException | None,
     group: dist.ProcessGroup | None = None,
     piece_size: int = PIECE_SIZE,
+    regions: Mapping[MetadataIndex, Sequence[int] | None] | None = None,
+    into: Mapping[MetadataIndex, Sequence[memoryview]] | None = None,
 ) -> dict[MetadataIndex, memoryview]:
     """Send the shared items this rank read to the ranks that need them; receive the ones it needs.
 
@@ -244,9 +269,12 @@ def exchange(
     The ranks first tell each other whether they failed, and the lengths
     that differ from ``size``, so that when one failed every rank raises
     instead of waiting for bytes that will not come. Items go in
-    ``shares`` order, in pieces of at most ``piece_size`` bytes; an item
-    every rank of the group takes part in is broadcast. Returns the bytes of
-    each share this rank receives.
+    ``shares`` order, in pieces of at most ``piece_size`` bytes that never
+    cross a boundary of the item's ``regions`` (the lengths it is cut into,
+    the same on every rank; say framing, tensor bytes, framing); an item
+    every rank of the group takes part in is broadcast. A share this rank
+    receives goes into its ``into`` views (one per region: say a tensor's
+    own memory) if given, else into a new buffer; returns those buffers.
 
     Raises:
         SharedReadError: another rank failed; names the rank and why (a rank that
@@ -277,27 +305,119 @@ def exchange(
             continue
         everyone = len(share.receivers) + 1 == world_size
         length = lengths[share.stored]
+        cuts = (regions or {}).get(share.stored) if length == share.size else None  # decoded: one region
         if share.reader == rank:
-            data = torch.frombuffer(read[share.stored], dtype=torch.uint8) if length else None
+            views = _cut(read[share.stored], cuts)
+        elif into is not None and share.stored in into:
+            views = list(into[share.stored])
         else:
-            buffer = bytearray(length)
-            received[share.stored] = memoryview(buffer)
-            data = torch.frombuffer(buffer, dtype=torch.uint8) if length else None
-        for start in range(0, length, piece_size):
-            assert data is not None
-            piece = data[start : start + piece_size]
-            wire = piece if device is None else piece.to(device)
-            if everyone:
-                dist.broadcast(wire, _global(group, share.reader), group)
-            elif share.reader == rank:
-                for send in [dist.isend(wire, _global(group, to), group) for to in share.receivers]:
-                    if send is not None:  # None: this rank is not in the group, which a sharer always is
-                        send.wait()
-            else:
-                dist.recv(wire, _global(group, share.reader), group)
-            if device is not None and share.reader != rank:
-                piece.copy_(wire)
+            buffer = memoryview(bytearray(length))
+            received[share.stored] = buffer
+            views = _cut(buffer, cuts)
+        for view in views:
+            for start in range(0, len(view), piece_size):
+                _move(
+                    torch.frombuffer(view[start : start + piece_size], dtype=torch.uint8),
+                    share,
+                    rank,
+                    everyone,
+                    group,
+                    device,
+                )
     return received
+
+
+def _move(
+    piece: torch.Tensor,
+    share: Share,
+    rank: int,
+    everyone: bool,
+    group: dist.ProcessGroup | None,
+    device: torch.device | None,
+) -> None:
+    """One piece of a shared item, from its reader to the ranks that receive it (on this rank's side)."""
+    wire = piece if device is None else piece.to(device)
+    if everyone:
+        dist.broadcast(wire, _global(group, share.reader), group)
+    elif share.reader == rank:
+        for send in [dist.isend(wire, _global(group, to), group) for to in share.receivers]:
+            if send is not None:  # None: this rank is not in the group, which a sharer always is
+                send.wait()
+    else:
+        dist.recv(wire, _global(group, share.reader), group)
+    if device is not None and share.reader != rank:
+        piece.copy_(wire)
+
+
+def _regions(framing: Framing | None, size: int) -> list[int] | None:
+    """The lengths a stored tensor's ``size`` bytes are cut into on the wire: framing, tensor bytes, framing."""
+    if framing is None:
+        return None
+    return [len(framing.head), size - len(framing.head) - len(framing.tail), len(framing.tail)]
+
+
+def _cut(data: memoryview, lengths: Sequence[int] | None) -> list[memoryview]:
+    """``data`` as consecutive views of ``lengths`` (all of it as one, without them)."""
+    if lengths is None:
+        return [data]
+    views, at = [], 0
+    for length in lengths:
+        views.append(data[at : at + length])
+        at += length
+    return views
+
+
+@dataclasses.dataclass
+class _Resolved:
+    """A shared item this rank receives for its one destination tensor, resolved before the exchange.
+
+    With ``framing`` (a whole tensor of the stored dtype and shape), the
+    tensor's bytes go straight into ``target`` and the framing into two small
+    buffers; without, the item arrives in a buffer and is copied.
+    """
+
+    item: ReadItem
+    target: torch.Tensor
+    framing: Framing | None
+    head: memoryview = dataclasses.field(default_factory=lambda: memoryview(b""))
+    tail: memoryview = dataclasses.field(default_factory=lambda: memoryview(b""))
+
+    def __post_init__(self) -> None:
+        if self.framing is not None:
+            self.head = memoryview(bytearray(len(self.framing.head)))
+            self.tail = memoryview(bytearray(len(self.framing.tail)))
+
+    @property
+    def pieces(self) -> list[memoryview] | None:
+        """Where each region of the item goes, or ``None``: into a buffer."""
+        if self.framing is None:
+            return None
+        return [self.head, destination_bytes(self.target), self.tail]
+
+    def hand_over(self, loader: Loader, planner: LoadPlanner, data: memoryview | None) -> None:
+        """Close the tensor's resolve/commit pair: at once if it came in place with the expected framing,
+        else by parsing the whole item (``data``, or the three pieces) the ordinary way."""
+        if self.framing is not None:
+            if self.framing.matches(self.head, self.tail):
+                planner.commit_tensor(self.item, self.target)
+                return
+            data = memoryview(bytes(self.head) + bytes(destination_bytes(self.target)) + bytes(self.tail))
+        assert data is not None
+        value = parse_item(self.item, data, loader.chunk_of(self.item), plain_data_only=False)
+        hand_to_planner(self.item, value, planner, self.target)
+
+
+def _resolve(items: list[ReadItem], framing: Framing | None, loader: Loader, planner: LoadPlanner) -> _Resolved | None:
+    """For a shared item with stored ``framing`` (see :meth:`Loader.stored_framing`) that this rank receives
+    for one whole tensor: its destination, and whether the bytes can go straight into it."""
+    if framing is None or len(items) != 1 or items[0].type != LoadItemType.TENSOR:
+        return None
+    item = items[0]
+    chunk = loader.chunk_of(item)
+    if chunk is None or chunk[1] != tuple(item.lengths):
+        return None
+    target = planner.resolve_tensor(item).detach()
+    return _Resolved(item, target, framing if framing_into(item, chunk, target) is not None else None)
 
 
 class _Keep(LoadPlanner):

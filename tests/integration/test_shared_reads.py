@@ -92,6 +92,44 @@ def test_four_replicas_read_each_stored_byte_once_and_load_bit_exact(
         assert served >= times * stored, (served, stored)
 
 
+def load_counting_copies(rank: int, world_size: int, uri: str) -> None:
+    """Load with sharing; record which items each rank copied out of a buffer rather than received in place."""
+    import s3dcp._sharing as sharing
+
+    copied: list[str] = []
+
+    def counting(original: Any) -> Any:
+        def wrapper(item: ReadItem, *args: Any, **kwargs: Any) -> Any:
+            copied.append(item.dest_index.fqn)
+            return original(item, *args, **kwargs)
+
+        return wrapper
+
+    sharing.deliver_item = counting(sharing.deliver_item)  # type: ignore[assignment]
+    sharing.parse_item = counting(sharing.parse_item)  # type: ignore[assignment]
+    expected = model_state()
+    state = blank(expected)
+    dcp.load(state, storage_reader=S3StorageReader(REGION, uri))
+    assert_same(state, expected, rank)
+    everyone: list[Any] = [None] * world_size
+    dist.all_gather_object(everyone, copied)
+    times = {name: sum(name in ranks for ranks in everyone) for name in ["embedding", "counts", "extra.step"]}
+    times.update({f"layer{n}.weight": sum(f"layer{n}.weight" in ranks for ranks in everyone) for n in range(8)})
+    # tensors of 64 KiB or more: copied by their reader only, received straight into their memory elsewhere
+    assert all(times[name] == 1 for name in times if name.startswith("layer") or name == "embedding"), times
+    # a small tensor and plain values: copied out of the received bytes on every rank
+    assert times["counts"] == world_size and times["extra.step"] == world_size, times
+
+
+def test_received_tensors_go_straight_into_their_memory(
+    proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str
+) -> None:
+    """As an in-place read from S3 would: no buffer and no copy on the ranks that receive a large tensor."""
+    uri = f"s3://{bucket}/direct"
+    dcp.save(model_state(), storage_writer=S3StorageWriter(REGION, uri), no_dist=True)
+    run_ranks(3, load_counting_copies, uri, env=aws_env())
+
+
 @needs_stream_transforms
 def test_compressed_items_are_shared_decoded_and_land_bit_exact(
     proxied_env: Any, proxy: FaultProxy, s3: Any, bucket: str
