@@ -10,7 +10,8 @@ its own items as usual, then walks the schedule in batches of at most the
 byte budget: the readers fetch and check their items of the batch, send the
 stored bytes to the ranks that need them over the process group
 (:func:`exchange`), and every rank that needs an item decodes its own part
-from the same bytes. The unit is a whole stored item: its digest covers all
+from the same bytes; a whole tensor a rank receives goes straight into its
+destination, as an in-place read from S3 would (:mod:`s3dcp._format.in_place`). The unit is a whole stored item: its digest covers all
 of it, and it is checked once, by its reader, before it is sent.
 
 Every rank takes part in every batch's exchange, and each exchange starts
