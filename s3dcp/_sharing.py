@@ -273,7 +273,8 @@ def exchange(
     ``shares`` order, in pieces of at most ``piece_size`` bytes that never
     cross a boundary of the item's ``regions`` (the lengths it is cut into,
     the same on every rank; say framing, tensor bytes, framing); an item
-    every rank of the group takes part in is broadcast. A share this rank
+    every rank of the group takes part in is broadcast, the others go point
+    to point, all posted at once and awaited at the end. A share this rank
     receives goes into its ``into`` views (one per region: say a tensor's
     own memory) if given, else into a new buffer; returns those buffers.
 
@@ -301,6 +302,8 @@ def exchange(
         )
     device = _wire_device(group)
     received: dict[MetadataIndex, memoryview] = {}
+    # (work, wire, piece to fill from it); work is None only on a rank outside the group, which a sharer never is
+    pending: list[tuple[dist.Work | None, torch.Tensor, torch.Tensor | None]] = []
     for share in shares:
         if share.reader != rank and rank not in share.receivers:
             continue
@@ -317,37 +320,24 @@ def exchange(
             views = _cut(buffer, cuts)
         for view in views:
             for start in range(0, len(view), piece_size):
-                _move(
-                    torch.frombuffer(view[start : start + piece_size], dtype=torch.uint8),
-                    share,
-                    rank,
-                    everyone,
-                    group,
-                    device,
-                )
+                piece = torch.frombuffer(view[start : start + piece_size], dtype=torch.uint8)
+                wire = piece if device is None else piece.to(device)
+                back = piece if device is not None and share.reader != rank else None
+                source = _global(group, share.reader)
+                if everyone:
+                    dist.broadcast(wire, source, group)
+                    if back is not None:
+                        back.copy_(wire)
+                elif share.reader == rank:
+                    pending.extend((dist.isend(wire, _global(group, to), group), wire, None) for to in share.receivers)
+                else:
+                    pending.append((dist.irecv(wire, source, group), wire, back))
+    for work, wire, back in pending:
+        if work is not None:
+            work.wait()
+        if back is not None:
+            back.copy_(wire)
     return received
-
-
-def _move(
-    piece: torch.Tensor,
-    share: Share,
-    rank: int,
-    everyone: bool,
-    group: dist.ProcessGroup | None,
-    device: torch.device | None,
-) -> None:
-    """One piece of a shared item, from its reader to the ranks that receive it (on this rank's side)."""
-    wire = piece if device is None else piece.to(device)
-    if everyone:
-        dist.broadcast(wire, _global(group, share.reader), group)
-    elif share.reader == rank:
-        for send in [dist.isend(wire, _global(group, to), group) for to in share.receivers]:
-            if send is not None:  # None: this rank is not in the group, which a sharer always is
-                send.wait()
-    else:
-        dist.recv(wire, _global(group, share.reader), group)
-    if device is not None and share.reader != rank:
-        piece.copy_(wire)
 
 
 def _regions(framing: Framing | None, size: int) -> list[int] | None:
