@@ -31,6 +31,9 @@ pytestmark = pytest.mark.s3
 PER_CONNECTION = WanSettings(first_byte_ms=5, connection_mbps=8)  # four times the requests move four times the bytes
 SHARED = WanSettings(first_byte_ms=5, connection_mbps=None, total_mbps=32)  # they move the same bytes
 LINKS = {"limited per connection": (PER_CONNECTION, "kept"), "limited in all": (SHARED, "back")}
+# loads: a link limited in all that 4 GETs fill even where each one is slow to read (with the oldest urllib3
+# and botocore declared, 4 GETs of 1 MiB in flight measured 15 MB/s on a link of 32 MB/s in all)
+LOAD_LINKS = {**LINKS, "limited in all": (WanSettings(first_byte_ms=5, connection_mbps=None, total_mbps=8), "back")}
 
 
 def level_changes(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -99,12 +102,12 @@ def load_through_the_emulator(
             return loaded, wan.in_flight.take()
 
 
-@pytest.mark.parametrize("link", LINKS)
+@pytest.mark.parametrize("link", LOAD_LINKS)
 def test_a_load_grows_its_gets_in_flight_only_where_that_moves_more(
     clean_aws_env: Any, caplog: pytest.LogCaptureFixture, link: str
 ) -> None:
-    settings, outcome = LINKS[link]
-    state = {"weight": torch.randn(48 * MIB // 4, generator=torch.Generator().manual_seed(6))}  # 48 pieces
+    settings, outcome = LOAD_LINKS[link]
+    state = {"weight": torch.randn(32 * MIB // 4, generator=torch.Generator().manual_seed(6))}  # 32 pieces
     config = S3ClientConfig(max_read_size=MIN_PIECE_SIZE, initial_concurrency=4, max_concurrency=16)
     loaded, in_flight = load_through_the_emulator(clean_aws_env, caplog, state, config, settings)
     assert_same(state, loaded)
