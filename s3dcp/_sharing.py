@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import socket
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -58,10 +59,12 @@ PIECE_SIZE = 64 << 20
 
 
 class Member(NamedTuple):
-    """What a rank's local plan tells the coordinator: its rank and size of the reader's process group."""
+    """What a rank's local plan tells the coordinator: its rank and size of the reader's process group, and
+    its host (ranks on one host share its link to S3)."""
 
     rank: int
     world_size: int
+    host: str = ""
 
 
 class Share(NamedTuple):
@@ -85,7 +88,7 @@ def member(group: dist.ProcessGroup | None) -> Member | None:
     if not dist.is_available() or not dist.is_initialized():
         return None
     world_size = dist.get_world_size(group)
-    return Member(dist.get_rank(group), world_size) if world_size > 1 else None
+    return Member(dist.get_rank(group), world_size, socket.gethostname()) if world_size > 1 else None
 
 
 def schedule(plans: list[LoadPlan], storage_data: Mapping[MetadataIndex, Any]) -> list[LoadPlan]:
@@ -96,28 +99,31 @@ def schedule(plans: list[LoadPlan], storage_data: Mapping[MetadataIndex, Any]) -
     (one plan) or whose ranks do not share reads returns the plans as they
     are; a group that does not match DCP's gets the same, with a warning.
     """
-    members = [plan.storage_data for plan in plans]
-
-    if len(plans) < 2 or not all(isinstance(found, Member) for found in members):
+    members = [plan.storage_data for plan in plans if isinstance(plan.storage_data, Member)]
+    if len(plans) < 2 or len(members) != len(plans):
         return plans
-    if members != [Member(rank, len(plans)) for rank in range(len(plans))]:
+    if [(found.rank, found.world_size) for found in members] != [(rank, len(plans)) for rank in range(len(plans))]:
         log.warning(
             "s3dcp: shared reads are off for this load: DCP loads on a process group that is not the "
             "reader's (its plans come from ranks %s); pass the process group DCP loads on to "
             "S3StorageReader(process_group=...)",
-            [(found.rank, found.world_size) for found in members if isinstance(found, Member)],
+            [(found.rank, found.world_size) for found in members],
         )
         return [dataclasses.replace(plan, storage_data=None) for plan in plans]
-    shares = SharedReads(tuple(plan_shares(plans, storage_data)))
+    hosts = [found.host for found in members]
+    shares = SharedReads(tuple(plan_shares(plans, storage_data, hosts)))
     return [dataclasses.replace(plan, storage_data=shares) for plan in plans]
 
 
-def plan_shares(plans: Sequence[LoadPlan], storage_data: Mapping[MetadataIndex, Any]) -> list[Share]:
+def plan_shares(
+    plans: Sequence[LoadPlan], storage_data: Mapping[MetadataIndex, Any], hosts: Sequence[str] | None = None
+) -> list[Share]:
     """The stored items two or more of ``plans`` (one per rank, in rank order) read, each with its reader.
 
     Two passes. First each rank's fair load: items go largest first to
-    whichever rank that needs them has the fewest bytes to read from S3 so
-    far, counting the items only it needs (ties to the lower rank). Then the
+    whichever rank that needs them is on the host (``hosts``, by rank) with
+    the fewest bytes to read from S3 so far, and of those has the fewest
+    itself, counting the items only it needs (ties to the lower rank). Then the
     items are handed out again in stored order (object, then offset), a rank
     keeping the next item while it needs it and stays within its fair load,
     so each rank reads long runs of adjacent bytes: few GETs, none of them
@@ -138,9 +144,15 @@ def plan_shares(plans: Sequence[LoadPlan], storage_data: Mapping[MetadataIndex, 
             alone[next(iter(ranks))] += size
         else:
             shared.append((index, size, ranks))
+    host_of = list(hosts) if hosts is not None else [""] * len(plans)
     fair = list(alone)
+    on_host: dict[str, int] = defaultdict(int)
+    for rank, size in enumerate(alone):
+        on_host[host_of[rank]] += size
     for _index, size, ranks in sorted(shared, key=lambda entry: (-entry[1], _place(entry[0], storage_data))):
-        fair[min(ranks, key=lambda rank: (fair[rank], rank))] += size
+        reader = min(ranks, key=lambda rank: (on_host[host_of[rank]], fair[rank], rank))
+        fair[reader] += size
+        on_host[host_of[reader]] += size
     load = list(alone)
     shares = []
     reader = -1

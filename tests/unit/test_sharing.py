@@ -147,3 +147,14 @@ def test_batches_keep_order_and_stay_within_the_budget_but_for_a_larger_item() -
     shares = [share(0, 3), share(1, 3), share(2, 9), share(3, 1), share(4, 2), share(5, 2)]
     assert [[s.size for s in batch] for batch in batches(shares, 6)] == [[3, 3], [9], [1, 2, 2]]
     assert list(batches([], 6)) == []
+
+
+def test_shared_items_go_to_the_host_with_less_to_read_first() -> None:
+    """Ranks 0 and 1 share host a, ranks 2 and 3 host b; host a already reads 6 MiB for rank 0 alone."""
+    records = stored(6 * MIB, *[MIB] * 6)  # w0: rank 0's alone; w1..w6 everyone's
+    shared = [f"w{n}" for n in range(1, 7)]
+    plans = [plan("w0", *shared), plan(*shared), plan(*shared), plan(*shared)]
+    readers = [share.reader for share in plan_shares(plans, records, ["a", "a", "b", "b"])]
+    assert sorted(readers) == [2, 2, 2, 3, 3, 3]  # host b's link carries the shared 6 MiB, host a's its own 6
+    by_rank = [share.reader for share in plan_shares(plans, records)]  # hosts unknown: ranks alone
+    assert sorted(by_rank) == [1, 1, 2, 2, 3, 3]
