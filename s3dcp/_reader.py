@@ -109,6 +109,14 @@ class S3StorageReader(StorageReader):
         self.last_stats: list[PhaseStats] = []
         self.rank: int | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        if self.process_group is not None:
+            raise TypeError(
+                "an S3StorageReader given process_group= does not pickle: a process group belongs to the "
+                "process that made it. Build the reader in the process that loads"
+            )
+        return dict(self.__dict__)
+
     def __repr__(self) -> str:
         return (
             f"S3StorageReader(path={str(self.uri)!r}, endpoint="

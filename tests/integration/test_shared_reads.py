@@ -174,3 +174,15 @@ def test_a_load_without_collectives_reads_alone(proxied_env: Any, proxy: FaultPr
     uri, stored = save_replicated(s3, proxy, bucket, "alone")
     run_ranks(2, load_without_collectives, uri, env=aws_env())
     assert data_bytes_served(proxy, "alone") == stored
+
+
+def pickle_with_a_group(rank: int, world_size: int, uri: str) -> None:
+    import pickle
+
+    pickle.loads(pickle.dumps(S3StorageReader(REGION, uri)))  # the default group: pickles as before
+    with pytest.raises(TypeError, match="process_group= does not pickle"):
+        pickle.dumps(S3StorageReader(REGION, uri, process_group=dist.new_group([0, 1])))
+
+
+def test_a_reader_given_a_process_group_refuses_to_pickle_saying_why(s3_env: Any, bucket: str) -> None:
+    run_ranks(2, pickle_with_a_group, f"s3://{bucket}/unused", env=aws_env())
