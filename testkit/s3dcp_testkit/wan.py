@@ -28,12 +28,22 @@ or of ``Expect: 100-continue`` (answered at once), throttling (503s: see the
 fault proxy). TLS, when asked for, ends here, as at the forwarder.
 
     python -m s3dcp_testkit.wan --latency-ms 20 --conn-mbps 90      # memory_store behind it; prints the endpoint
+
+In the caller's process the emulator's threads share one interpreter with
+the client's: while the client fills parts, the link slows down with it
+(measured: two connections moved 11 MB/s of a 32 MB/s link in-process, 32
+in a process of their own). :class:`WanProcess` runs the emulator and an
+in-memory store in a process of their own, for tests that judge rates.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -344,8 +354,72 @@ class WanEmulator(BackgroundServer):
         return server
 
 
+class WanProcess:
+    """The emulator with a :class:`memory_store.MemoryStore` behind it, in a process of their own; a context manager.
+
+    Attributes:
+        endpoint_url: the emulator's, once started.
+        store_url: the store's own (no emulated link), once started.
+    """
+
+    def __init__(self, settings: WanSettings) -> None:
+        self.settings = settings
+        self.endpoint_url = ""
+        self.store_url = ""
+        self._process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> WanProcess:
+        fields = {f.name: getattr(self.settings, f.name) for f in dataclasses.fields(self.settings)}
+        fields["first_byte_ms_by_operation"] = dict(self.settings.first_byte_ms_by_operation)
+        command = [sys.executable, "-m", "s3dcp_testkit.wan", "--control", "--settings-json", json.dumps(fields)]
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        started = self._answer()
+        self.endpoint_url, self.store_url = started["endpoint_url"], started["store_url"]
+        return self
+
+    def take(self) -> dict[str, float]:
+        """:meth:`InFlight.take` of the emulator, once no request is in flight (or after 5 s)."""
+        assert self._process is not None and self._process.stdin is not None, "not started"
+        self._process.stdin.write("take\n")
+        self._process.stdin.flush()
+        return self._answer()
+
+    def _answer(self) -> dict[str, Any]:
+        assert self._process is not None and self._process.stdout is not None
+        line = self._process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the WAN emulator's process ended (exit code {self._process.wait()})")
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._process is None:
+            return
+        assert self._process.stdin is not None
+        self._process.stdin.close()  # end of input: it stops
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        finally:
+            if self._process.stdout is not None:
+                self._process.stdout.close()
+
+
+def _controlled(wan: WanEmulator, store_url: str) -> None:
+    """``--control``: the endpoints as a JSON line, then one JSON line of requests in flight per ``take`` read."""
+    print(json.dumps({"endpoint_url": wan.endpoint_url, "store_url": store_url}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "take":
+            wan.in_flight.wait_idle(5)
+            print(json.dumps(wan.in_flight.take()), flush=True)
+
+
 def settings_from(args: argparse.Namespace) -> WanSettings:
     """:class:`WanSettings` from the options :func:`add_options` adds (0 MB/s = no limit)."""
+    if getattr(args, "settings_json", None):
+        return WanSettings(**json.loads(args.settings_json))
     return WanSettings(
         first_byte_ms=args.latency_ms,
         first_byte_ms_by_operation={"CompleteMultipartUpload": args.complete_latency_ms},
@@ -376,6 +450,10 @@ def main() -> None:
     parser.add_argument("--store", choices=["memory", "moto"], default="memory", help="the store started behind it")
     parser.add_argument("--upstream", help="an S3 server's http:// URL to front instead of starting a store")
     parser.add_argument("--tls-dir", type=Path, help="speak HTTPS with a throw-away CA written here (ca.pem)")
+    parser.add_argument("--settings-json", help="every WanSettings field as JSON, instead of the options above")
+    parser.add_argument(
+        "--control", action="store_true", help="endpoints as JSON; 'take' on stdin answers in flight; stop at EOF"
+    )
     args = parser.parse_args()
     tls = None
     if args.tls_dir:
@@ -385,6 +463,9 @@ def main() -> None:
     with store as started:
         upstream = started if isinstance(started, str) else started.endpoint_url
         with WanEmulator(upstream, settings_from(args), tls) as wan:
+            if args.control:
+                _controlled(wan, upstream)
+                return
             print(wan.endpoint_url, flush=True)
             try:
                 threading.Event().wait()
