@@ -60,8 +60,9 @@ class S3StorageWriter(StorageWriter):
             ``prefix/.metadata``.
         s3client_config: endpoint, credentials profile, retries, part size and
             concurrency; defaults suit AWS.
-        prefix_strategy: where each rank's shard objects go (see
-            :mod:`s3dcp._prefix`); default ``prefix/__{rank}_{i}.distcp``.
+        prefix_strategy: where each rank's shard objects go, e.g.
+            ``HexPrefixStrategy()`` to spread them over S3 partitions;
+            default ``prefix/__{rank}_{i}.distcp``.
         thread_count: shard objects per rank, written in parallel and
             balanced by size. Default 1. Like ``FileSystemWriter``, each rank
             writes exactly this many, empty ones for threads (or a rank) with
