@@ -12,11 +12,23 @@ all: test
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch first and pinned: a CPU wheel; any other torch spec downloads gigabytes.
+# torch first and pinned. Where it comes from is pip's own configuration unless the
+# environment says otherwise: on the public index torch==2.13.0 for Linux x86_64 is the
+# CUDA build (several GB of nvidia packages); for the CPU build set
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu   (torch and its dependencies from there)
+# or TORCH_WHEEL=path/or/url/to/torch-2.13.0+cpu-....whl   (that file; its dependencies from pip's index)
 # testkit/: the local S3 servers (s3dcp_testkit) the tests, benchmarks and examples import
+TORCH_VERSION   ?= 2.13.0
+TORCH_INDEX_URL ?=
+TORCH_WHEEL     ?=
+TORCH := $(if $(TORCH_WHEEL),$(TORCH_WHEEL),torch==$(TORCH_VERSION)) $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+PIP_QUIET := --quiet --disable-pip-version-check
 $(STAMP): pyproject.toml testkit/pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' -e testkit
+	@echo "== setting up $(VENV) (first run only, a few minutes): torch $(TORCH_VERSION) $(if $(TORCH_INDEX_URL),from $(TORCH_INDEX_URL),$(if $(TORCH_WHEEL),from $(TORCH_WHEEL),from pip's configured index))"
+	$(BIN)/python -m pip install $(PIP_QUIET) $(TORCH)
+	@echo "== installing s3dcp with its test extra, and testkit/ (the local S3 servers)"
+	$(BIN)/python -m pip install $(PIP_QUIET) torch==$(TORCH_VERSION) -e '.[test]' -e testkit
+	@echo "== $(VENV) is ready"
 	touch $@
 
 install: $(STAMP)
@@ -79,7 +91,7 @@ test-rgw: $(STAMP)
 # release of every dependency pyproject.toml declares (pinned in .ci/constraints-floor.txt)
 # and once on the newest the registry serves. torch stays the CPU wheel in both.
 MATRIX_VENV = .venv-$(LEG)
-MATRIX_PIP  = $(MATRIX_VENV)/bin/python -m pip install --quiet --disable-pip-version-check
+MATRIX_PIP  = $(MATRIX_VENV)/bin/python -m pip install $(PIP_QUIET)
 test-floor:
 	$(MAKE) matrix-leg LEG=floor PIN='-c .ci/constraints-floor.txt'
 test-newest:
@@ -87,8 +99,8 @@ test-newest:
 matrix-leg:
 	rm -rf $(MATRIX_VENV)
 	$(PYTHON) -m venv $(MATRIX_VENV)
-	$(MATRIX_PIP) torch==2.13.0
-	$(MATRIX_PIP) $(PIN) torch==2.13.0 -e '.[test]' -e testkit
+	$(MATRIX_PIP) $(TORCH)
+	$(MATRIX_PIP) $(PIN) torch==$(TORCH_VERSION) -e '.[test]' -e testkit
 	$(MATRIX_VENV)/bin/python -m pip list --disable-pip-version-check 2>/dev/null | grep -iE '^(torch|botocore|boto3|urllib3|numpy|tenacity|xxhash|isal|zstandard|moto) '
 	$(MATRIX_VENV)/bin/python -m pytest -p no:cacheprovider
 
@@ -111,13 +123,13 @@ BENCH_ARGS  ?= --server both --scheme both
 $(BENCH_BIN)/python:
 	$(PYTHON) -m venv $(BENCH_VENV)
 
-# torch first and pinned (the CPU wheel on local disk), then pinned again on the
+# torch first and pinned (from where TORCH_INDEX_URL / TORCH_WHEEL say, as above), then pinned again on the
 # same command line as the extra so nothing in it can upgrade torch. s3fs is
 # named there too so pip settles aiobotocore's botocore pin before it picks a
 # boto3 (left to the extra alone, pip backtracks through s3fs releases for many minutes)
 $(BENCH_STAMP): pyproject.toml testkit/pyproject.toml | $(BENCH_BIN)/python
-	$(BENCH_BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(BENCH_BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 's3fs>=2024.6' -e '.[bench]' -e testkit
+	$(BENCH_BIN)/python -m pip install $(PIP_QUIET) $(TORCH)
+	$(BENCH_BIN)/python -m pip install $(PIP_QUIET) torch==$(TORCH_VERSION) 's3fs>=2024.6' -e '.[bench]' -e testkit
 	touch $@
 
 bench-install: $(BENCH_STAMP)

@@ -134,16 +134,24 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 
 
 def crash_during_save(state: dict[str, Any], uri: str) -> None:
-    """Start the save, wait until S3 holds some of its parts, then SIGKILL ourselves."""
-    threading.Thread(target=save, args=(state, uri), daemon=True).start()
+    """Start the save, wait until S3 holds some of its parts, then SIGKILL ourselves mid-upload.
+
+    This save sends one request at a time in 5 MiB parts, so it is many
+    requests long even against a server on this machine, and the kill lands
+    between parts, as a crash on a busy link would: its multipart uploads
+    stay open, holding parts that are stored (and billed) until ``gc``
+    aborts them.
+    """
+    one_at_a_time = S3ClientConfig(part_size=5 * 1024 * 1024, max_concurrency=1, initial_concurrency=1)
+    slow_writer = S3StorageWriter(None, uri, one_at_a_time, thread_count=2)
+    threading.Thread(target=dcp.save, args=(state,), kwargs={"storage_writer": slow_writer}, daemon=True).start()
     bucket, prefix = split_s3_uri(uri)
     s3 = boto3.client("s3")
-    while True:  # watch the real upload; it takes several requests, so this sees it
+    while True:  # watch the real upload
         uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", [])
         parts = [s3.list_parts(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"]).get("Parts", []) for u in uploads]
         if any(parts):
-            print(f"CRASH {prefix.rsplit('/', 1)[-1]} {sum(map(len, parts))}", flush=True)
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of any kind: as if the node died
 
 
 # -- the driver ------------------------------------------------------------------------
@@ -185,17 +193,14 @@ def drive(base: str, steps: int, every: int, crash_at: int) -> None:
             word, name, *rest = line.split()
             if word == "SAVED":
                 print(f"    saved {name}: {mbps(int(rest[0]), float(rest[1]))}")
-            if word == "CRASH":
-                print(f"[2] the trainer killed itself (SIGKILL) while saving {name}, {rest[0]} part(s) uploaded")
         child.wait()
         if child.returncode != -signal.SIGKILL:
             raise SystemExit(f"trainer ended with {child.returncode} before the crash")
+        print(f"[2] the trainer killed itself (SIGKILL) while saving step_{crash_at}, with parts uploaded")
 
         print("[3] checkpoints in S3 now (the killed save has no .metadata, so it is not complete):")
         s3dcp_command("ls", base)
-        bucket, prefix = split_s3_uri(base)
-        uploads = boto3.client("s3").list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/")
-        print(f"    {len(uploads.get('Uploads', []))} multipart upload(s) left open by the killed save")
+        show_abandoned_uploads(base)
         latest_uri = latest_checkpoint(base)
         assert latest_uri is not None and latest_uri != f"{base}/step_{crash_at}"
         latest = int(latest_uri.rsplit("_", 1)[1])
@@ -233,6 +238,22 @@ def drive(base: str, steps: int, every: int, crash_at: int) -> None:
 
     housekeeping(base, final_uri)
     print("demo OK")
+
+
+def show_abandoned_uploads(base: str) -> None:
+    """The killed save's multipart uploads: open, holding parts no object shows."""
+    bucket, prefix = split_s3_uri(base)
+    s3 = boto3.client("s3")
+    uploads = s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix + "/").get("Uploads", [])
+    print(
+        f"    {len(uploads)} multipart upload(s) left open by the killed save (no process will finish or abort them):"
+    )
+    for upload in uploads:
+        parts = s3.list_parts(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]).get("Parts", [])
+        size = sum(part["Size"] for part in parts)
+        print(f"      {upload['Key'].removeprefix(prefix + '/')}: {len(parts)} part(s), {size / 1e6:.1f} MB stored")
+    if not uploads:
+        raise SystemExit("the killed save left no open upload: it finished before the kill landed")
 
 
 def housekeeping(base: str, final_uri: str) -> None:
