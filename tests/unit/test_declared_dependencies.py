@@ -56,5 +56,5 @@ def test_floor_constraints_pin_exactly_the_declared_floors() -> None:
             pins[name.lower()] = version
     for name, floor in _declared().items():
         if name == "torch":
-            continue  # the matrix keeps the CPU wheel; the torch range is run by hand (README)
+            continue  # the matrix keeps the CPU wheel; the torch range is run by hand (docs/stores.md)
         assert pins.get(name) == floor, f"{name}: pyproject says >={floor}, the floor leg installs {pins.get(name)}"

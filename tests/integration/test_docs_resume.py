@@ -1,4 +1,4 @@
-"""The resume pattern in the README's "Errors" section, run as written: damage stops the job."""
+"""The resume pattern on the errors page (docs/errors.md), run as written: damage stops the job."""
 
 from __future__ import annotations
 
@@ -17,18 +17,15 @@ from tests.conftest import REGION
 
 pytestmark = pytest.mark.s3
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ERRORS_PAGE = Path(__file__).resolve().parents[2] / "docs" / "errors.md"
 
 
-def readme_resume_pattern() -> Callable[[dict[str, Any], str | None], bool]:
-    """``load_or_start_fresh`` exactly as the README's "Errors" section shows it."""
-    text = README.read_text()
-    section = text[text.index("\n## Errors\n") :]
-    section = section[: section.index("\n## ", 1)]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+def documented_resume_pattern() -> Callable[[dict[str, Any], str | None], bool]:
+    """``load_or_start_fresh`` exactly as the errors page shows it."""
+    blocks = re.findall(r"```python\n(.*?)```", ERRORS_PAGE.read_text(), re.DOTALL)
     code = next(block for block in blocks if "def load_or_start_fresh" in block)
     namespace: dict[str, Any] = {}
-    exec(compile(code, f"{README}:Errors", "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(code, str(ERRORS_PAGE), "exec"), namespace)  # noqa: S102 - our own documentation
     function: Callable[[dict[str, Any], str | None], bool] = namespace["load_or_start_fresh"]
     return function
 
@@ -48,7 +45,7 @@ def blank() -> dict[str, torch.Tensor]:
 def test_a_good_checkpoint_resumes(s3_env: Any, bucket: str) -> None:
     want = save_steps(bucket)
     state = blank()
-    assert readme_resume_pattern()(state, latest_checkpoint(f"s3://{bucket}/run")) is True
+    assert documented_resume_pattern()(state, latest_checkpoint(f"s3://{bucket}/run")) is True
     assert torch.equal(state["w"], want["w"]) and torch.equal(state["b"], want["b"])
 
 
@@ -61,7 +58,7 @@ def test_a_damaged_checkpoint_stops_the_job(s3_env: Any, s3: Any, bucket: str, d
     else:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         s3.put_object(Bucket=bucket, Key=key, Body=body[: len(body) // 2])
-    load_or_start_fresh = readme_resume_pattern()
+    load_or_start_fresh = documented_resume_pattern()
     uri = latest_checkpoint(f"s3://{bucket}/run")
     assert uri == f"s3://{bucket}/run/step_2"  # still committed: its .metadata is there
     with pytest.raises(CheckpointException) as raised:  # never returns False: no silent restart
@@ -72,7 +69,7 @@ def test_a_damaged_checkpoint_stops_the_job(s3_env: Any, s3: Any, bucket: str, d
 
 
 def test_no_checkpoint_starts_from_scratch(s3_env: Any, bucket: str) -> None:
-    load_or_start_fresh = readme_resume_pattern()
+    load_or_start_fresh = documented_resume_pattern()
     assert latest_checkpoint(f"s3://{bucket}/run") is None
     assert load_or_start_fresh(blank(), latest_checkpoint(f"s3://{bucket}/run")) is False
     assert load_or_start_fresh(blank(), f"s3://{bucket}/run/step_9") is False  # nothing saved there
