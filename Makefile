@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.s3dcp-installed
 
-.PHONY: all install demo demo-distributed demo-tiered test test-fast test-rgw test-floor test-newest matrix-leg lint format typecheck unit integration clean bench-prefix
+.PHONY: all docs install demo demo-distributed demo-tiered test test-fast test-rgw test-floor test-newest matrix-leg lint format typecheck unit integration clean bench-prefix
 
 all: test
 
@@ -45,7 +45,7 @@ demo-tiered: $(STAMP)
 	$(BIN)/python examples/dcp/tiered_demo.py
 
 # ruff (pinned in the test extra) over everything that is Python here
-LINTED := s3dcp testkit tests benchmarks examples
+LINTED := s3dcp testkit tests benchmarks examples docs
 lint: $(STAMP)
 	$(BIN)/python -m ruff check $(LINTED)
 	$(BIN)/python -m ruff format --check $(LINTED)
@@ -57,6 +57,10 @@ format: $(STAMP)
 # mypy (strict) over s3dcp, testkit/s3dcp_testkit and benchmarks (pyproject.toml)
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy
+
+# the settings reference in docs/configuration.md, from the docstrings (tests/unit/test_docs.py checks it)
+docs: $(STAMP)
+	$(BIN)/python docs/reference.py
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit

@@ -103,7 +103,7 @@ def reference() -> str:
         (s3dcp.TieredStorageReader, "Args"),
     ):
         lines += _class(cls, section)
-    return "\n".join(lines)
+    return "\n".join(lines).rstrip("\n")
 
 
 def current(page: str) -> str:
