@@ -3,12 +3,14 @@
 Used by the test fixtures, the benchmarks, and the examples when no S3
 endpoint is configured (``local_s3``). The child binds port 0, so there is no
 race for a port; it prints the port it got on one line, and the parent waits
-for that line (no sleeps). Run ``python -m s3dcp_testkit.moto_server`` to
-start one by hand.
+for that line (no sleeps). To try s3dcp by hand against one:
+
+    python -m s3dcp_testkit.moto_server --bucket bucket   # prints the AWS settings to export; Ctrl-C stops it
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -133,10 +135,38 @@ def local_s3(bucket: str, region: str = "us-east-1") -> Iterator[MotoServer]:
         yield server
 
 
-if __name__ == "__main__":
+def main() -> None:
+    parser = argparse.ArgumentParser(description="A local S3 server (moto) on 127.0.0.1, until Ctrl-C or end of input.")
+    parser.add_argument("--bucket", action="append", default=[], help="create this bucket (repeatable)")
+    parser.add_argument("--region", default="us-east-1", help="AWS_REGION to print (us-east-1)")
+    args = parser.parse_args()
     with MotoServer() as server:
-        print(server.endpoint_url, flush=True)
+        settings = {
+            "AWS_ENDPOINT_URL": server.endpoint_url,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": args.region,
+        }
+        if args.bucket:
+            import boto3
+
+            client = boto3.client(
+                "s3",
+                endpoint_url=server.endpoint_url,
+                aws_access_key_id=ACCESS_KEY,
+                aws_secret_access_key=SECRET_KEY,
+                region_name=args.region,
+            )
+            for bucket in args.bucket:
+                client.create_bucket(Bucket=bucket)
+        print(f"# moto S3 server at {server.endpoint_url}, buckets: {', '.join(args.bucket) or 'none'}")
+        print("# in another shell, to use it:")
+        print("export " + " ".join(f"{name}={value}" for name, value in settings.items()), flush=True)
         try:
             sys.stdin.read()
         except KeyboardInterrupt:
             pass
+
+
+if __name__ == "__main__":
+    main()
