@@ -93,7 +93,7 @@ test-rgw: $(STAMP)
 
 # The version matrix: the whole suite again in a venv of its own, once on the lowest
 # release of every dependency pyproject.toml declares (pinned in .ci/constraints-floor.txt)
-# and once on the newest the registry serves. torch stays the CPU wheel in both.
+# and once on the newest the registry serves. torch stays 2.13.0 in both, from where TORCH_INDEX_URL / TORCH_WHEEL say (see above).
 MATRIX_VENV = .venv-$(LEG)
 MATRIX_PIP  = $(MATRIX_VENV)/bin/python -m pip install $(PIP_QUIET)
 test-floor:
