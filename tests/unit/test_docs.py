@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -84,3 +86,29 @@ def test_every_link_within_the_project_leads_somewhere(page: Path) -> None:
 def test_the_readme_stays_short() -> None:
     """A newcomer reads it in minutes; the details belong on the docs/ pages."""
     assert len((ROOT / "README.md").read_text().splitlines()) <= 250
+
+
+def shown_commands() -> list[tuple[str, str, set[str]]]:
+    """(page, subcommand, its --options) for each ``$ s3dcp ...`` line of a console block."""
+    shown = []
+    for page in PAGES:
+        for line in re.findall(r"^\$ s3dcp (.*)$", page.read_text(), re.MULTILINE):
+            command = line.split("#")[0].split()
+            shown.append(
+                (page.name, command[0], {word.strip("[]") for word in command if word.startswith(("--", "[--"))})
+            )
+    return shown
+
+
+def test_every_command_line_the_pages_show_is_one_the_command_takes() -> None:
+    shown = shown_commands()
+    assert len(shown) >= 10
+    for subcommand in sorted({sub for _, sub, _ in shown}):
+        result = subprocess.run(
+            [sys.executable, "-m", "s3dcp", subcommand, "--help"], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, f"s3dcp {subcommand}: {result.stderr}"
+        for page, sub, options in shown:
+            if sub == subcommand:
+                missing = {option for option in options if option not in result.stdout}
+                assert not missing, f"{page} shows s3dcp {sub} {missing}, which its --help does not list"
