@@ -24,20 +24,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
 import time
 import warnings
 from concurrent.futures import Future
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 
 import boto3
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from stamp import stamp
 from torch.distributed.checkpoint.state_dict_saver import AsyncCheckpointerType
 from workload import build_state_dict, tensor_bytes
 
@@ -149,8 +148,7 @@ def run(args: argparse.Namespace, local: Path) -> None:
         for way, runs in results.items()
     ]
     report = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **stamp(),
         "bytes": size,
         "runs": args.runs,
         "local_tier": "tmpfs" if str(local).startswith("/dev/shm") else "disk",

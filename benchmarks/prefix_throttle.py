@@ -24,16 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import boto3
 import torch
+from stamp import stamp
 from torch.distributed.checkpoint import DefaultSavePlanner
 
 from s3dcp import (
@@ -190,8 +189,7 @@ def main() -> None:
                 )
                 rows.append(row)
     report = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **stamp(),
         "settings": {"rate": args.rate, "partition_chars": args.partition_chars, "shard_kib": args.shard_kib},
         "rows": rows,
     }

@@ -30,11 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from stamp import stamp
 
 MIB = 1 << 20
 REGION = "us-east-1"
@@ -205,8 +205,7 @@ def main() -> None:
                     )
                 results.extend(rows)
     report = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **stamp(),
         "settings": {
             "size_mib": args.size_mib,
             "latency_ms": args.latency_ms,

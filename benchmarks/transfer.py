@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -22,9 +21,10 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from stamp import stamp
 
 HERE = Path(__file__).resolve().parent
 
@@ -207,8 +207,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            **stamp(),
             "server": server,
             "size_mib": args.size_mib,
             "rows": rows,

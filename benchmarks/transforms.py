@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 from contextlib import ExitStack
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from stamp import stamp
 
 HERE = Path(__file__).resolve().parent
 
@@ -182,8 +182,7 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         report = {
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+            **stamp(),
             "server": "moto server (loopback, HTTP)",
             "size_mib": args.size_mib,
             "weights": Path(args.weights).name if args.weights else None,
