@@ -373,7 +373,11 @@ class WanProcess:
         fields["first_byte_ms_by_operation"] = dict(self.settings.first_byte_ms_by_operation)
         command = [sys.executable, "-m", "s3dcp_testkit.wan", "--control", "--settings-json", json.dumps(fields)]
         self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        started = self._answer()
+        try:
+            started = self._answer()
+        except BaseException:
+            self.__exit__()
+            raise
         self.endpoint_url, self.store_url = started["endpoint_url"], started["store_url"]
         return self
 
@@ -393,18 +397,19 @@ class WanProcess:
         return answer
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._process is None:
+        process, self._process = self._process, None
+        if process is None:
             return
-        assert self._process.stdin is not None
-        self._process.stdin.close()  # end of input: it stops
+        assert process.stdin is not None
+        process.stdin.close()  # end of input: it stops
         try:
-            self._process.wait(timeout=10)
+            process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+            process.kill()
+            process.wait()
         finally:
-            if self._process.stdout is not None:
-                self._process.stdout.close()
+            if process.stdout is not None:
+                process.stdout.close()
 
 
 def _controlled(wan: WanEmulator, store_url: str) -> None:

@@ -14,7 +14,7 @@ import botocore.config
 import pytest
 
 from s3dcp_testkit.certificates import make_certificate
-from s3dcp_testkit.wan import WanEmulator, WanSettings
+from s3dcp_testkit.wan import WanEmulator, WanProcess, WanSettings
 from tests.conftest import REGION, use_loopback_store
 
 pytestmark = pytest.mark.s3
@@ -91,3 +91,20 @@ def test_s3dcp_saves_and_loads_through_the_emulator_in_front_of_the_memory_store
     assert counts["op:UploadPart"] >= 2 and counts["op:CompleteMultipartUpload"] >= 1
     assert counts["op:PutObject"] >= 1 and counts["op:GetObject"] >= 2  # .metadata, and the reads
     assert wan.in_flight.now == 0
+
+
+def test_the_emulator_in_a_process_of_its_own_relays_counts_and_stops(clean_aws_env: Any) -> None:
+    """WanProcess: the store behind it answers directly too, take() reports what was in flight, exit ends the child."""
+    wan = WanProcess(WanSettings(first_byte_ms=5, connection_mbps=None))
+    with wan:
+        use_loopback_store(clean_aws_env, wan.store_url)
+        boto3.client("s3").create_bucket(Bucket="wan")
+        assert wan.take()["in_flight_max"] == 0  # the store's own endpoint is not the emulator's
+        use_loopback_store(clean_aws_env, wan.endpoint_url)
+        client: Any = boto3.client("s3")
+        client.put_object(Bucket="wan", Key="k", Body=b"x" * MIB)
+        assert client.get_object(Bucket="wan", Key="k")["Body"].read() == b"x" * MIB
+        counted = wan.take()
+        process = wan._process
+    assert counted["in_flight_max"] == 1 and counted["in_flight_now"] == 0
+    assert process is not None and process.returncode == 0
