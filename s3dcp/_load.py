@@ -264,10 +264,16 @@ class Loader:
                             buffers.give_back(result.buffer)
                             held -= DownloadBuffers.capacity_for(unit.layout.buffered) + unit.decoding
                         fetched += unit.span.length
-            finally:
-                stop.set()
-                for future in in_flight:
-                    future.cancel()
+            except BaseException as error:
+                stop.set()  # GETs that are retrying give up; those not started yet never are
+                running = [future for future in in_flight if not future.cancel()]
+                log.debug(
+                    "%s: reading stopped on %s; waiting for %d request(s) already sent to end",
+                    self.uri,
+                    type(error).__name__,
+                    len(running),
+                )
+                raise
         return LoadCounts(objects=len(by_object), requests=requests, size=fetched)
 
     def _lay_out(self, job: _Fetch, planner: LoadPlanner) -> _Fetch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -170,24 +171,52 @@ def test_broken_bodies_resume_within_their_piece(proxied_env: Any, proxy: FaultP
     assert start < resumed[0] <= start + cut.response_bytes
 
 
+class _Said(logging.Handler):
+    """Sets ``event`` once the ``s3dcp`` logger emits a line containing ``text``."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.text = text
+        self.event = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
 def test_the_first_failed_piece_fails_the_load_and_sends_no_more(
     proxied_env: Any, proxy: FaultProxy, bucket: str
 ) -> None:
-    """One piece held, the other denied: the denial ends the load, and the queued pieces are never sent."""
+    """One piece held, the other denied: the denial ends the load, and the queued pieces are never sent.
+
+    The held piece is let go only once the load says it has stopped: let go
+    sooner, it would free a slot before the denial is seen, and a piece sent
+    then is not one sent after the failure.
+    """
     state = {"big": torch.randn(6 * MIB // 4)}  # seven pieces
     uri, _ = save(bucket, "denied", state)
     proxy.clear()
     hold = proxy.add_rule("hold", method="GET", key_pattern=SHARD + "$", count=1)
     deny = proxy.add_rule("access_denied", method="GET", key_pattern=SHARD + "$", count=1)
     config = S3ClientConfig(max_read_size=PIECE, max_concurrency=2, **FAST_RETRIES)
-    with ThreadPoolExecutor(1) as pool:
-        loading = pool.submit(dcp.load, blank_like(state), storage_reader=S3StorageReader(REGION, uri, config))
-        try:
-            assert deny.hit.wait(60), "the second piece never reached the store"
-        finally:
-            hold.release()  # a load that went on after the denial would send the other five pieces
-        with pytest.raises(CheckpointException) as raised:
-            loading.result(timeout=120)
+    stopped = _Said("reading stopped on AccessDeniedError; waiting for 1 request(s) already sent")
+    logger = logging.getLogger("s3dcp")
+    level = logger.level
+    logger.addHandler(stopped)
+    logger.setLevel(logging.DEBUG)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            loading = pool.submit(dcp.load, blank_like(state), storage_reader=S3StorageReader(REGION, uri, config))
+            try:
+                assert deny.hit.wait(60), "the second piece never reached the store"
+                assert stopped.event.wait(60), "the load did not stop on the denial"
+            finally:
+                hold.release()  # a load that went on after the denial would send the other five pieces
+            with pytest.raises(CheckpointException) as raised:
+                loading.result(timeout=120)
+    finally:
+        logger.removeHandler(stopped)
+        logger.setLevel(level)
     assert isinstance(s3dcp_error(raised.value), AccessDeniedError)
     assert [r.action for r in proxy.requests("GET", SHARD + "$")] == ["access_denied", "hold"]
 
