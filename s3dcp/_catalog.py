@@ -50,6 +50,7 @@ from s3dcp._format.layout import (
     parse_step,
 )
 from s3dcp._format.references import referenced_objects
+from s3dcp._interrupts import leave_signals_to_main_thread
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.objects import delete_keys, list_pages, read_object
 from s3dcp._uri import S3Uri, parse_s3_uri
@@ -358,7 +359,9 @@ def _found_under(client: S3Client, base: S3Uri) -> tuple[list[_Found], bool, lis
             for root in direct
         ]
         return sorted(found, key=lambda f: _sort_key(f.info)), "" in roots, children
-    with ThreadPoolExecutor(_LISTING_THREADS, thread_name_prefix="s3dcp-list") as pool:
+    with ThreadPoolExecutor(
+        _LISTING_THREADS, thread_name_prefix="s3dcp-list", initializer=leave_signals_to_main_thread
+    ) as pool:
         found = [f for f in pool.map(lambda child: _find_at(client, base.bucket, child), children) if f is not None]
     return sorted(found, key=lambda f: _sort_key(f.info)), False, children
 
@@ -376,7 +379,9 @@ def survey(
     head = _head(base)
     runs: list[str] = []
     if not found and not itself:
-        with ThreadPoolExecutor(_LISTING_THREADS, thread_name_prefix="s3dcp-list") as pool:
+        with ThreadPoolExecutor(
+            _LISTING_THREADS, thread_name_prefix="s3dcp-list", initializer=leave_signals_to_main_thread
+        ) as pool:
             holds = list(pool.map(lambda child: _holds_checkpoints(client, base.bucket, child), children))
         runs = [child[len(head) :] for child, yes in zip(children, holds) if yes]
     return Survey(str(base), [f.info for f in found], itself, runs)

@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 
 from s3dcp._errors import CheckpointExistsError, ObjectNotFoundError, S3DCPError, S3RequestError
 from s3dcp._format.layout import METADATA_NAME, SAVING_MARKER, find_strays
+from s3dcp._interrupts import leave_signals_to_main_thread, result_of
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.objects import delete_keys, list_pages, object_exists, put_object, read_object
 from s3dcp._uri import S3Uri
@@ -102,7 +103,7 @@ class SaveStart:
         if marker is None:  # begin() was not run (the writer was not driven by dcp.save)
             put_saving_marker(self._client, self._uri, self._save_id)
         else:
-            marker.result()
+            result_of(marker)
         if self._existing:
             uncommit(self._client, self._uri)
 
@@ -112,6 +113,7 @@ def _in_background(work: Callable[[], None]) -> Future[None]:
     future: Future[None] = Future()
 
     def run() -> None:
+        leave_signals_to_main_thread()
         try:
             work()
         except BaseException as error:  # handed to whoever waits for the result

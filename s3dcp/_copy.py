@@ -39,6 +39,7 @@ from s3dcp._files import write_atomically
 from s3dcp._format.layout import METADATA_NAME, SAVING_MARKER, empty_shards, find_strays
 from s3dcp._format.metadata import check_relative_key
 from s3dcp._format.references import referenced_objects
+from s3dcp._interrupts import leave_signals_to_main_thread
 from s3dcp._progress import human_bytes
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.objects import delete_keys, list_pages, read_object
@@ -343,7 +344,9 @@ def run_copy(plan: CopyPlan, *, on_object: OnObject | None = None, on_bytes: OnB
             on_object(relative, plan.objects[relative])
 
     def copy_all(relatives: list[str]) -> None:
-        with ThreadPoolExecutor(_THREADS, thread_name_prefix="s3dcp-copy") as workers:
+        with ThreadPoolExecutor(
+            _THREADS, thread_name_prefix="s3dcp-copy", initializer=leave_signals_to_main_thread
+        ) as workers:
             list(workers.map(copy_one, relatives))
 
     try:

@@ -30,7 +30,7 @@ import math
 import threading
 from collections import defaultdict, deque
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import Future as PoolFuture
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,6 +66,7 @@ from s3dcp._format.integrity import get_checksum, verify
 from s3dcp._format.layout import METADATA_NAME
 from s3dcp._format.metadata import check_relative_key, load_metadata
 from s3dcp._format.plain_data import check_plain_data
+from s3dcp._interrupts import leave_signals_to_main_thread, wait_futures
 from s3dcp._ranges import ByteRange, Piece, coalesce, split
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.concurrency import Sent
@@ -213,7 +214,9 @@ class Loader:
         pieces: deque[tuple[_Split, Piece]] = deque()  # GETs of the split GETs under way, not sent yet
         complete: deque[_Split] = deque()  # split GETs whose pieces are all in, to be checked
         sent: dict[PoolFuture[_Fetched | None], Sent] = {}  # when each GET in flight was sent
-        with ThreadPoolExecutor(workers, thread_name_prefix="s3dcp-read") as pool:
+        with ThreadPoolExecutor(
+            workers, thread_name_prefix="s3dcp-read", initializer=leave_signals_to_main_thread
+        ) as pool:
             try:
                 while waiting or in_flight or ready is not None or pieces or complete:
                     while len(in_flight) < min(workers, concurrency.current):
@@ -245,7 +248,7 @@ class Loader:
                             in_flight[future], sent[future] = ready, concurrency.started()
                             requests += 1
                         ready = None
-                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    done, _ = wait_futures(in_flight, return_when=FIRST_COMPLETED)
                     for future in done:
                         unit = in_flight.pop(future)
                         result = future.result()

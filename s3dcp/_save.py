@@ -17,7 +17,6 @@ import signal
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor
-from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +29,7 @@ from s3dcp._errors import UnsafeCheckpointError
 from s3dcp._format.layout import SHARD_SUFFIX
 from s3dcp._format.metadata import check_relative_key
 from s3dcp._format.shard import item_nbytes, split_items, write_items
+from s3dcp._interrupts import leave_signals_to_main_thread, wait_futures
 from s3dcp._prefix import PrefixStrategy, stems_for
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.upload import ObjectUpload, PartBuffers, TransferPool, choose_part_size
@@ -188,10 +188,12 @@ def write_shards(
                 for index in range(len(buckets)):
                     results.extend(write_file(index))
             else:
-                shards = ThreadPoolExecutor(len(buckets), thread_name_prefix="s3dcp-shard")
+                shards = ThreadPoolExecutor(
+                    len(buckets), thread_name_prefix="s3dcp-shard", initializer=leave_signals_to_main_thread
+                )
                 try:
                     written = [shards.submit(write_file, index) for index in range(len(buckets))]
-                    wait_for(written, return_when=FIRST_EXCEPTION)
+                    wait_futures(written, return_when=FIRST_EXCEPTION)
                     for shard in written:
                         error = shard.exception() if shard.done() else None
                         if error is not None:

@@ -25,6 +25,7 @@ from s3dcp._config import MIB, S3ClientConfig, resolve_settings
 from s3dcp._errors import CheckpointDamagedError
 from s3dcp._format.integrity import ALGORITHM, get_checksum
 from s3dcp._format.layout import METADATA_NAME
+from s3dcp._interrupts import leave_signals_to_main_thread
 from s3dcp._load import check_records, fetch_metadata
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.retry import error_code
@@ -184,7 +185,9 @@ def verify_checkpoint(
             on_object(key, outcome[0])
         return outcome
 
-    with ThreadPoolExecutor(_THREADS, thread_name_prefix="s3dcp-verify") as pool:
+    with ThreadPoolExecutor(
+        _THREADS, thread_name_prefix="s3dcp-verify", initializer=leave_signals_to_main_thread
+    ) as pool:
         for read, problems, checked in pool.map(run, sorted(by_key)):
             report.bytes_read += read
             report.problems.extend(problems)

@@ -21,7 +21,7 @@ from s3dcp._s3.body import open_body
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.retry import TruncatedBodyError
 
-__all__ = ["SHORT_OBJECT_CODE", "ByteBudget", "DownloadBuffers", "read_range_into"]
+__all__ = ["SHORT_OBJECT_CODE", "DownloadBuffers", "read_range_into"]
 
 # The S3 code of a range the object does not hold (S3 answers 416 with it): also what
 # read_range_into reports when a store serves fewer bytes than asked because the object ends
@@ -29,30 +29,6 @@ SHORT_OBJECT_CODE = "InvalidRange"
 # A body that breaks off loses the chunk being read; the retry asks for the rest.
 _READ_CHUNK = MIB
 _BUFFER_UNIT = MIB
-
-
-class ByteBudget:
-    """Bounds the bytes of download buffers alive at once.
-
-    ``acquire(n)`` waits while taking ``n`` would exceed the budget, except
-    that a request is always let through when nothing else is held, so an
-    item larger than the whole budget still loads (alone).
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._held = 0
-        self._changed = threading.Condition()
-
-    def acquire(self, size: int) -> None:
-        with self._changed:
-            self._changed.wait_for(lambda: self._held == 0 or self._held + size <= self.limit)
-            self._held += size
-
-    def release(self, size: int) -> None:
-        with self._changed:
-            self._held -= size
-            self._changed.notify_all()
 
 
 def allocate(size: int) -> memoryview:

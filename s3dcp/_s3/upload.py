@@ -29,6 +29,7 @@ import botocore.exceptions
 from s3dcp import _crc32 as crc32
 from s3dcp._config import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIB, MIN_PART_SIZE
 from s3dcp._errors import S3DCPError, S3RequestError
+from s3dcp._interrupts import leave_signals_to_main_thread, wait_futures, wait_until
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.concurrency import AdaptiveLimit
 from s3dcp._s3.objects import put_object
@@ -206,8 +207,7 @@ class TransferPool:
         """Queue ``func``, a request that moves ``size`` bytes (which the adaptive limit counts)."""
         future: Future[T] = Future()
         with self._changed:
-            while self._pending >= self.concurrency.current and not self._stopped.is_set():
-                self._changed.wait()
+            wait_until(self._changed, lambda: self._pending < self.concurrency.current or self._stopped.is_set())
             if self._stopped.is_set():
                 raise TransferStopped("the transfer was stopped; no more requests are sent")
             if self._closed:
@@ -232,7 +232,7 @@ class TransferPool:
         """
         pending: set[Future[Any]] = set(futures)
         while pending:
-            done, pending = wait_for(pending | {self._stopped_future}, return_when=FIRST_COMPLETED)
+            done, pending = wait_futures(pending | {self._stopped_future}, return_when=FIRST_COMPLETED)
             for future in done:
                 if future is not self._stopped_future and not future.cancelled() and future.exception() is not None:
                     return [future.result()]  # raises its error
@@ -247,6 +247,7 @@ class TransferPool:
             self._changed.notify_all()
 
     def _work(self) -> None:
+        leave_signals_to_main_thread()
         while True:
             with self._changed:
                 self._idle += 1

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections import defaultdict, deque
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
 from concurrent.futures import Future as PoolFuture
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from s3dcp._errors import CheckpointDamagedError, CheckpointNotFoundError, S3DCP
 from s3dcp._format.integrity import digest, get_checksum
 from s3dcp._format.layout import METADATA_NAME
 from s3dcp._format.transforms import descriptors_of
+from s3dcp._interrupts import leave_signals_to_main_thread, wait_futures
 from s3dcp._load import deliver_item, name_items
 from s3dcp._reader import S3StorageReader
 from s3dcp._stats import PhaseCallback, PhaseStats, report_phase
@@ -220,13 +221,15 @@ class TieredStorageReader(StorageReader):
 
         local_bytes = 0
         in_flight: dict[PoolFuture[memoryview | None], ReadItem] = {}
-        with ThreadPoolExecutor(_LOCAL_READS, thread_name_prefix="s3dcp-local") as pool:
+        with ThreadPoolExecutor(
+            _LOCAL_READS, thread_name_prefix="s3dcp-local", initializer=leave_signals_to_main_thread
+        ) as pool:
             try:
                 while waiting or in_flight:
                     while waiting and len(in_flight) < _LOCAL_READS:
                         path, item = waiting.popleft()
                         in_flight[pool.submit(read_item, path, item)] = item
-                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    done, _ = wait_futures(in_flight, return_when=FIRST_COMPLETED)
                     for future in done:
                         item = in_flight.pop(future)
                         data = future.result()

@@ -58,6 +58,7 @@ from s3dcp._errors import (
     WrongRegionError,
 )
 from s3dcp._format.layout import METADATA_NAME, UPLOAD_MARKERS
+from s3dcp._interrupts import WAKE_INTERVAL, leave_signals_to_main_thread
 from s3dcp._s3.client import S3Client
 from s3dcp._s3.objects import delete_keys, list_pages, put_object
 from s3dcp._s3.upload import PartBuffers, TransferPool, upload_file
@@ -419,7 +420,7 @@ class TierUploader:
                 remaining = None if deadline is None else deadline - self._clock()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"background uploads still running after {timeout} s")
-                self._lock.wait(remaining)
+                self._lock.wait(WAKE_INTERVAL if remaining is None else remaining)  # Ctrl-C gets through
             return list(self._statuses)
 
     def finish_at_exit(self) -> None:
@@ -447,6 +448,7 @@ class TierUploader:
             )
 
     def _run(self) -> None:
+        leave_signals_to_main_thread()
         while True:
             with self._lock:
                 try:

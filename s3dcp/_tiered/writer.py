@@ -34,6 +34,7 @@ from s3dcp._errors import CheckpointExistsError, UploadFailedError
 from s3dcp._format.layout import METADATA_NAME, SHARD_SUFFIX
 from s3dcp._format.metadata import commit_record
 from s3dcp._format.shard import split_items
+from s3dcp._interrupts import leave_signals_to_main_thread
 from s3dcp._prefix import PrefixStrategy, checked_strategy
 from s3dcp._s3.client import S3Client
 from s3dcp._save import checked_stems
@@ -251,7 +252,9 @@ class TieredStorageWriter(StorageWriter):
             return write_shard_file(self._local_dir, relatives[index], buckets[index], planner, sync=self.sync_files)
 
         results: list[WriteResult] = []
-        with ThreadPoolExecutor(max(1, len(buckets)), thread_name_prefix="s3dcp-local") as files:
+        with ThreadPoolExecutor(
+            max(1, len(buckets)), thread_name_prefix="s3dcp-local", initializer=leave_signals_to_main_thread
+        ) as files:
             for written in files.map(write_file, range(len(buckets))):
                 results.extend(written)
         self._report(

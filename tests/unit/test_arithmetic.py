@@ -140,31 +140,3 @@ def test_split_items_puts_byte_items_first_in_every_file() -> None:
     plain = _create_write_item_for_bytesio("step", io.BytesIO(b"7"))
     assert split_items([tensors[0], plain, tensors[1]], 1) == [[plain, tensors[0], tensors[1]]]
     assert split_items([tensors[0], plain, tensors[1]], 2) == [[plain, tensors[1]], [tensors[0]]]
-
-
-def test_byte_budget_lets_big_requests_through_alone() -> None:
-    import threading
-
-    from s3dcp._s3.download import ByteBudget
-
-    budget = ByteBudget(100)
-    budget.acquire(60)
-    budget.acquire(40)  # exactly full
-    blocked = threading.Event()
-    admitted = threading.Event()
-
-    def big() -> None:
-        blocked.set()
-        budget.acquire(500)  # larger than the budget: waits for everything else
-        admitted.set()
-
-    thread = threading.Thread(target=big)
-    thread.start()
-    blocked.wait()
-    assert not admitted.is_set()
-    budget.release(60)
-    assert not admitted.is_set()  # 40 + 500 > 100, and something is still held
-    budget.release(40)
-    thread.join(timeout=10)
-    assert admitted.is_set()
-    budget.release(500)

@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "s3dcp._ranges": 0,
     "s3dcp._files": 0,
     "s3dcp._progress": 0,
+    "s3dcp._interrupts": 0,
     "s3dcp._s3": 1,
     "s3dcp._format": 1,
     "s3dcp._stats": 2,
